@@ -1,0 +1,124 @@
+"""The session store on its own: range reads, batching, persistence, bad files."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+
+from wsinspect.model import Hop, Message, MessageType, Outcome
+from wsinspect.store import CaptureError, SessionStore
+
+
+def make_hop(key: str | None = "k1", mode: str = "regular", t: float = 100.0) -> Hop:
+    headers = [("Host", "example"), ("Upgrade", "websocket")]
+    if key:
+        headers.append(("Sec-WebSocket-Key", key))
+    return Hop(
+        mode=mode, url="ws://example/", request_line="GET / HTTP/1.1", http_version="HTTP/1.1",
+        request_headers=headers, timestamp_start=t,
+    )
+
+
+def text(i: int, from_client: bool = True) -> Message:
+    payload = f"message {i}".encode()
+    return Message(from_client, MessageType.TEXT, len(payload), payload, 100.0 + i)
+
+
+def test_range_reads_span_committed_and_pending_messages(tmp_path):
+    store = SessionStore(tmp_path / "c.db")
+    session = store.add_hop(make_hop())
+    hop = session.first_hop
+    for i in range(10):
+        store.add_message(hop, text(i))
+    store.commit()
+    for i in range(10, 15):
+        store.add_message(hop, text(i))
+    assert store.message_count(session.id) == 15
+    got = store.messages(session.id, 8, 12)
+    assert [m.index for m in got] == [8, 9, 10, 11]
+    assert [m.payload for m in got] == [b"message 8", b"message 9", b"message 10", b"message 11"]
+    assert store.messages(session.id, 14, 100)[0].payload == b"message 14"
+    assert store.messages(session.id, 20, 30) == []
+    assert len(list(store.iter_messages(hop.id, chunk=4))) == 15
+
+
+def test_reopened_capture_has_the_same_sessions_and_bytes(tmp_path):
+    path = tmp_path / "c.db"
+    store = SessionStore(path)
+    session = store.add_hop(make_hop())
+    hop = session.first_hop
+    blob = bytes(range(256))
+    store.add_message(hop, Message(False, MessageType.BINARY, 256, blob, 1.0))
+    hop.outcome = Outcome.CLOSED
+    store.hop_changed(hop)
+    store.close()
+    again = SessionStore.open(path)
+    (reopened,) = again.sessions()
+    assert reopened.outcome is Outcome.CLOSED
+    assert reopened.first_hop.request_headers == hop.request_headers
+    assert again.messages(reopened.id, 0, 1)[0].payload == blob
+
+
+def test_hops_with_the_same_key_from_two_listeners_are_one_session():
+    store = SessionStore()
+    first = store.add_hop(make_hop("abc", "regular@8080", 100.0))
+    second = store.add_hop(make_hop("abc", "reverse:http://127.0.0.1:9000@8081", 100.2))
+    other = store.add_hop(make_hop("xyz", "reverse:http://127.0.0.1:9000@8081", 100.3))
+    same_listener = store.add_hop(make_hop("abc", "regular@8080", 100.4))
+    assert first is second
+    assert [h.mode for h in first.hops] == ["regular@8080", "reverse:http://127.0.0.1:9000@8081"]
+    assert other is not first and same_listener is not first
+    assert len(store.sessions()) == 3
+
+
+async def test_subscribers_hear_of_changes_in_batches():
+    store = SessionStore(notify_interval=0.05)
+    batches = []
+    store.subscribe(batches.append)
+    session = store.add_hop(make_hop())
+    for i in range(1000):
+        store.add_message(session.first_hop, text(i))
+    await asyncio.sleep(0.2)
+    assert len(batches) == 1
+    assert batches[0].added == {session.id} and batches[0].messages == {session.id}
+
+
+async def test_messages_are_committed_within_the_commit_interval(tmp_path):
+    path = tmp_path / "c.db"
+    store = SessionStore(path, commit_interval=0.2)
+    session = store.add_hop(make_hop())
+    store.add_message(session.first_hop, text(1))
+    await asyncio.sleep(0.6)
+    reader = sqlite3.connect(path)
+    assert reader.execute("SELECT count(*) FROM messages").fetchone() == (1,)
+
+
+def test_new_capture_refuses_to_overwrite_and_is_private(tmp_path):
+    path = tmp_path / "c.db"
+    SessionStore(path).close()
+    assert path.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(CaptureError, match="already exists"):
+        SessionStore(path)
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"garbage" * 1000, b"SQLite format 3\x00" + b"\x00" * 200]
+)
+def test_unreadable_captures_raise_capture_error_naming_the_file(tmp_path, content):
+    path = tmp_path / "bad.db"
+    path.write_bytes(content)
+    with pytest.raises(CaptureError) as info:
+        SessionStore.open(path)
+    assert str(info.value).startswith(f"{path}: ")
+
+
+def test_a_foreign_sqlite_database_is_not_a_capture(tmp_path):
+    path = tmp_path / "other.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE t (x)")
+    db.commit()
+    db.close()
+    with pytest.raises(CaptureError, match="not a wsinspect capture"):
+        SessionStore.open(path)

@@ -1,0 +1,163 @@
+"""Runs a mitmproxy Master in the caller's asyncio loop with the addons wsinspect needs.
+
+Not DumpMaster: nothing is printed to stdout and nothing calls sys.exit; startup problems (a
+port in use, a bad mode spec) become an EngineError with a one-line message, and mitmproxy's
+log records are kept for the app to show.
+"""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from mitmproxy import exceptions, master, options
+from mitmproxy.addons import core, next_layer, proxyauth, proxyserver, tlsconfig, upstream_auth
+
+from .recorder import Recorder
+from .store import SessionStore
+
+DEFAULT_LISTEN_HOST = "127.0.0.1"
+DEFAULT_LISTEN_PORT = 8080
+
+
+class EngineError(Exception):
+    """The proxy could not start; the message says why in one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    timestamp: float
+    level: str
+    message: str
+
+
+class _LogKeeper(logging.Handler):
+    """Keeps the newest mitmproxy and wsinspect log records and passes them on to listeners."""
+
+    def __init__(self, maxlen: int = 2000) -> None:
+        super().__init__(logging.INFO)
+        self.records: collections.deque[LogRecord] = collections.deque(maxlen=maxlen)
+        self.listeners: list[Callable[[LogRecord], None]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed log call must not break the proxy
+            message = str(record.msg)
+        entry = LogRecord(record.created, record.levelname.lower(), message.splitlines()[0] if message else "")
+        self.records.append(entry)
+        for listener in list(self.listeners):
+            listener(entry)
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Engine:
+    def __init__(
+        self,
+        store: SessionStore,
+        modes: Sequence[str] = ("regular",),
+        *,
+        listen_host: str = DEFAULT_LISTEN_HOST,
+        listen_port: int | None = DEFAULT_LISTEN_PORT,
+        confdir: str = "~/.mitmproxy",
+        settings: Sequence[str] = (),
+    ) -> None:
+        self.store = store
+        self.modes = list(modes)
+        self.listen_host = listen_host
+        self.listen_port = listen_port
+        self.confdir = confdir
+        self.settings = list(settings)
+        self.logs = _LogKeeper()
+        self.master: master.Master | None = None
+        self.recorder: Recorder | None = None
+        self._watched_loggers = [logging.getLogger("mitmproxy"), logging.getLogger("wsinspect")]
+        self._saved_levels: list[int] = []
+
+    async def start(self) -> None:
+        """Bring the listeners up; raises EngineError when they cannot."""
+        for log in self._watched_loggers:
+            self._saved_levels.append(log.level)
+            log.setLevel(logging.INFO)
+            log.addHandler(self.logs)
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        opts = options.Options()
+        self.master = master.Master(opts)
+        self.recorder = Recorder(self.store)
+        self.master.addons.add(
+            core.Core(),
+            proxyauth.ProxyAuth(),
+            proxyserver.Proxyserver(),
+            next_layer.NextLayer(),
+            tlsconfig.TlsConfig(),
+            upstream_auth.UpstreamAuth(),
+            self.recorder,
+        )
+        try:
+            opts.update(
+                confdir=self.confdir,
+                mode=self.modes,
+                listen_host=self.listen_host,
+                **({"listen_port": self.listen_port} if self.listen_port is not None else {}),
+            )
+            if self.settings:
+                opts.set(*self.settings)
+        except exceptions.OptionsError as e:
+            raise EngineError(str(e)) from None
+        first_error = len(self.logs.records)
+        server = self.master.addons.get("proxyserver")
+        if not await server.setup_servers():
+            errors = [r.message for r in list(self.logs.records)[first_error:] if r.level == "error"]
+            raise EngineError(errors[-1] if errors else "the proxy could not start")
+        await self.master.running()
+
+    def listen_addrs(self) -> list[tuple[str, int]]:
+        if self.master is None:
+            return []
+        return [tuple(a[:2]) for a in self.master.addons.get("proxyserver").listen_addrs()]
+
+    def servers(self) -> list[tuple[str, list[tuple[str, int]]]]:
+        """Each listener's mode spec and addresses."""
+        if self.master is None:
+            return []
+        return [
+            (s.mode.full_spec, [tuple(a[:2]) for a in s.listen_addrs])
+            for s in self.master.addons.get("proxyserver").servers
+        ]
+
+    def exposed_without_auth(self) -> bool:
+        """Listening beyond loopback with no proxy authentication configured."""
+        if self.master is None:
+            return False
+        hosts = [a[0] for a in self.listen_addrs()]
+        return any(not is_loopback(h) for h in hosts) and not self.master.options.proxyauth
+
+    async def stop(self) -> None:
+        if self.master is not None:
+            server = self.master.addons.get("proxyserver")
+            if server is not None:
+                await server.servers.update([])
+            await self.master.done()
+            self.master = None
+        self.store.flush()
+        for log, level in zip(self._watched_loggers, self._saved_levels):
+            log.removeHandler(self.logs)
+            log.setLevel(level)
+        self._saved_levels.clear()

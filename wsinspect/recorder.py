@@ -1,0 +1,307 @@
+"""The mitmproxy addon that records WebSocket sessions into a SessionStore.
+
+It is a plain addon class: `wsinspect` runs it in its own Master, and `addons/wsinspect.py`
+hands it to `mitmdump -s` / `mitmproxy -s`, where it opens its own capture file.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import wsproto.events
+from mitmproxy import ctx, http
+from mitmproxy.proxy.layers import websocket as websocket_layer
+from mitmproxy.websocket import WebSocketMessage
+from wsproto.frame_protocol import Opcode
+
+from .model import Close, Hop, Message, MessageType, Outcome, header_tokens
+from .store import DEFAULT_MAX_PAYLOAD, SessionStore
+
+logger = logging.getLogger("wsinspect")
+
+# wsproto reports a connection lost without a close frame as code 1006, which never travels
+# on the wire.
+ABNORMAL_CLOSURE = 1006
+
+
+def is_upgrade_attempt(request: http.Request) -> bool:
+    return "websocket" in header_tokens(
+        _headers(request.headers), "Upgrade"
+    ) or "Sec-WebSocket-Key" in request.headers
+
+
+def _headers(headers: http.Headers) -> list[tuple[str, str]]:
+    """Headers in wire order with their original case."""
+    return [
+        (k.decode("latin-1"), v.decode("latin-1")) for k, v in headers.fields
+    ]
+
+
+def _request_line(request: http.Request, absolute_form: bool) -> str:
+    """The request line as the client sent it (origin or absolute form)."""
+    if absolute_form:
+        target = f"{request.scheme}://{request.host_header or request.authority}{request.path}"
+    else:
+        target = request.path
+    return f"{request.method} {target} {request.http_version}"
+
+
+def _ws_url(request: http.Request) -> str:
+    url = request.pretty_url
+    if url.startswith("https://"):
+        return "wss://" + url[len("https://") :]
+    if url.startswith("http://"):
+        return "ws://" + url[len("http://") :]
+    return url
+
+
+def hop_from_request(flow: http.HTTPFlow, absolute_form: bool = False) -> Hop:
+    request = flow.request
+    return Hop(
+        mode=flow.client_conn.proxy_mode.full_spec,
+        url=_ws_url(request),
+        request_line=_request_line(request, absolute_form),
+        http_version=request.http_version,
+        request_headers=_headers(request.headers),
+        timestamp_start=request.timestamp_start or time.time(),
+        client_addr=tuple(flow.client_conn.peername[:2]) if flow.client_conn.peername else None,
+        server_addr=tuple(flow.server_conn.address[:2]) if flow.server_conn.address else None,
+        flow_id=flow.id,
+    )
+
+
+class _FrameTap:
+    """Sees every frame event mitmproxy's WebSocket layer parses, including the ping, pong and
+    close frames its hooks do not report.
+
+    mitmproxy's layer builds one `WebsocketConnection` (a wsproto Connection) per side and
+    drains `events()` from it; installing a subclass in its place lets us see each event as it
+    is relayed. `tests/test_recorder.py` fails if a mitmproxy release changes this seam."""
+
+    @staticmethod
+    def install() -> None:
+        base = websocket_layer.WebsocketConnection
+        if getattr(base, "wsinspect_taps", None) is not None:
+            return
+
+        class TappedWebsocketConnection(base):  # type: ignore[misc, valid-type]
+            wsinspect_taps: dict[str, Recorder] = {}
+
+            def events(self):
+                for event in super().events():
+                    recorder = self.wsinspect_taps.get(self.conn.id)
+                    if recorder is not None:
+                        # A wsproto SERVER-side connection faces the client.
+                        recorder.on_frame_event(self.conn.id, not self.client, event)
+                    yield event
+
+        websocket_layer.WebsocketConnection = TappedWebsocketConnection
+
+    @staticmethod
+    def taps() -> dict[str, Recorder]:
+        return websocket_layer.WebsocketConnection.wsinspect_taps
+
+
+class Recorder:
+    """Records every WebSocket upgrade attempt and its traffic."""
+
+    def __init__(self, store: SessionStore | None = None) -> None:
+        self.store = store
+        self._owns_store = store is None
+        self._hops: dict[str, Hop] = {}  # flow id -> hop
+        self._flow_by_conn: dict[str, str] = {}  # connection id -> flow id
+        self._tunnelled: set[str] = set()  # client connections that sent CONNECT
+        _FrameTap.install()
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "wsinspect_capture",
+            str,
+            "",
+            "Capture file wsinspect records into (a new file). Empty: a temporary file.",
+        )
+        loader.add_option(
+            "wsinspect_max_payload",
+            int,
+            DEFAULT_MAX_PAYLOAD,
+            "Bytes of each WebSocket payload to store; larger ones keep their size and SHA-256.",
+        )
+        loader.add_option(
+            "wsinspect_trim",
+            bool,
+            True,
+            "Drop messages from mitmproxy's flows once recorded, so memory stays flat.",
+        )
+
+    def configure(self, updated) -> None:
+        if self.store is not None and "wsinspect_max_payload" in updated:
+            self.store.max_payload = ctx.options.wsinspect_max_payload
+        if self._owns_store and self.store is None:
+            path = ctx.options.wsinspect_capture
+            if not path:
+                fd, path = tempfile.mkstemp(prefix="wsinspect-", suffix=".db")
+                Path(path).unlink()
+            self.store = SessionStore(path, max_payload=ctx.options.wsinspect_max_payload)
+            logger.info(f"wsinspect: recording WebSocket sessions to {path}")
+
+    def done(self) -> None:
+        if self.store is not None:
+            if self._owns_store:
+                self.store.close()
+            else:
+                self.store.flush()
+
+    # ----- HTTP: the handshake -------------------------------------------------------------
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        self._tunnelled.add(flow.client_conn.id)
+
+    def client_disconnected(self, client) -> None:
+        self._tunnelled.discard(client.id)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if not is_upgrade_attempt(flow.request) or flow.id in self._hops:
+            return
+        # mitmproxy rewrites an absolute-form request line to origin form before any hook
+        # runs; outside a CONNECT tunnel, a regular proxy's HTTP/1 requests arrive that way.
+        absolute_form = (
+            flow.client_conn.proxy_mode.type_name == "regular"
+            and flow.client_conn.id not in self._tunnelled
+            and not flow.request.is_http2
+        )
+        hop = hop_from_request(flow, absolute_form)
+        self._hops[flow.id] = hop
+        self.store.add_hop(hop)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        hop = self._hops.get(flow.id)
+        if hop is None or flow.response is None:
+            return
+        response = flow.response
+        hop.response_status = response.status_code
+        hop.response_reason = response.reason
+        hop.response_headers = _headers(response.headers)
+        hop.response_http_version = response.http_version
+        hop.timestamp_response = response.timestamp_start or time.time()
+        if flow.server_conn.address:
+            hop.server_addr = tuple(flow.server_conn.address[:2])
+        if response.status_code != 101:
+            hop.outcome = Outcome.REJECTED
+            hop.timestamp_end = response.timestamp_end or time.time()
+            del self._hops[flow.id]
+        self.store.hop_changed(hop)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        hop = self._hops.pop(flow.id, None)
+        if hop is None:
+            return
+        self._untap(flow)
+        hop.error = flow.error.msg if flow.error else "connection error"
+        hop.timestamp_end = time.time()
+        if hop.response_status is None:
+            hop.outcome = Outcome.FAILED
+        else:
+            hop.outcome = Outcome.CLOSED
+            if hop.close is None:
+                hop.close = Close(
+                    abnormal=True, abnormal_reason=hop.error, timestamp=hop.timestamp_end
+                )
+        self.store.hop_changed(hop)
+
+    # ----- WebSocket: messages and the end -------------------------------------------------
+
+    def websocket_start(self, flow: http.HTTPFlow) -> None:
+        if flow.id not in self._hops:  # e.g. a flow that started before a script reload
+            hop = hop_from_request(flow)
+            self._hops[flow.id] = hop
+            self.store.add_hop(hop)
+            self.response(flow)
+        taps = _FrameTap.taps()
+        for conn in (flow.client_conn, flow.server_conn):
+            taps[conn.id] = self
+            self._flow_by_conn[conn.id] = flow.id
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        hop = self._hops.get(flow.id)
+        assert flow.websocket is not None
+        message: WebSocketMessage = flow.websocket.messages[-1]
+        if hop is not None:
+            self.store.add_message(
+                hop,
+                Message(
+                    from_client=message.from_client,
+                    type=MessageType.TEXT if message.type == Opcode.TEXT else MessageType.BINARY,
+                    size=len(message.content),
+                    payload=message.content,
+                    timestamp=message.timestamp,
+                    injected=message.injected,
+                ),
+            )
+        if ctx.options.wsinspect_trim:
+            # mitmproxy keeps every message for the flow's life (upstream #6620). Keep only
+            # the newest, which later addons in this hook may still read.
+            del flow.websocket.messages[:-1]
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        hop = self._hops.pop(flow.id, None)
+        self._untap(flow)
+        if hop is None:
+            return
+        ws = flow.websocket
+        assert ws is not None
+        by = "client" if ws.closed_by_client else "server"
+        hop.timestamp_end = ws.timestamp_end or time.time()
+        hop.outcome = Outcome.CLOSED
+        if ws.close_code == ABNORMAL_CLOSURE:
+            hop.close = Close(
+                code=None,
+                by=by,
+                abnormal=True,
+                abnormal_reason=f"the {by} connection was lost without a close frame",
+                timestamp=hop.timestamp_end,
+            )
+        else:
+            hop.close = Close(
+                code=int(ws.close_code) if ws.close_code is not None else None,
+                reason=ws.close_reason or "",
+                by=by,
+                timestamp=hop.timestamp_end,
+            )
+        self.store.hop_changed(hop)
+
+    def on_frame_event(self, conn_id: str, from_client: bool, event: wsproto.events.Event) -> None:
+        """Ping, pong and close frames, which mitmproxy's message hook does not report."""
+        flow_id = self._flow_by_conn.get(conn_id)
+        hop = self._hops.get(flow_id) if flow_id else None
+        if hop is None:
+            return
+        if isinstance(event, (wsproto.events.Ping, wsproto.events.Pong)):
+            kind = MessageType.PING if isinstance(event, wsproto.events.Ping) else MessageType.PONG
+            payload = bytes(event.payload)
+        elif isinstance(event, wsproto.events.CloseConnection):
+            if event.code == ABNORMAL_CLOSURE:
+                return  # no frame: the connection was lost; websocket_end records it
+            kind = MessageType.CLOSE
+            payload = int(event.code).to_bytes(2, "big") + (event.reason or "").encode()
+        else:
+            return
+        self.store.add_message(
+            hop,
+            Message(
+                from_client=from_client,
+                type=kind,
+                size=len(payload),
+                payload=payload,
+                timestamp=time.time(),
+            ),
+        )
+
+    def _untap(self, flow: http.HTTPFlow) -> None:
+        taps = _FrameTap.taps()
+        for conn in (flow.client_conn, flow.server_conn):
+            if taps.get(conn.id) is self:
+                del taps[conn.id]
+            self._flow_by_conn.pop(conn.id, None)

@@ -1,0 +1,152 @@
+"""`wsinspect report`: what a capture holds, as text for people and JSON for scripts.
+
+The JSON schema ("wsinspect-report/1") is documented in README.md; keep it stable.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .model import Hop, MessageType, Session
+from .store import SessionStore
+
+REPORT_FORMAT = "wsinspect-report/1"
+
+
+def printable(text: str) -> str:
+    """Text safe to print to a terminal: control characters (ANSI/OSC escapes included) are
+    shown escaped instead of being interpreted."""
+    return "".join(
+        ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii")
+        for ch in text
+    )
+
+
+def hop_json(hop: Hop, position: int) -> dict:
+    return {
+        "index": position,
+        "mode": hop.mode,
+        "http_version": hop.http_version,
+        "request_line": hop.request_line,
+        "client_addr": list(hop.client_addr) if hop.client_addr else None,
+        "server_addr": list(hop.server_addr) if hop.server_addr else None,
+        "request_headers": [[k, v] for k, v in hop.request_headers],
+        "response_status": hop.response_status,
+        "response_reason": hop.response_reason,
+        "response_headers": [[k, v] for k, v in hop.response_headers],
+        "outcome": hop.outcome.value,
+        "error": hop.error,
+        "timestamp_start": hop.timestamp_start,
+        "timestamp_end": hop.timestamp_end,
+    }
+
+
+def session_json(session: Session) -> dict:
+    stats = session.stats
+    close = session.close
+    return {
+        "id": session.id,
+        "url": session.url,
+        "outcome": session.outcome.value,
+        "status": session.status,
+        "timestamp_start": session.timestamp_start,
+        "timestamp_end": session.timestamp_end,
+        "hops": [hop_json(hop, i) for i, hop in enumerate(session.hops, start=1)],
+        "messages": {
+            "from_client": stats.from_client,
+            "from_server": stats.from_server,
+            "bytes": stats.bytes,
+            **{t.value: stats.by_type.get(t.value, 0) for t in MessageType},
+        },
+        "close": {
+            "code": close.code if close else None,
+            "reason": close.reason if close else "",
+            "by": close.by if close else None,
+            "abnormal": close.abnormal if close else False,
+            "abnormal_reason": close.abnormal_reason if close else None,
+        },
+        "error": session.first_hop.error,
+        "findings": [],
+    }
+
+
+def report_json(store: SessionStore) -> dict:
+    return {"format": REPORT_FORMAT, "sessions": [session_json(s) for s in store.sessions()]}
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def close_text(session: Session) -> str:
+    close = session.close
+    if close is None:
+        return session.first_hop.error or ""
+    if close.abnormal:
+        return f"abnormal: {close.abnormal_reason}"
+    reason = f" {close.reason!r}" if close.reason else ""
+    return f"{close.code}{reason} by {close.by}"
+
+
+def session_text(session: Session) -> list[str]:
+    stats = session.stats
+    status = session.status if session.status is not None else "-"
+    lines = [
+        f"#{session.id} {printable(session.url)}  {session.outcome.value}  {status}  "
+        f"hops {len(session.hops)}"
+    ]
+    for i, hop in enumerate(session.hops, start=1):
+        answer = (
+            f"{hop.response_status} {printable(hop.response_reason)}"
+            if hop.response_status is not None
+            else (printable(hop.error or "no response"))
+        )
+        lines.append(f"  hop {i} [{hop.mode}] {printable(hop.request_line)} -> {answer}")
+    by_type = ", ".join(f"{t} {n}" for t, n in sorted(stats.by_type.items()))
+    lines.append(
+        f"  messages: {stats.from_client} from client, {stats.from_server} from server, "
+        f"{_size(stats.bytes)}" + (f" ({by_type})" if by_type else "")
+    )
+    if (ended := close_text(session)):
+        lines.append(f"  end: {printable(ended)}")
+    return lines
+
+
+def report_text(store: SessionStore) -> str:
+    sessions = store.sessions()
+    if not sessions:
+        return "no WebSocket sessions recorded"
+    lines = []
+    for session in sessions:
+        lines += session_text(session)
+    lines.append(f"{len(sessions)} session(s)")
+    return "\n".join(lines)
+
+
+def _clock(timestamp: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(timestamp))
+
+
+def upgrade_line(session: Session) -> str:
+    """The line headless mode prints when an upgrade attempt appears."""
+    hop = session.first_hop
+    return (
+        f"{_clock(hop.timestamp_start)} #{session.id} upgrade  {printable(hop.request_line)} "
+        f"({printable(session.url)}) via {hop.mode}"
+    )
+
+
+def event_line(session: Session) -> str:
+    """The line headless mode prints when a session's outcome or hops change."""
+    stamp = _clock(session.last_activity)
+    status = session.status if session.status is not None else "-"
+    detail = close_text(session) if session.outcome.value != "open" else ""
+    hops = f" hops={len(session.hops)}" if len(session.hops) > 1 else ""
+    return (
+        f"{stamp} #{session.id} {session.outcome.value:<8} {status} {printable(session.url)}"
+        f"{hops} msgs={session.stats.count}" + (f" {printable(detail)}" if detail else "")
+    )
