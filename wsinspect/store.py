@@ -9,10 +9,14 @@ the file is committed every `commit_interval` seconds, so a crash loses at most 
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
+import logging
 import os
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +24,8 @@ from pathlib import Path
 
 from . import correlate
 from .model import Hop, Message, MessageType, Session
+
+logger = logging.getLogger("wsinspect")
 
 CAPTURE_FORMAT = "wsinspect-capture/1"
 DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
@@ -67,6 +73,73 @@ def _create_private(path: Path) -> None:
     os.close(fd)
 
 
+_INSERT_MESSAGE = "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_UPSERT_HOP = "INSERT OR REPLACE INTO hops VALUES (?, ?, ?)"
+
+
+def _connect(path: Path | None) -> sqlite3.Connection:
+    db = sqlite3.connect(str(path) if path else ":memory:", isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.isolation_level = "DEFERRED"
+    return db
+
+
+def _write_batch(db: sqlite3.Connection, rows: list[tuple], hop_rows: list[tuple]) -> None:
+    with db:
+        db.executemany(_INSERT_MESSAGE, rows)
+        db.executemany(_UPSERT_HOP, hop_rows)
+
+
+class _BackgroundWriter:
+    """Commits batches on a thread of its own with its own connection, so writing large
+    payloads overlaps with relaying traffic instead of stalling the proxy's event loop.
+
+    Confirmed batches (hop id -> messages written) are handed back through `done`; the store
+    keeps those messages in memory until then, so reads never miss one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # A short queue: when the disk falls behind, commit() blocks, slowing the proxy
+        # instead of growing memory without bound.
+        self._queue: queue.Queue = queue.Queue(maxsize=4)
+        self.done: collections.deque[dict[int, int]] = collections.deque()
+        self.failed = False
+        self._thread = threading.Thread(target=self._run, name="wsinspect-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, rows, hop_rows, counts, on_done: Callable[[], None] | None) -> None:
+        self._queue.put((rows, hop_rows, counts, on_done))
+
+    def _run(self) -> None:
+        db = _connect(self.path)
+        while (item := self._queue.get()) is not None:
+            rows, hop_rows, counts, on_done = item
+            try:
+                if not self.failed:
+                    _write_batch(db, rows, hop_rows)
+                    self.done.append(counts)
+                    if on_done is not None:
+                        on_done()
+            except (sqlite3.Error, OSError) as e:
+                # Nothing is dropped: unconfirmed messages stay in memory and readable.
+                self.failed = True
+                logger.error(f"writing {self.path} failed ({e}); recording continues in memory")
+            except RuntimeError:
+                pass  # the event loop closed before the confirmation: flush() applies it
+            finally:
+                self._queue.task_done()
+        self._queue.task_done()
+        db.close()
+
+    def drain(self) -> None:
+        self._queue.join()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+
 class SessionStore:
     def __init__(
         self,
@@ -82,10 +155,12 @@ class SessionStore:
             if self.path.exists():
                 raise CaptureError(f"{self.path}: already exists; choose a new capture file")
             _create_private(self.path)
-        self._db = self._connect(self.path)
+        self._db = _connect(self.path)
         self._db.executescript(_SCHEMA)
         self._db.execute("INSERT INTO meta VALUES ('format', ?)", (CAPTURE_FORMAT,))
         self._db.commit()
+        if self.path is not None:
+            self._writer = _BackgroundWriter(self.path)
 
     def _init_state(
         self,
@@ -102,22 +177,18 @@ class SessionStore:
         self._hops: dict[int, Hop] = {}
         self._subscribers: list[Subscriber] = []
         self._changes = StoreChanges()
-        self._pending: dict[int, list[Message]] = {}  # hop id -> messages not yet committed
-        self._pending_bytes = 0
+        # Per hop: messages not yet confirmed on disk, of which the first `_in_flight` are with
+        # the writer, and how many are confirmed (readable from the file).
+        self._pending: dict[int, list[Message]] = {}
+        self._in_flight: dict[int, int] = collections.defaultdict(int)
+        self._committed: dict[int, int] = {}
+        self._unsubmitted_bytes = 0
         self._dirty_hops: set[int] = set()
-        self._committed: dict[int, int] = {}  # hop id -> messages committed
+        self._writer: _BackgroundWriter | None = None
         self._last_commit = time.monotonic()
         self._tick_handle: asyncio.TimerHandle | None = None
         self._next_session_id = 1
         self._next_hop_id = 1
-
-    @staticmethod
-    def _connect(path: Path | None) -> sqlite3.Connection:
-        db = sqlite3.connect(str(path) if path else ":memory:", isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.isolation_level = "DEFERRED"
-        return db
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> SessionStore:
@@ -128,7 +199,7 @@ class SessionStore:
         store = cls.__new__(cls)
         store._init_state(path)
         try:
-            db = cls._connect(path)
+            db = _connect(path)
             row = db.execute("SELECT value FROM meta WHERE key='format'").fetchone()
             if row is None or row[0] != CAPTURE_FORMAT:
                 raise CaptureError(f"{path}: not a wsinspect capture (format {row and row[0]!r})")
@@ -245,7 +316,7 @@ class SessionStore:
         message.index = hop.stats.count
         hop.stats.add(message)
         self._pending.setdefault(hop.id, []).append(message)
-        self._pending_bytes += len(message.payload)
+        self._unsubmitted_bytes += len(message.payload)
         self._dirty_hops.add(hop.id)
         self._changes.messages.add(hop.session_id)
         self._schedule()
@@ -271,7 +342,7 @@ class SessionStore:
         self._tick_handle = None
         self._notify()
         due = time.monotonic() - self._last_commit >= self.commit_interval
-        if due or self._pending_bytes > 64 * 1024 * 1024:
+        if due or self._unsubmitted_bytes > 64 * 1024 * 1024:
             self.commit()
         if self._dirty_hops:
             self._schedule()
@@ -284,41 +355,51 @@ class SessionStore:
             callback(changes)
 
     def commit(self) -> None:
-        """Write pending messages and hop changes to the capture file in one transaction."""
+        """Hand pending messages and hop changes to the capture file as one transaction (on
+        the writer thread for a live capture, here otherwise)."""
         self._last_commit = time.monotonic()
+        self._apply_confirmations()
         if not self._dirty_hops:
             return
-        rows = [
-            (
-                hop_id,
-                m.index,
-                int(m.from_client),
-                m.type.value,
-                m.size,
-                m.timestamp,
-                int(m.injected),
-                m.sha256,
-                m.payload,
-            )
-            for hop_id, messages in self._pending.items()
-            for m in messages
-        ]
-        with self._db:
-            self._db.executemany(
-                "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
-            )
-            self._db.executemany(
-                "INSERT OR REPLACE INTO hops VALUES (?, ?, ?)",
-                [
-                    (h.id, h.session_id, json.dumps(h.to_json()))
-                    for h in (self._hops[i] for i in self._dirty_hops)
-                ],
-            )
+        counts: dict[int, int] = {}
+        rows = []
         for hop_id, messages in self._pending.items():
-            self._committed[hop_id] += len(messages)
-        self._pending.clear()
-        self._pending_bytes = 0
+            fresh = messages[self._in_flight[hop_id] :]
+            if fresh:
+                counts[hop_id] = len(fresh)
+                rows += [
+                    (hop_id, m.index, int(m.from_client), m.type.value, m.size, m.timestamp,
+                     int(m.injected), m.sha256, m.payload)
+                    for m in fresh
+                ]
+        hop_rows = [
+            (h.id, h.session_id, json.dumps(h.to_json()))
+            for h in (self._hops[i] for i in self._dirty_hops)
+        ]
         self._dirty_hops.clear()
+        self._unsubmitted_bytes = 0
+        for hop_id, n in counts.items():
+            self._in_flight[hop_id] += n
+        if self._writer is None:
+            _write_batch(self._db, rows, hop_rows)
+            self._confirm(counts)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+            on_done = lambda: loop.call_soon_threadsafe(self._apply_confirmations)  # noqa: E731
+        except RuntimeError:
+            on_done = None
+        self._writer.submit(rows, hop_rows, counts, on_done)
+
+    def _apply_confirmations(self) -> None:
+        while self._writer is not None and self._writer.done:
+            self._confirm(self._writer.done.popleft())
+
+    def _confirm(self, counts: dict[int, int]) -> None:
+        for hop_id, n in counts.items():
+            del self._pending[hop_id][:n]
+            self._in_flight[hop_id] -= n
+            self._committed[hop_id] += n
 
     def flush(self) -> None:
         """Deliver pending notifications and commit everything now."""
@@ -327,7 +408,13 @@ class SessionStore:
             self._tick_handle = None
         self._notify()
         self.commit()
+        if self._writer is not None:
+            self._writer.drain()
+            self._apply_confirmations()
 
     def close(self) -> None:
         self.flush()
+        if self._writer is not None:
+            self._writer.stop()
+            self._writer = None
         self._db.close()
