@@ -3,7 +3,8 @@
     mitmdump -s addons/wsinspect.py --set wsinspect_capture=cap.db
     wsinspect report cap.db
 
-It records with the same code as `wsinspect` itself. When the wsinspect package is not
+It records with the same code as `wsinspect` itself, and adds the commands `wsinspect.resend`
+and `wsinspect.inject` (see wsinspect/resend.py). When the wsinspect package is not
 installed, it is imported from the checkout this file lives in.
 """
 
@@ -12,8 +13,11 @@ from pathlib import Path
 
 try:
     from wsinspect.recorder import Recorder
+    from wsinspect.resend import Resender
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from wsinspect.recorder import Recorder
+    from wsinspect.resend import Resender
 
-addons = [Recorder()]
+recorder = Recorder()
+addons = [recorder, Resender(recorder)]

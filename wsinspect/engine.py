@@ -17,6 +17,7 @@ from mitmproxy import exceptions, master, options
 from mitmproxy.addons import core, next_layer, proxyauth, proxyserver, tlsconfig, upstream_auth
 
 from .recorder import Recorder
+from .resend import Resender
 from .store import SessionStore
 
 DEFAULT_LISTEN_HOST = "127.0.0.1"
@@ -82,6 +83,7 @@ class Engine:
         self.logs = _LogKeeper()
         self.master: master.Master | None = None
         self.recorder: Recorder | None = None
+        self.resender: Resender | None = None  # resends messages into live sessions
         self._watched_loggers = [logging.getLogger("mitmproxy"), logging.getLogger("wsinspect")]
         self._saved_levels: list[int] = []
 
@@ -101,6 +103,7 @@ class Engine:
         opts = options.Options()
         self.master = master.Master(opts)
         self.recorder = Recorder(self.store)
+        self.resender = Resender(self.recorder)
         self.master.addons.add(
             core.Core(),
             proxyauth.ProxyAuth(),
@@ -109,6 +112,7 @@ class Engine:
             tlsconfig.TlsConfig(),
             upstream_auth.UpstreamAuth(),
             self.recorder,
+            self.resender,
         )
         try:
             opts.update(

@@ -182,6 +182,7 @@ class Hop:
     close: Close | None = None
     stats: MessageStats = field(default_factory=MessageStats)
     flow_id: str | None = None
+    replay_of: int | None = None  # the session this hop's session replays (wsinspect replay)
     id: int = -1  # assigned by the store
     session_id: int = -1  # assigned by the store
 
@@ -212,6 +213,7 @@ class Hop:
             "close": self.close.to_json() if self.close else None,
             "stats": self.stats.to_json(),
             "flow_id": self.flow_id,
+            "replay_of": self.replay_of,
         }
 
     @classmethod
@@ -238,6 +240,7 @@ class Hop:
             close=Close.from_json(data["close"]) if data.get("close") else None,
             stats=MessageStats.from_json(data["stats"]),
             flow_id=data.get("flow_id"),
+            replay_of=data.get("replay_of"),
         )
 
 
@@ -274,6 +277,11 @@ class Session:
     @property
     def stats(self) -> MessageStats:
         return self.first_hop.stats
+
+    @property
+    def replay_of(self) -> int | None:
+        """The id of the session this one replays, if it is a replay."""
+        return self.first_hop.replay_of
 
     @property
     def timestamp_start(self) -> float:

@@ -114,6 +114,7 @@ class Recorder:
         self._hops: dict[str, Hop] = {}  # flow id -> hop
         self._flow_by_conn: dict[str, str] = {}  # connection id -> flow id
         self._tunnelled: set[str] = set()  # client connections that sent CONNECT
+        self._live_flows: dict[str, http.HTTPFlow] = {}  # flow id -> flow of an open WebSocket
         _FrameTap.install()
 
     def load(self, loader) -> None:
@@ -223,6 +224,12 @@ class Recorder:
         for conn in (flow.client_conn, flow.server_conn):
             taps[conn.id] = self
             self._flow_by_conn[conn.id] = flow.id
+        self._live_flows[flow.id] = flow
+
+    def live_flow(self, hop_id: int) -> http.HTTPFlow | None:
+        """The mitmproxy flow of a hop whose WebSocket is still open (to inject messages into),
+        or None once it has ended or when this recorder never saw it."""
+        return self._live_flows.get(self.store.hop(hop_id).flow_id)
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         hop = self._hops.get(flow.id)
@@ -300,6 +307,7 @@ class Recorder:
         )
 
     def _untap(self, flow: http.HTTPFlow) -> None:
+        self._live_flows.pop(flow.id, None)
         taps = _FrameTap.taps()
         for conn in (flow.client_conn, flow.server_conn):
             if taps.get(conn.id) is self:
