@@ -21,7 +21,7 @@ def proxy_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wsinspect",
         description="Inspect WebSocket sessions through an intercepting proxy. "
-        "Other commands: wsinspect report FILE.",
+        "Other commands: wsinspect report FILE, wsinspect open FILE.",
     )
     parser.add_argument(
         "--mode",
@@ -119,8 +119,13 @@ async def run_proxy(args: argparse.Namespace) -> int:
             flush=True,
         )
     print(f"wsinspect: recording to {store.path}", flush=True)
-    store.subscribe(HeadlessPrinter(store))
-    await stop.wait()
+    if args.headless:
+        store.subscribe(HeadlessPrinter(store))
+        await stop.wait()
+    else:
+        from .ui import run_live  # Textual loads only for the app
+
+        await run_live(store, engine, stop)
     await engine.stop()
     store.close()
     print(f"wsinspect: {len(store.sessions())} session(s) recorded to {store.path}", flush=True)
@@ -141,7 +146,23 @@ def run_report(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"report": run_report}
+def run_open(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="wsinspect open", description="Browse a capture.")
+    parser.add_argument("file")
+    args = parser.parse_args(argv)
+    try:
+        store = SessionStore.open(args.file)
+    except CaptureError as e:
+        print(f"wsinspect: {e}", file=sys.stderr)
+        return 2
+    from .ui import WsInspectApp  # Textual loads only for the app
+
+    WsInspectApp(store).run()
+    store.close()
+    return 0
+
+
+COMMANDS = {"report": run_report, "open": run_open}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

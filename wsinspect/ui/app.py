@@ -1,0 +1,226 @@
+"""The wsinspect app: sessions list, session view, log, in one Textual App.
+
+The app talks to the core through a small interface: it subscribes to the store's change
+batches and to the engine's log records, turns each into a Textual message, and reads sessions
+and messages from the store. It never starts or stops the proxy; `run_live` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+
+from rich.text import Text
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.message import Message
+from textual.screen import Screen
+
+from ..engine import Engine, LogRecord
+from ..store import SessionStore, StoreChanges
+from .format import printable
+from .logs import LogScreen
+from .session_view import SessionScreen
+from .sessions import SessionsScreen
+from .status import StatusBar
+
+THEMES = ("textual-dark", "textual-light")
+PROBLEM_LEVELS = ("warning", "error")
+
+
+class StoreChanged(Message):
+    def __init__(self, changes: StoreChanges) -> None:
+        super().__init__()
+        self.changes = changes
+
+
+class LogArrived(Message):
+    def __init__(self, record: LogRecord) -> None:
+        super().__init__()
+        self.record = record
+
+
+def client_example(spec: str, host: str, port: int) -> str | None:
+    """A one-line client that sends a WebSocket through a listener of mode `spec`."""
+    kind = spec.split(":", 1)[0].split("@", 1)[0]
+    if kind == "regular":
+        return (
+            "python -c \"import asyncio, websockets; asyncio.run(websockets.connect("
+            f"'ws://echo.websocket.org/', proxy='http://{host}:{port}'))\""
+        )
+    if kind == "reverse":
+        return (
+            "python -c \"import asyncio, websockets; asyncio.run(websockets.connect("
+            f"'ws://{host}:{port}/'))\""
+        )
+    return None
+
+
+class WsInspectApp(App):
+    CSS_PATH = "app.tcss"
+    TITLE = "wsinspect"
+    BINDINGS = [
+        Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
+    ]
+
+    def __init__(
+        self,
+        store: SessionStore,
+        engine: Engine | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__()
+        self.store = store
+        self.engine = engine
+        self.clock = clock
+        self.theme = THEMES[0]
+        self._unsubscribe: Callable[[], None] | None = None
+        self._counted_messages = self._message_total()
+        self.messages_per_second = 0.0
+        self.problems = 0
+
+    # ----- wiring to the core --------------------------------------------------------------
+
+    def on_mount(self) -> None:
+        self._unsubscribe = self.store.subscribe(lambda c: self.post_message(StoreChanged(c)))
+        if self.engine is not None:
+            self.engine.logs.listeners.append(self._log_listener)
+        self.set_interval(1.0, self._measure_rate)
+        self.push_screen(SessionsScreen())
+
+    def on_unmount(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        if self.engine is not None and self._log_listener in self.engine.logs.listeners:
+            self.engine.logs.listeners.remove(self._log_listener)
+
+    def _log_listener(self, record: LogRecord) -> None:
+        self.post_message(LogArrived(record))
+
+    def on_store_changed(self, event: StoreChanged) -> None:
+        for screen in self.screen_stack:
+            if isinstance(screen, (SessionsScreen, SessionScreen)):
+                screen.store_changed(event.changes)
+        if event.changes.added or event.changes.updated:
+            for bar in self.screen.query(StatusBar):
+                bar.update_status()
+
+    def on_log_arrived(self, event: LogArrived) -> None:
+        record = event.record
+        if record.level in PROBLEM_LEVELS:
+            self.problems += 1
+        if record.level == "error":
+            self.notify(printable(record.message), title="proxy error", severity="error",
+                        markup=False)
+        if isinstance(self.screen, LogScreen):
+            self.screen.add_record(record)
+
+    def log_records(self) -> list[LogRecord]:
+        return list(self.engine.logs.records) if self.engine is not None else []
+
+    # ----- status --------------------------------------------------------------------------
+
+    def _message_total(self) -> int:
+        return sum(s.stats.count for s in self.store.sessions())
+
+    def _measure_rate(self) -> None:
+        total = self._message_total()
+        self.messages_per_second = total - self._counted_messages
+        self._counted_messages = total
+
+    def status_text(self) -> Text:
+        text = Text()
+        text.append(" wsinspect ", style="bold reverse")
+        if self.engine is not None:
+            for spec, addrs in self.engine.servers():
+                listening = ", ".join(f"{h}:{p}" for h, p in addrs)
+                text.append(f" {printable(spec)} {listening}")
+        else:
+            text.append(f" capture {printable(str(self.store.path))}")
+        sessions = self.store.sessions()
+        by_outcome: dict[str, int] = {}
+        for session in sessions:
+            by_outcome[session.outcome.value] = by_outcome.get(session.outcome.value, 0) + 1
+        counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(by_outcome.items()))
+        text.append(f"  │ {len(sessions)} sessions" + (f" ({counts})" if counts else ""))
+        if self.engine is not None:
+            text.append(f"  │ {self.messages_per_second:.0f} msg/s")
+        if self.problems:
+            text.append(f"  │ {self.problems} problems, press l", style="bold red")
+        return text
+
+    def empty_state_text(self) -> Text:
+        text = Text()
+        if self.engine is None:
+            text.append("This capture holds no WebSocket sessions.\n", style="bold")
+            return text
+        text.append("No WebSocket sessions yet.\n\n", style="bold")
+        for spec, addrs in self.engine.servers():
+            for host, port in addrs:
+                text.append(f"The {printable(spec)} proxy listens at {host}:{port}.\n")
+                example = client_example(spec, host, port)
+                if example:
+                    text.append("Send a WebSocket through it, for example:\n  ")
+                    text.append(example + "\n", style="bold")
+                else:
+                    text.append("Route a client's traffic through this machine to see it here.\n")
+        ca = f"{self.engine.confdir}/mitmproxy-ca-cert.pem"
+        text.append("\nFor wss://, the client must trust the proxy's CA:\n  ")
+        text.append(
+            f"cp {printable(ca)} /usr/local/share/ca-certificates/mitmproxy.crt"
+            " && update-ca-certificates\n",
+            style="bold",
+        )
+        text.append("or give the file to the client (ssl= in Python, NODE_EXTRA_CA_CERTS in Node).\n")
+        text.append("\nPress l for the proxy's log, ctrl+p for all commands, q to quit.")
+        return text
+
+    # ----- actions -------------------------------------------------------------------------
+
+    def open_session(self, session_id: int) -> None:
+        self.push_screen(SessionScreen(session_id))
+
+    def action_show_log(self) -> None:
+        if not isinstance(self.screen, LogScreen):
+            self.push_screen(LogScreen())
+
+    def action_toggle_theme(self) -> None:
+        self.theme = THEMES[(THEMES.index(self.theme) + 1) % len(THEMES)] if (
+            self.theme in THEMES
+        ) else THEMES[0]
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Show log", "The proxy's log records and errors", self.action_show_log)
+        yield SystemCommand(
+            "Toggle dark/light", "Switch between the dark and light theme", self.action_toggle_theme
+        )
+        if isinstance(screen, SessionsScreen):
+            yield SystemCommand("Open session", "Open the selected session", screen.action_open_session)
+            yield SystemCommand("Newest session", "Jump to the newest session", screen.action_follow)
+        if isinstance(screen, SessionScreen):
+            yield SystemCommand("Handshake", "Show the handshake of each hop",
+                                lambda: screen.action_show_tab("handshake"))
+            yield SystemCommand("Messages", "Show the message list",
+                                lambda: screen.action_show_tab("messages"))
+            yield SystemCommand("Filter messages", "Filter by text or /regex/", screen.action_focus_filter)
+            yield SystemCommand("Next match", "Jump to the next matching message", screen.action_next_match)
+            yield SystemCommand("Copy payload", "Copy the selected payload to the clipboard",
+                                screen.action_copy_payload)
+            yield SystemCommand("Save payload", "Save the selected payload to a file",
+                                screen.action_save_payload)
+
+
+async def run_live(store: SessionStore, engine: Engine, stop: asyncio.Event) -> None:
+    """Run the app on the current loop next to the running engine until the user quits or
+    `stop` is set (SIGTERM)."""
+    app = WsInspectApp(store, engine)
+    app_task = asyncio.ensure_future(app.run_async())
+    stop_task = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({app_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    if not app_task.done():
+        app.exit()
+        await app_task
+    stop_task.cancel()

@@ -1,0 +1,98 @@
+"""The handshake of each hop as display text: request, response and what they negotiated."""
+
+from __future__ import annotations
+
+from rich.text import Text
+
+from ..model import Hop, Session, accept_for_key, header_tokens, header_value
+from .format import printable
+
+
+def _addr(addr: tuple[str, int] | None) -> str:
+    return f"{addr[0]}:{addr[1]}" if addr else "?"
+
+
+def _headers(text: Text, headers: list[tuple[str, str]]) -> None:
+    for name, value in headers:
+        text.append(f"  {printable(name)}", style="bold")
+        text.append(f": {printable(value)}\n")
+
+
+def accept_check(hop: Hop) -> tuple[bool | None, str]:
+    """Whether the response's Sec-WebSocket-Accept answers the request's key, in words."""
+    key = hop.websocket_key
+    accept = header_value(hop.response_headers, "Sec-WebSocket-Accept")
+    if hop.response_status is None:
+        return None, "no response"
+    if key is None:
+        return False, "the request has no Sec-WebSocket-Key"
+    expected = accept_for_key(key)
+    if accept is None:
+        if hop.response_status == 101:
+            return False, f"missing; the key {printable(key)} calls for {expected}"
+        return None, f"not sent (status {hop.response_status})"
+    if accept.strip() == expected:
+        return True, f"{printable(accept)} matches the key"
+    return False, f"{printable(accept)} does not match the key; expected {expected}"
+
+
+def negotiated(hop: Hop, header: str) -> str:
+    """What the client offered in `header` and what the server chose."""
+    offered = header_value(hop.request_headers, header)
+    chosen = header_value(hop.response_headers, header)
+    if offered is None and chosen is None:
+        return "none"
+    return f"offered {printable(offered or '(none)')}; chosen {printable(chosen or '(none)')}"
+
+
+def hop_text(hop: Hop, position: int) -> Text:
+    text = Text()
+    text.append(f"Hop {position}", style="bold reverse")
+    text.append(
+        f"  {printable(hop.mode)}  client {_addr(hop.client_addr)} → server "
+        f"{_addr(hop.server_addr)}  {hop.outcome.value}\n"
+    )
+    text.append("Request\n", style="bold underline")
+    text.append(f"  {printable(hop.request_line)}\n")
+    _headers(text, hop.request_headers)
+    text.append("Response", style="bold underline")
+    if hop.response_status is None:
+        text.append("\n  none" + (f": {printable(hop.error)}" if hop.error else "") + "\n")
+    else:
+        if hop.timestamp_response is not None:
+            text.append(f"  after {1000 * (hop.timestamp_response - hop.timestamp_start):.1f} ms")
+        version = hop.response_http_version or hop.http_version
+        text.append(
+            f"\n  {printable(version)} {hop.response_status} {printable(hop.response_reason)}\n"
+        )
+        _headers(text, hop.response_headers)
+    text.append("Negotiation\n", style="bold underline")
+    ok, words = accept_check(hop)
+    mark, style = {True: ("✓", "green"), False: ("✗", "bold red"), None: ("-", "")}[ok]
+    text.append(f"  {mark} ", style=style)
+    text.append(f"Sec-WebSocket-Accept: {words}\n")
+    text.append(f"  Subprotocol: {negotiated(hop, 'Sec-WebSocket-Protocol')}\n")
+    text.append(f"  Extensions: {negotiated(hop, 'Sec-WebSocket-Extensions')}\n")
+    upgrade = header_tokens(hop.request_headers, "Upgrade")
+    connection = header_tokens(hop.request_headers, "Connection")
+    if "websocket" not in upgrade or "upgrade" not in connection:
+        text.append(
+            "  ✗ the request lacks Upgrade: websocket / Connection: Upgrade\n", style="bold red"
+        )
+    if hop.close is not None:
+        close = hop.close
+        text.append("End\n", style="bold underline")
+        if close.abnormal:
+            text.append(f"  abnormal: {printable(close.abnormal_reason or '')}\n")
+        else:
+            reason = f" {printable(close.reason)!r}" if close.reason else ""
+            text.append(f"  close {close.code}{reason} by {close.by}\n")
+    elif hop.error:
+        text.append("End\n", style="bold underline")
+        text.append(f"  {printable(hop.error)}\n")
+    return text
+
+
+def session_handshakes(session: Session) -> Text:
+    parts = [hop_text(hop, i) for i, hop in enumerate(session.hops, start=1)]
+    return Text("\n").join(parts)

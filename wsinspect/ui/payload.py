@@ -1,0 +1,129 @@
+"""The payload pane: one message as text, pretty JSON or a hex dump, with copy and save."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.highlighter import JSONHighlighter
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Input, Label, Static
+
+from ..model import Message, MessageType
+from .format import clock, format_size, hex_dump, is_text, pretty_json, printable, safe_lines
+
+# Beyond this, the pane shows the start of a payload; copy and save always take all of it.
+DISPLAY_LIMIT = 64 * 1024
+
+VIEWS = ("text", "json", "hex")
+
+
+def default_view(message: Message) -> str:
+    if is_text(message):
+        return "json" if pretty_json(message.payload[:DISPLAY_LIMIT]) is not None else "text"
+    return "hex"
+
+
+def payload_for_clipboard(message: Message) -> str:
+    """Text payloads as they are; anything else as hex."""
+    if is_text(message):
+        return message.text()
+    return message.payload.hex()
+
+
+def render_payload(message: Message, view: str) -> Text:
+    shown = message.payload[:DISPLAY_LIMIT]
+    if message.type is MessageType.CLOSE:
+        code, reason = message.close_code_reason()
+        return Text(f"close code {code}\nreason {printable(reason)!s}")
+    if view == "json":
+        pretty = pretty_json(shown)
+        if pretty is not None:
+            return JSONHighlighter()(Text(safe_lines(pretty)))
+        view = "text" if is_text(message) else "hex"
+    if view == "text":
+        return Text(safe_lines(shown.decode("utf-8", errors="replace")))
+    return Text(hex_dump(shown))
+
+
+class PayloadPane(Vertical):
+    """Shows the message the message list's cursor is on."""
+
+    BINDINGS = [Binding("v", "cycle_view", "View")]
+
+    def __init__(self, session_start: float, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.session_start = session_start
+        self.message: Message | None = None
+        self.view = "text"
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="payload-info")
+        with VerticalScroll(id="payload-scroll"):
+            yield Static(id="payload-body")
+
+    def on_mount(self) -> None:
+        self.show(None)
+
+    def show(self, message: Message | None) -> None:
+        self.message = message
+        if message is not None:
+            self.view = default_view(message)
+        self._show_current()
+
+    def action_cycle_view(self) -> None:
+        if self.message is None:
+            return
+        self.view = VIEWS[(VIEWS.index(self.view) + 1) % len(VIEWS)]
+        self._show_current()
+
+    def _show_current(self) -> None:
+        info = self.query_one("#payload-info", Static)
+        body = self.query_one("#payload-body", Static)
+        message = self.message
+        if message is None:
+            info.update(Text("No message selected", style="italic"))
+            body.update(Text("Move the cursor in the message list (↑/↓ or a click) to see a payload."))
+            return
+        line = Text()
+        line.append(f"#{message.index} ", style="bold")
+        line.append("client → server" if message.from_client else "server → client")
+        line.append(f"  {message.type.value}  {format_size(message.size)}")
+        line.append(
+            f"  {clock(message.timestamp)}  +{message.timestamp - self.session_start:.3f}s"
+        )
+        line.append(f"  [{self.view}]", style="dim")
+        if message.truncated:
+            line.append(f"  stored {format_size(len(message.payload))}, sha256 {message.sha256}")
+        if message.injected:
+            line.append("  injected")
+        if len(message.payload) > DISPLAY_LIMIT:
+            line.append(f"  showing the first {format_size(DISPLAY_LIMIT)}", style="dim")
+        info.update(line)
+        body.update(render_payload(message, self.view))
+        self.query_one("#payload-scroll", VerticalScroll).scroll_home(animate=False)
+
+
+class SavePayloadScreen(ModalScreen[Path | None]):
+    """Asks where to save a payload; dismissed with the path, or None."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, suggestion: str) -> None:
+        super().__init__()
+        self.suggestion = suggestion
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="save-dialog"):
+            yield Label("Save the payload to (Enter to save, Esc to cancel):")
+            yield Input(value=self.suggestion, id="save-path")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        value = event.value.strip()
+        self.dismiss(Path(value).expanduser() if value else None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,214 @@
+"""One session: its handshakes and its messages, in tabs (more tabs, such as findings, fit
+next to them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Input, Select, Static, TabbedContent, TabPane
+
+from ..model import MessageType
+from ..store import StoreChanges
+from .format import printable
+from .handshake import session_handshakes
+from .messages import LIST_HEADER, FilterError, MessageFilter, MessageList
+from .payload import PayloadPane, SavePayloadScreen, payload_for_clipboard
+from .status import StatusBar, session_summary
+
+DIRECTIONS = [("both ways", "both"), ("client → server", "client"), ("server → client", "server")]
+TYPES = [("all types", "all")] + [(t.value, t.value) for t in MessageType]
+
+
+class SessionScreen(Screen):
+    """Tabs: Handshake and Messages."""
+
+    BINDINGS = [
+        Binding("escape", "back", "Sessions"),
+        Binding("h", "show_tab('handshake')", "Handshake"),
+        Binding("m", "show_tab('messages')", "Messages"),
+        Binding("slash", "focus_filter", "Filter"),
+        Binding("n", "next_match", "Next match"),
+        Binding("N", "previous_match", "Prev match", show=False),
+        Binding("d", "cycle_direction", "Direction", show=False),
+        Binding("y", "cycle_type", "Type", show=False),
+        Binding("o", "toggle_only_matches", "Only matches", show=False),
+        Binding("c", "copy_payload", "Copy"),
+        Binding("s", "save_payload", "Save"),
+    ]
+
+    def __init__(self, session_id: int) -> None:
+        super().__init__()
+        self.session_id = session_id
+        self.only_matches = True
+
+    @property
+    def store(self):
+        return self.app.store
+
+    def compose(self) -> ComposeResult:
+        session = self.store.session(self.session_id)
+        yield StatusBar()
+        yield Static(id="session-summary")
+        initial = "messages" if session.status == 101 else "handshake"
+        with TabbedContent(initial=initial, id="session-tabs"):
+            with TabPane("Handshake", id="handshake"):
+                with VerticalScroll(id="handshake-scroll"):
+                    yield Static(id="handshake-text")
+            with TabPane("Messages", id="messages"):
+                with Horizontal(id="filter-bar"):
+                    yield Input(placeholder="filter: text or /regex/", id="filter-text")
+                    yield Select(DIRECTIONS, value="both", allow_blank=False, id="filter-direction")
+                    yield Select(TYPES, value="all", allow_blank=False, id="filter-type")
+                yield Static(Text(LIST_HEADER), id="message-header")
+                yield MessageList(self.store, self.session_id, id="message-list")
+                yield PayloadPane(session.timestamp_start, id="payload")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._show_session()
+        message_list = self.query_one(MessageList)
+        message_list.scroll_end(animate=False, immediate=True, x_axis=False)
+        if self.query_one(TabbedContent).active == "messages":
+            message_list.focus()
+
+    def _show_session(self) -> None:
+        session = self.store.session(self.session_id)
+        self.query_one("#session-summary", Static).update(session_summary(session, self.app.clock()))
+        self.query_one("#handshake-text", Static).update(session_handshakes(session))
+
+    def store_changed(self, changes: StoreChanges) -> None:
+        if self.session_id in changes.messages:
+            self.query_one(MessageList).messages_arrived()
+        if self.session_id in changes.updated | changes.messages:
+            self._show_session()
+
+    # ----- tabs ----------------------------------------------------------------------------
+
+    def action_back(self) -> None:
+        self.dismiss()
+
+    def action_show_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+        if tab == "messages":
+            self.query_one(MessageList).focus()
+
+    # ----- filtering -----------------------------------------------------------------------
+
+    def action_focus_filter(self) -> None:
+        self.action_show_tab("messages")
+        self.query_one("#filter-text", Input).focus()
+
+    def current_filter(self) -> MessageFilter:
+        direction = self.query_one("#filter-direction", Select).value
+        kind = self.query_one("#filter-type", Select).value
+        return MessageFilter(
+            query=self.query_one("#filter-text", Input).value,
+            direction=None if direction == "both" else direction,
+            type=None if kind == "all" else MessageType(kind),
+            only_matches=self.only_matches,
+        )
+
+    def apply_filter(self) -> None:
+        text_input = self.query_one("#filter-text", Input)
+        try:
+            self.query_one(MessageList).set_filter(self.current_filter())
+        except FilterError as e:
+            text_input.add_class("-invalid")
+            self.notify(str(e), severity="error", timeout=3, markup=False)
+            return
+        text_input.remove_class("-invalid")
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "filter-text":
+            self.apply_filter()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "filter-text":
+            message_list = self.query_one(MessageList)
+            message_list.focus()
+            message_list.jump_to_hit()
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        self.apply_filter()
+
+    def _cycle(self, select_id: str, options: list[tuple[str, str]]) -> None:
+        select = self.query_one(select_id, Select)
+        values = [value for _, value in options]
+        select.value = values[(values.index(select.value) + 1) % len(values)]
+
+    def action_cycle_direction(self) -> None:
+        self._cycle("#filter-direction", DIRECTIONS)
+
+    def action_cycle_type(self) -> None:
+        self._cycle("#filter-type", TYPES)
+
+    def action_toggle_only_matches(self) -> None:
+        self.only_matches = not self.only_matches
+        self.notify(
+            "showing only matching messages" if self.only_matches else "marking matches (▶)",
+            timeout=2,
+        )
+        self.apply_filter()
+
+    def action_next_match(self) -> None:
+        if not self.query_one(MessageList).jump_to_hit(forward=True):
+            self.notify("no matches", timeout=2)
+
+    def action_previous_match(self) -> None:
+        if not self.query_one(MessageList).jump_to_hit(forward=False):
+            self.notify("no matches", timeout=2)
+
+    def on_message_list_scan_progress(self, event: MessageList.ScanProgress) -> None:
+        header = self.query_one("#message-header", Static)
+        text = Text(LIST_HEADER)
+        if event.scanned < event.total:
+            text.append(f"   filtering… {100 * event.scanned // max(1, event.total)}%", style="bold")
+        header.update(text)
+
+    # ----- the payload ---------------------------------------------------------------------
+
+    def on_message_list_highlighted(self, event: MessageList.Highlighted) -> None:
+        message = None
+        if event.index is not None:
+            found = self.store.messages(self.session_id, event.index, event.index + 1)
+            message = found[0] if found else None
+        self.query_one(PayloadPane).show(message)
+
+    def _selected_message(self):
+        message = self.query_one(PayloadPane).message
+        if message is None:
+            self.notify("select a message first", severity="warning", timeout=2)
+        return message
+
+    def action_copy_payload(self) -> None:
+        message = self._selected_message()
+        if message is not None:
+            self.app.copy_to_clipboard(payload_for_clipboard(message))
+            self.notify(f"copied message #{message.index} to the clipboard", timeout=2)
+
+    def action_save_payload(self) -> None:
+        message = self._selected_message()
+        if message is None:
+            return
+        suggestion = f"wsinspect-{self.session_id}-{message.index}.bin"
+
+        def save(path: Path | None) -> None:
+            if path is None:
+                return
+            try:
+                with open(path, "xb") as f:
+                    f.write(message.payload)
+            except OSError as e:
+                self.notify(f"could not save: {printable(str(e))}", severity="error", markup=False)
+                return
+            note = " (the stored part; the payload was capped)" if message.truncated else ""
+            self.notify(
+                f"saved {len(message.payload)} bytes to {printable(str(path))}{note}", markup=False
+            )
+
+        self.app.push_screen(SavePayloadScreen(suggestion), save)

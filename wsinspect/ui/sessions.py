@@ -1,0 +1,134 @@
+"""The first screen: the live list of sessions, or what to do when there are none yet."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from ..model import Outcome, Session
+from ..store import StoreChanges
+from .format import clock, duration, format_size, printable
+from .status import StatusBar, outcome_badge
+
+COLUMNS = [
+    ("id", "#"),
+    ("state", "state"),
+    ("url", "URL"),
+    ("status", "status"),
+    ("hops", "hops"),
+    ("messages", "msgs"),
+    ("bytes", "bytes"),
+    ("duration", "duration"),
+    ("last", "last activity"),
+]
+
+
+def session_cells(session: Session, now: float) -> dict[str, Text]:
+    right = "right"
+    status = str(session.status) if session.status is not None else "-"
+    return {
+        "id": Text(str(session.id), justify=right),
+        "state": outcome_badge(session.outcome),
+        "url": Text(printable(session.url)),
+        "status": Text(status, justify=right),
+        "hops": Text(str(len(session.hops)), justify=right),
+        "messages": Text(str(session.stats.count), justify=right),
+        "bytes": Text(format_size(session.stats.bytes), justify=right),
+        "duration": Text(duration(session.duration(now)), justify=right),
+        "last": Text(clock(session.last_activity, millis=False)),
+    }
+
+
+class SessionsTable(DataTable):
+    """One row per session, in the order they started."""
+
+    def on_mount(self) -> None:
+        self.cursor_type = "row"
+        for key, label in COLUMNS:
+            self.add_column(label, key=key)
+
+    @property
+    def at_newest(self) -> bool:
+        return self.row_count == 0 or self.cursor_row >= self.row_count - 1
+
+    def add_session(self, session: Session, now: float) -> None:
+        cells = session_cells(session, now)
+        self.add_row(*(cells[key] for key, _ in COLUMNS), key=str(session.id))
+
+    def update_session(self, session: Session, now: float, columns=None) -> None:
+        cells = session_cells(session, now)
+        for key in columns or cells:
+            self.update_cell(str(session.id), key, cells[key])
+
+
+class EmptyState(Static):
+    """Tells a newcomer how to send a first WebSocket through the proxy."""
+
+
+class SessionsScreen(Screen):
+    BINDINGS = [
+        Binding("enter", "open_session", "Open"),
+        Binding("f", "follow", "Newest"),
+        Binding("l", "app.show_log", "Log"),
+        Binding("t", "app.toggle_theme", "Theme"),
+        Binding("q", "app.quit", "Quit"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield StatusBar()
+        yield EmptyState(self.app.empty_state_text(), id="empty")
+        yield SessionsTable(id="sessions")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(SessionsTable)
+        now = self.app.clock()
+        for session in self.app.store.sessions():
+            table.add_session(session, now)
+        if table.row_count:
+            table.move_cursor(row=table.row_count - 1)
+        self._show_empty_state()
+        self.set_interval(1.0, self._tick_durations)
+
+    def _show_empty_state(self) -> None:
+        has_sessions = self.query_one(SessionsTable).row_count > 0
+        self.query_one("#empty").display = not has_sessions
+        self.query_one(SessionsTable).display = has_sessions
+
+    def store_changed(self, changes: StoreChanges) -> None:
+        table = self.query_one(SessionsTable)
+        store, now = self.app.store, self.app.clock()
+        following = table.at_newest
+        for session_id in sorted(changes.added):
+            table.add_session(store.session(session_id), now)
+        for session_id in (changes.updated | changes.messages) - changes.added:
+            table.update_session(store.session(session_id), now)
+        if changes.added:
+            self._show_empty_state()
+            if following:
+                table.move_cursor(row=table.row_count - 1)
+
+    def _tick_durations(self) -> None:
+        table, now = self.query_one(SessionsTable), self.app.clock()
+        for session in self.app.store.sessions():
+            if session.outcome is Outcome.OPEN:
+                table.update_session(session, now, ["duration"])
+
+    def action_follow(self) -> None:
+        table = self.query_one(SessionsTable)
+        if table.row_count:
+            table.move_cursor(row=table.row_count - 1)
+        table.focus()
+
+    def action_open_session(self) -> None:
+        table = self.query_one(SessionsTable)
+        if table.row_count == 0:
+            return
+        row_key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
+        self.app.open_session(int(row_key.value))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.app.open_session(int(event.row_key.value))
