@@ -134,8 +134,13 @@ class MessageStats:
 
 @dataclass(slots=True)
 class Close:
-    """How a WebSocket ended. `by` is "client", "server" or "proxy"; `abnormal` means no close
-    frame was exchanged (a reset, a crash, a timeout) and `abnormal_reason` says what happened."""
+    """How a WebSocket ended.
+
+    `by` is "client", "server" or "proxy" (the proxy closes both sides when a frame breaks the
+    protocol; `offender` then names the side that sent it). `abnormal` means one side vanished
+    without a close frame (a reset, a crash, a timeout) and `abnormal_reason` says what
+    happened. `told_client` and `told_server` are the close code and reason the proxy sent each
+    side, which may differ from what happened: a survivor is told 1000 when its peer vanished."""
 
     code: int | None = None
     reason: str = ""
@@ -143,6 +148,9 @@ class Close:
     abnormal: bool = False
     abnormal_reason: str | None = None
     timestamp: float | None = None
+    offender: str | None = None
+    told_client: tuple[int | None, str] | None = None
+    told_server: tuple[int | None, str] | None = None
 
     def to_json(self) -> dict:
         return {
@@ -152,11 +160,17 @@ class Close:
             "abnormal": self.abnormal,
             "abnormal_reason": self.abnormal_reason,
             "timestamp": self.timestamp,
+            "offender": self.offender,
+            "told_client": list(self.told_client) if self.told_client else None,
+            "told_server": list(self.told_server) if self.told_server else None,
         }
 
     @classmethod
     def from_json(cls, data: dict) -> Close:
-        return cls(**data)
+        close = cls(**data)
+        close.told_client = tuple(close.told_client) if close.told_client else None
+        close.told_server = tuple(close.told_server) if close.told_server else None
+        return close
 
 
 @dataclass(slots=True)
@@ -182,6 +196,8 @@ class Hop:
     close: Close | None = None
     stats: MessageStats = field(default_factory=MessageStats)
     flow_id: str | None = None
+    # "proxy" when this listener's proxy answered the handshake itself (it refused the request)
+    answered_by: str | None = None
     replay_of: int | None = None  # the session this hop's session replays (wsinspect replay)
     id: int = -1  # assigned by the store
     session_id: int = -1  # assigned by the store
@@ -213,6 +229,7 @@ class Hop:
             "close": self.close.to_json() if self.close else None,
             "stats": self.stats.to_json(),
             "flow_id": self.flow_id,
+            "answered_by": self.answered_by,
             "replay_of": self.replay_of,
         }
 
@@ -240,6 +257,7 @@ class Hop:
             close=Close.from_json(data["close"]) if data.get("close") else None,
             stats=MessageStats.from_json(data["stats"]),
             flow_id=data.get("flow_id"),
+            answered_by=data.get("answered_by"),
             replay_of=data.get("replay_of"),
         )
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import wsproto.events
 from mitmproxy import ctx, http
-from mitmproxy.proxy.layers import websocket as websocket_layer
 from mitmproxy.websocket import WebSocketMessage
 from wsproto.frame_protocol import Opcode
 
+from . import seams
 from .model import Close, Hop, Message, MessageType, Outcome, header_tokens
 from .store import DEFAULT_MAX_PAYLOAD, SessionStore
 
@@ -43,7 +44,8 @@ def _headers(headers: http.Headers) -> list[tuple[str, str]]:
 def _request_line(request: http.Request, absolute_form: bool) -> str:
     """The request line as the client sent it (origin or absolute form)."""
     if absolute_form:
-        target = f"{request.scheme}://{request.host_header or request.authority}{request.path}"
+        scheme = getattr(request, "wsinspect_scheme", request.scheme)  # see seams: ws:// scheme
+        target = f"{scheme}://{request.host_header or request.authority}{request.path}"
     else:
         target = request.path
     return f"{request.method} {target} {request.http_version}"
@@ -73,36 +75,12 @@ def hop_from_request(flow: http.HTTPFlow, absolute_form: bool = False) -> Hop:
     )
 
 
-class _FrameTap:
-    """Sees every frame event mitmproxy's WebSocket layer parses, including the ping, pong and
-    close frames its hooks do not report.
+@dataclass
+class _CloseNotes:
+    """What the frame tap saw of a WebSocket's end before mitmproxy's end hook."""
 
-    mitmproxy's layer builds one `WebsocketConnection` (a wsproto Connection) per side and
-    drains `events()` from it; installing a subclass in its place lets us see each event as it
-    is relayed. `tests/test_recorder.py` fails if a mitmproxy release changes this seam."""
-
-    @staticmethod
-    def install() -> None:
-        base = websocket_layer.WebsocketConnection
-        if getattr(base, "wsinspect_taps", None) is not None:
-            return
-
-        class TappedWebsocketConnection(base):  # type: ignore[misc, valid-type]
-            wsinspect_taps: dict[str, Recorder] = {}
-
-            def events(self):
-                for event in super().events():
-                    recorder = self.wsinspect_taps.get(self.conn.id)
-                    if recorder is not None:
-                        # A wsproto SERVER-side connection faces the client.
-                        recorder.on_frame_event(self.conn.id, not self.client, event)
-                    yield event
-
-        websocket_layer.WebsocketConnection = TappedWebsocketConnection
-
-    @staticmethod
-    def taps() -> dict[str, Recorder]:
-        return websocket_layer.WebsocketConnection.wsinspect_taps
+    protocol_error: tuple[str, int, str] | None = None  # offending side, code, reason
+    told: dict[str, tuple[int | None, str]] = field(default_factory=dict)  # side -> close sent
 
 
 class Recorder:
@@ -115,9 +93,11 @@ class Recorder:
         self._flow_by_conn: dict[str, str] = {}  # connection id -> flow id
         self._tunnelled: set[str] = set()  # client connections that sent CONNECT
         self._live_flows: dict[str, http.HTTPFlow] = {}  # flow id -> flow of an open WebSocket
-        _FrameTap.install()
+        self._close_notes: dict[str, _CloseNotes] = {}  # flow id -> what the frame tap saw
+        seams.install()
 
     def load(self, loader) -> None:
+        seams.register(self, loader.master.options)
         loader.add_option(
             "wsinspect_capture",
             str,
@@ -149,6 +129,7 @@ class Recorder:
             logger.info(f"wsinspect: recording WebSocket sessions to {path}")
 
     def done(self) -> None:
+        seams.unregister(ctx.options)
         if self.store is not None:
             if self._owns_store:
                 self.store.close()
@@ -163,17 +144,20 @@ class Recorder:
     def client_disconnected(self, client) -> None:
         self._tunnelled.discard(client.id)
 
-    def request(self, flow: http.HTTPFlow) -> None:
-        if not is_upgrade_attempt(flow.request) or flow.id in self._hops:
-            return
-        # mitmproxy rewrites an absolute-form request line to origin form before any hook
-        # runs; outside a CONNECT tunnel, a regular proxy's HTTP/1 requests arrive that way.
-        absolute_form = (
+    def _absolute_form(self, flow: http.HTTPFlow) -> bool:
+        """Whether the client sent an absolute-form request line. mitmproxy rewrites it to
+        origin form before any hook runs; outside a CONNECT tunnel, a regular proxy's HTTP/1
+        requests arrive that way."""
+        return (
             flow.client_conn.proxy_mode.type_name == "regular"
             and flow.client_conn.id not in self._tunnelled
             and not flow.request.is_http2
         )
-        hop = hop_from_request(flow, absolute_form)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if not is_upgrade_attempt(flow.request) or flow.id in self._hops:
+            return
+        hop = hop_from_request(flow, self._absolute_form(flow))
         self._hops[flow.id] = hop
         self.store.add_hop(hop)
 
@@ -198,6 +182,11 @@ class Recorder:
     def error(self, flow: http.HTTPFlow) -> None:
         hop = self._hops.pop(flow.id, None)
         if hop is None:
+            if flow.response is None and is_upgrade_attempt(flow.request):
+                # No request hook ran: the proxy refused the request itself (an invalid
+                # header or scheme) and answered 400.
+                hop = hop_from_request(flow, self._absolute_form(flow))
+                self._record_refusal(hop, flow.error.msg if flow.error else "")
             return
         self._untap(flow)
         hop.error = flow.error.msg if flow.error else "connection error"
@@ -212,6 +201,37 @@ class Recorder:
                 )
         self.store.hop_changed(hop)
 
+    def on_refused_request(self, client, head: bytes, reason: str) -> None:
+        """An upgrade attempt mitmproxy's HTTP/1 parser refused with a 400 and no flow."""
+        lines = head.decode("latin-1").split("\r\n")
+        headers = [
+            (name.strip(), value.strip()) if sep else (line, "")
+            for line in lines[1:]
+            for name, sep, value in [line.partition(":")]
+        ]
+        parts = lines[0].split(" ")
+        target = parts[1] if len(parts) > 1 else ""
+        host = next((v for k, v in headers if k.lower() == "host"), "")
+        hop = Hop(
+            mode=client.proxy_mode.full_spec,
+            url=target if "://" in target else f"ws://{host}{target}",
+            request_line=lines[0],
+            http_version=parts[-1] if len(parts) == 3 else "",
+            request_headers=headers,
+            timestamp_start=time.time(),
+            client_addr=tuple(client.peername[:2]) if client.peername else None,
+        )
+        self._record_refusal(hop, reason)
+
+    def _record_refusal(self, hop: Hop, reason: str) -> None:
+        hop.outcome = Outcome.REJECTED
+        hop.response_status = 400
+        hop.response_reason = "Bad Request"
+        hop.answered_by = "proxy"
+        hop.error = reason or "refused by the proxy"
+        hop.timestamp_response = hop.timestamp_end = time.time()
+        self.store.add_hop(hop)
+
     # ----- WebSocket: messages and the end -------------------------------------------------
 
     def websocket_start(self, flow: http.HTTPFlow) -> None:
@@ -220,7 +240,7 @@ class Recorder:
             self._hops[flow.id] = hop
             self.store.add_hop(hop)
             self.response(flow)
-        taps = _FrameTap.taps()
+        taps = seams.frame_taps()
         for conn in (flow.client_conn, flow.server_conn):
             taps[conn.id] = self
             self._flow_by_conn[conn.id] = flow.id
@@ -254,36 +274,49 @@ class Recorder:
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         hop = self._hops.pop(flow.id, None)
+        notes = self._close_notes.pop(flow.id, _CloseNotes())
         self._untap(flow)
         if hop is None:
             return
         ws = flow.websocket
         assert ws is not None
-        by = "client" if ws.closed_by_client else "server"
+        side = "client" if ws.closed_by_client else "server"
         hop.timestamp_end = ws.timestamp_end or time.time()
         hop.outcome = Outcome.CLOSED
-        if ws.close_code == ABNORMAL_CLOSURE:
-            hop.close = Close(
-                code=None,
-                by=by,
-                abnormal=True,
-                abnormal_reason=f"the {by} connection was lost without a close frame",
-                timestamp=hop.timestamp_end,
-            )
+        close = Close(
+            timestamp=hop.timestamp_end,
+            told_client=notes.told.get("client"),
+            told_server=notes.told.get("server"),
+        )
+        if notes.protocol_error is not None:
+            # mitmproxy's flow says the offending side closed; it was the proxy.
+            close.by = "proxy"
+            close.offender = notes.protocol_error[0]
+            close.code, close.reason = notes.protocol_error[1:]
+        elif ws.close_code == ABNORMAL_CLOSURE:
+            close.by = side
+            close.abnormal = True
+            close.abnormal_reason = f"the {side} connection was lost without a close frame"
         else:
-            hop.close = Close(
-                code=int(ws.close_code) if ws.close_code is not None else None,
-                reason=ws.close_reason or "",
-                by=by,
-                timestamp=hop.timestamp_end,
-            )
+            close.by = side
+            close.code = int(ws.close_code) if ws.close_code is not None else None
+            close.reason = ws.close_reason or ""
+        hop.close = close
         self.store.hop_changed(hop)
 
-    def on_frame_event(self, conn_id: str, from_client: bool, event: wsproto.events.Event) -> None:
-        """Ping, pong and close frames, which mitmproxy's message hook does not report."""
+    def on_frame_event(
+        self, conn_id: str, from_client: bool, event: wsproto.events.Event, protocol_error: bool
+    ) -> None:
+        """Ping, pong and close frames, which mitmproxy's message hook does not report, and
+        frames that broke the protocol."""
         flow_id = self._flow_by_conn.get(conn_id)
         hop = self._hops.get(flow_id) if flow_id else None
         if hop is None:
+            return
+        if protocol_error:
+            side = "client" if from_client else "server"
+            notes = self._close_notes.setdefault(flow_id, _CloseNotes())
+            notes.protocol_error = (side, int(event.code), event.reason or "")
             return
         if isinstance(event, (wsproto.events.Ping, wsproto.events.Pong)):
             kind = MessageType.PING if isinstance(event, wsproto.events.Ping) else MessageType.PONG
@@ -306,9 +339,16 @@ class Recorder:
             ),
         )
 
+    def on_close_sent(self, conn_id: str, to_client: bool, code: int | None, reason: str) -> None:
+        """The close frame the proxy sent one side: what that side was told."""
+        flow_id = self._flow_by_conn.get(conn_id)
+        if flow_id is not None:
+            notes = self._close_notes.setdefault(flow_id, _CloseNotes())
+            notes.told["client" if to_client else "server"] = (code, reason)
+
     def _untap(self, flow: http.HTTPFlow) -> None:
         self._live_flows.pop(flow.id, None)
-        taps = _FrameTap.taps()
+        taps = seams.frame_taps()
         for conn in (flow.client_conn, flow.server_conn):
             if taps.get(conn.id) is self:
                 del taps[conn.id]

@@ -1,0 +1,177 @@
+"""What mitmproxy hides, recorded at the edges (issue 11): ws:// absolute-form requests,
+requests the proxy refuses itself, the proxy's own closes on protocol errors, and abnormal
+ends that mitmproxy reports to the survivor as a clean 1000."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+from mitmproxy.net.http import http1
+from mitmproxy.proxy.layers import websocket as websocket_layer
+from mitmproxy.proxy.layers.http import _http1
+from websockets.asyncio.client import connect
+
+from wsinspect.model import MessageType, Outcome
+
+from .rawpeers import frame, raw_client, raw_server, read_frame, upgrade_request
+
+
+def test_every_seam_is_installed_where_mitmproxy_calls_it():
+    """If a mitmproxy release moves one of these, wsinspect silently loses what it records:
+    fail here instead."""
+    from wsinspect import seams
+
+    seams.install()
+    assert websocket_layer.WebsocketConnection.wsinspect_taps is not None
+    assert http1.read_request_head.wsinspect_seam
+    assert _http1.Http1Server.read_headers.wsinspect_seam
+    assert callable(getattr(_http1.Http1Server, "done"))
+
+
+async def healthy_round_trip(proxy, echo_port: int) -> None:
+    async with connect(f"ws://127.0.0.1:{echo_port}/healthy", proxy=proxy.url) as ws:
+        await ws.send("still fine")
+        assert await ws.recv() == "still fine"
+
+
+async def test_absolute_form_ws_scheme_from_aiohttp_is_proxied_and_recorded(proxy, echo_server):
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(
+            f"ws://127.0.0.1:{echo_server}/aio", proxy=proxy.url
+        ) as ws:
+            await ws.send_str("via aiohttp")
+            assert (await ws.receive()).data == "via aiohttp"
+    session = await proxy.wait_session(lambda s: s.outcome is Outcome.CLOSED)
+    hop = session.first_hop
+    assert hop.request_line == f"GET ws://127.0.0.1:{echo_server}/aio HTTP/1.1"
+    assert session.url == f"ws://127.0.0.1:{echo_server}/aio"
+    assert session.stats.by_type["text"] == 2
+
+
+async def test_absolute_form_wss_scheme_is_proxied_over_tls(start_proxy, tls_echo_server):
+    proxy = await start_proxy(settings=["ssl_insecure=true"])
+    reader, writer = await raw_client(
+        proxy.port, f"wss://localhost:{tls_echo_server}/tls", f"localhost:{tls_echo_server}"
+    )
+    writer.write(frame(0x1, b"secret", mask=True))
+    assert await read_frame(reader) == (0x1, b"secret")
+    writer.close()
+    session = await proxy.wait_session(lambda s: s.stats.count >= 2)
+    assert session.first_hop.request_line.startswith(f"GET wss://localhost:{tls_echo_server}/tls")
+    assert session.url == f"wss://localhost:{tls_echo_server}/tls"
+
+
+@pytest.mark.parametrize(
+    "bad_line, reason",
+    [("NoColonHere", "invalid header line"), ("X-Bad\x01Name: 1", "invalid header name")],
+)
+async def test_requests_the_proxy_refuses_itself_are_rejected_sessions(
+    proxy, echo_server, bad_line, reason
+):
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    request, _ = upgrade_request(
+        f"http://127.0.0.1:{echo_server}/refused", f"127.0.0.1:{echo_server}", bad_line + "\r\n"
+    )
+    writer.write(request)
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400")
+    session = await proxy.wait_session(lambda s: s.outcome is Outcome.REJECTED)
+    hop = session.first_hop
+    assert hop.response_status == 400 and hop.answered_by == "proxy"
+    assert reason in hop.error.lower()
+    assert hop.request_line == f"GET http://127.0.0.1:{echo_server}/refused HTTP/1.1"
+    assert ("Upgrade", "websocket") in hop.request_headers
+    await healthy_round_trip(proxy, echo_server)
+
+
+CLIENT_VIOLATIONS = [
+    ("unmasked client frame", frame(0x1, b"no mask", mask=False), 1002),
+    ("reserved opcode", frame(0x3, b"x", mask=True), 1002),
+    ("control frame over 125 bytes", frame(0x9, b"p" * 126, mask=True), 1002),
+    ("RSV bit without an extension", frame(0x1, b"rsv", mask=True, rsv=0b100), 1002),
+    ("invalid UTF-8 in a text message", frame(0x1, b"\xff\xfe bad", mask=True), 1007),
+]
+
+
+@pytest.mark.parametrize("case, bad_frame, code", CLIENT_VIOLATIONS, ids=[c[0] for c in CLIENT_VIOLATIONS])
+async def test_protocol_error_from_the_client_is_the_proxys_close(
+    proxy, echo_server, case, bad_frame, code
+):
+    reader, writer = await raw_client(
+        proxy.port, f"http://127.0.0.1:{echo_server}/bad", f"127.0.0.1:{echo_server}"
+    )
+    writer.write(bad_frame)
+    opcode, payload = await read_frame(reader)
+    assert opcode == 0x8 and int.from_bytes(payload[:2], "big") == code
+    writer.close()
+    session = await proxy.wait_session(
+        lambda s: s.url.endswith("/bad") and s.outcome is Outcome.CLOSED
+    )
+    close = session.close
+    assert (close.by, close.offender, close.code) == ("proxy", "client", code)
+    assert close.reason  # wsproto's words for the rule broken
+    assert close.told_client[0] == code and close.told_server[0] == code
+    await healthy_round_trip(proxy, echo_server)
+
+
+SERVER_VIOLATIONS = [
+    ("masked server frame", frame(0x1, b"masked", mask=True), 1002),
+    ("reserved opcode", frame(0xB, b"x", mask=False), 1002),
+    ("invalid UTF-8 in a text message", frame(0x1, b"\xc3\x28", mask=False), 1007),
+]
+
+
+@pytest.mark.parametrize("case, bad_frame, code", SERVER_VIOLATIONS, ids=[c[0] for c in SERVER_VIOLATIONS])
+async def test_protocol_error_from_the_server_names_the_server(
+    proxy, echo_server, case, bad_frame, code
+):
+    async def misbehave(reader, writer):
+        writer.write(bad_frame)
+        await writer.drain()
+        await reader.read()
+
+    server = await raw_server(misbehave)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        reader, writer = await raw_client(
+            proxy.port, f"http://127.0.0.1:{port}/srv", f"127.0.0.1:{port}"
+        )
+        opcode, payload = await read_frame(reader)
+        assert opcode == 0x8 and int.from_bytes(payload[:2], "big") == code
+        writer.close()
+        session = await proxy.wait_session(lambda s: s.outcome is Outcome.CLOSED)
+        assert (session.close.by, session.close.offender, session.close.code) == (
+            "proxy", "server", code
+        )
+        await healthy_round_trip(proxy, echo_server)
+
+
+async def test_backend_reset_mid_session_shows_what_each_side_was_told(proxy):
+    async def vanish(reader, writer):
+        opcode, payload = await read_frame(reader)
+        writer.write(frame(0x1, payload, mask=False))
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.transport.abort()  # a crash: no close frame, a reset
+
+    server = await raw_server(vanish)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        async with connect(f"ws://127.0.0.1:{port}/doomed", proxy=proxy.url) as ws:
+            await ws.send("hello?")
+            assert await ws.recv() == "hello?"
+            await ws.wait_closed()
+            told_to_client = ws.close_code
+        session = await proxy.wait_session(lambda s: s.outcome is Outcome.CLOSED)
+    close = session.close
+    assert close.abnormal and close.by == "server"
+    assert "server connection was lost" in close.abnormal_reason
+    # mitmproxy tells the survivor a clean 1000, which is what the client believed:
+    assert told_to_client == 1000
+    assert close.told_client == (1000, "")
+    proxy.store.flush()
+    kinds = [m.type for m in proxy.store.messages(session.id, 0, 10)]
+    assert kinds == [MessageType.TEXT, MessageType.TEXT]
