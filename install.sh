@@ -2,7 +2,8 @@
 # Installs wsinspect into ./.venv (and, with --test, everything the test suite needs).
 # Works on a fresh Debian 12 with Python 3.11+; system packages come through apt when root.
 #   bash install.sh            # the app
-#   bash install.sh --test     # the app, test tools, nginx, iptables, iproute2, tmux
+#   bash install.sh --test     # the app, test tools, nginx, iptables, iproute2, tmux, and the
+#                              # real clients the tests drive (chromium, Node's ws)
 #   PYTHON=python3.12 VENV=.venv312 bash install.sh --test
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -18,6 +19,9 @@ if [ $with_tests = 1 ]; then
   command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || apt_packages+=(iptables)
   command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || apt_packages+=(iproute2)
   command -v tmux >/dev/null 2>&1 || apt_packages+=(tmux)
+  command -v chromium >/dev/null 2>&1 || apt_packages+=(chromium)
+  command -v node >/dev/null 2>&1 || apt_packages+=(nodejs)
+  command -v npm >/dev/null 2>&1 || apt_packages+=(npm)
 fi
 if [ ${#apt_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
@@ -35,4 +39,7 @@ if [ $with_tests = 1 ]; then
   "$VENV/bin/python" -m pip install -q -e ".[test]"
 else
   "$VENV/bin/python" -m pip install -q -e .
+fi
+if [ $with_tests = 1 ] && command -v npm >/dev/null 2>&1; then
+  (cd tests/node && npm ci --silent --no-audit --no-fund >/dev/null)
 fi
