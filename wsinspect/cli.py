@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import report
+from . import replay, report
 from .engine import DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT, Engine, EngineError
 from .model import Outcome
 from .store import CaptureError, SessionStore, StoreChanges
@@ -162,7 +162,7 @@ def run_open(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"report": run_report, "open": run_open}
+COMMANDS = {"report": run_report, "open": run_open, "replay": replay.main}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
