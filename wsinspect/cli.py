@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import replay, report
+from . import gateway, preflight, replay, report
 from .engine import DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT, Engine, EngineError
 from .model import Outcome
 from .store import CaptureError, SessionStore, StoreChanges
@@ -111,7 +111,13 @@ async def run_proxy(args: argparse.Namespace) -> int:
     for spec, addrs in engine.servers():
         listening = ", ".join(f"{h}:{p}" for h, p in addrs)
         print(f"wsinspect: {spec} proxy listening at {listening}", flush=True)
-    if engine.exposed_without_auth():
+    for result in preflight.run_for_servers(engine.servers()):
+        preflight.log(result)  # engine.logs keeps it for the app
+        if args.headless:
+            print("\n".join(f"wsinspect: {line}" for line in result.lines()), flush=True)
+    # proxyauth does not apply to transparent listeners: they only take redirected traffic.
+    transparent = preflight.transparent_listeners(engine.servers())
+    if engine.exposed_without_auth() and len(transparent) < len(engine.servers()):
         print(
             "wsinspect: warning: listening beyond loopback without proxy authentication; "
             "anyone who reaches this port can use the proxy (--set proxyauth=USER:PASS)",
@@ -162,7 +168,7 @@ def run_open(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"report": run_report, "open": run_open, "replay": replay.main}
+COMMANDS = {"report": run_report, "open": run_open, "replay": replay.main, "gateway": gateway.main}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

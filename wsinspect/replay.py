@@ -163,12 +163,10 @@ class ReplayPlan:
             target = Target.parse(hop.url, host_header=original_host)
         client_messages: list[Message] = []
         client_close = None
-        answers: list[Message] = []
         for message in store.iter_messages(hop.id):
             if not message.from_client:
-                if message.type in _DATA_TYPES:
-                    answers.append(message)
-            elif message.type in (*_DATA_TYPES, MessageType.PING):
+                continue
+            if message.type in (*_DATA_TYPES, MessageType.PING):
                 if message.truncated:
                     raise ReplayError(
                         f"client message {message.index} was stored truncated "
@@ -188,7 +186,7 @@ class ReplayPlan:
             ),
             client_messages=client_messages,
             client_close=client_close if client_close and client_close[0] else None,
-            original_answers=answers,
+            original_answers=server_answers(store, session_id),
             time_origin=hop.timestamp_response or hop.timestamp_start,
         )
 
@@ -396,6 +394,8 @@ class _Replayer:
                     await receiver
                 except asyncio.CancelledError:
                     pass
+            if not self.closed.is_set():
+                self._record_end(None, "", abnormal=f"{self._peer} did not answer the close")
         finally:
             writer.close()
             try:
@@ -444,6 +444,8 @@ class _Replayer:
         except TimeoutError:
             raise ReplayError(f"timed out after {self.timeout:g}s waiting for the proxy") from None
         status_line, _ = _parse_head(head)
+        if status_line.split(" ")[1:2] == ["407"]:
+            raise ReplayError("the wsinspect proxy requires authentication; replay directly")
         if status_line.split(" ")[1:2] != ["200"]:
             # mitmproxy connects to the server on CONNECT and says in the body why it could not.
             said = printable(body.decode("utf-8", "replace").strip())
@@ -540,7 +542,10 @@ class _Replayer:
             else:
                 event = ws_events.Ping(payload=message.payload)
             self._send(event)
-            await self.writer.drain()
+            try:
+                await self.writer.drain()
+            except OSError:
+                return  # the connection is gone; the receiver records how it ended
 
     async def _await_answers(self) -> None:
         """Listen until the server closes, or goes quiet: `answer_wait` seconds before all the

@@ -1,0 +1,134 @@
+"""The transparent-mode preflight and `wsinspect gateway`, run inside a lab gateway namespace
+(never on the host): what they read from real iptables and sysctl state, and that teardown
+removes exactly what setup added."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.netns_lab import GATEWAY_CLIENT_ADDR, GATEWAY_SERVER_ADDR, Lab, make_lab
+
+pytestmark = pytest.mark.netns
+
+SYSCTLS = ("net/ipv4/ip_forward", "net/ipv4/conf/all/send_redirects")
+
+
+@pytest.fixture
+def lab(request) -> Lab:
+    return make_lab(request)
+
+
+def nat(lab: Lab) -> str:
+    return lab.exec(lab.gateway, "iptables", "-t", "nat", "-S").stdout
+
+
+def sysctls(lab: Lab) -> dict[str, str]:
+    names = (*SYSCTLS, f"net/ipv4/conf/{lab.gateway_client_if}/send_redirects")
+    return {n: lab.exec(lab.gateway, "cat", f"/proc/sys/{n}").stdout.strip() for n in names}
+
+
+def iptables(lab: Lab, *rule: str) -> None:
+    lab.exec(lab.gateway, "iptables", "-t", "nat", *rule)
+
+
+def check(lab: Lab, *args: str):
+    return lab.run_wsinspect(lab.gateway, "gateway", "check", *args, check=False)
+
+
+def test_setup_then_teardown_leaves_the_gateway_exactly_as_it_was(lab):
+    # Someone's own rule, which teardown must leave alone.
+    iptables(lab, "-A", "PREROUTING", "-p", "tcp", "--dport", "9999", "-j", "REDIRECT",
+             "--to-ports", "9998")  # fmt: skip
+    before_rules, before_sysctls = nat(lab), sysctls(lab)
+    assert before_sysctls["net/ipv4/ip_forward"] == "0"
+
+    for _ in range(2):  # a second setup adds nothing more
+        setup = lab.run_wsinspect(
+            lab.gateway, "gateway", "setup", "--interface", lab.gateway_client_if,
+            "--ports", "80,443,8000-8100", "--listen-port", "8081",
+        )  # fmt: skip
+    assert "+ sysctl" not in setup.stdout and "+ iptables" not in setup.stdout
+    rules = nat(lab)
+    for port in ("80", "443", "8000:8100"):
+        assert rules.count(f"--dport {port} -m comment --comment wsinspect") == 1
+    assert set(sysctls(lab).values()) == {"1", "0"} and sysctls(lab)["net/ipv4/ip_forward"] == "1"
+    result = check(lab, "--listen-port", "8081")
+    assert result.returncode == 0, result.stdout
+    assert "listener 0.0.0.0:8081: ready" in result.stdout
+    assert f"tcp port 8000:8100 arriving on {lab.gateway_client_if} -> 8081" in result.stdout
+
+    teardown = lab.run_wsinspect(lab.gateway, "gateway", "teardown")
+    assert "+ sysctl -w net.ipv4.ip_forward=0" in teardown.stdout
+    assert nat(lab) == before_rules
+    assert sysctls(lab) == before_sysctls
+    again = lab.run_wsinspect(lab.gateway, "gateway", "teardown")
+    assert again.stdout.startswith("nothing to remove")
+
+
+def test_preflight_names_what_is_missing_with_commands_to_fix_and_undo(lab):
+    result = check(lab, "--listen-port", "8080")
+    assert result.returncode == 1
+    out = result.stdout
+    assert "listener 0.0.0.0:8080: NOT ready" in out
+    assert "MISSING  IP forwarding: off (/proc/sys/net/ipv4/ip_forward is 0)" in out
+    assert "fix:  sysctl -w net.ipv4.ip_forward=1" in out
+    assert "undo: sysctl -w net.ipv4.ip_forward=0" in out
+    # The gateway's default route leaves on the server side, so clients are on the other one.
+    assert (
+        f"(or: wsinspect gateway setup --interface {lab.gateway_client_if} --ports 80,443 "
+        "--listen-port 8080)" in out
+    )
+    assert "undo: iptables -t nat -D PREROUTING" in out
+
+
+def test_preflight_follows_jumps_and_explains_rules_that_do_not_help(lab):
+    iptables(lab, "-A", "OUTPUT", "-p", "tcp", "--dport", "80", "-j", "REDIRECT",
+             "--to-ports", "8080")  # fmt: skip
+    iptables(lab, "-A", "PREROUTING", "-p", "tcp", "--dport", "80", "-j", "REDIRECT",
+             "--to-ports", "9090")  # fmt: skip
+    out = check(lab, "--listen-port", "8080").stdout
+    assert "in OUTPUT, which only redirects this host's own connections" in out
+    assert "tcp port 80 -> 9090, not to 8080" in out
+
+    iptables(lab, "-N", "LAB")
+    iptables(lab, "-A", "LAB", "-p", "tcp", "-m", "multiport", "--dports", "80,443", "-j",
+             "REDIRECT", "--to-ports", "8080")  # fmt: skip
+    out = check(lab, "--listen-port", "8080").stdout
+    assert "tcp port 80,443 -> 8080 in LAB, which PREROUTING never jumps to" in out
+
+    iptables(lab, "-A", "PREROUTING", "-i", lab.gateway_client_if, "-j", "LAB")
+    out = check(lab, "--listen-port", "8080").stdout
+    assert "OK       REDIRECT rule: nat PREROUTING redirects tcp port 80,443 -> 8080" in out
+
+
+def test_listen_host_must_take_the_redirected_connections(lab):
+    iptables(lab, "-A", "PREROUTING", "-i", lab.gateway_client_if, "-p", "tcp", "--dport", "80",
+             "-j", "REDIRECT", "--to-ports", "8080")  # fmt: skip
+    out = check(lab, "--listen-host", "127.0.0.1", "--listen-port", "8080").stdout
+    assert "MISSING  listen host: 127.0.0.1 is loopback only" in out
+    assert "restart wsinspect with --listen-host 0.0.0.0" in out
+    # REDIRECT sends to the address of the interface the connection arrived on.
+    out = check(lab, "--listen-host", GATEWAY_CLIENT_ADDR, "--listen-port", "8080").stdout
+    assert f"OK       listen host: {GATEWAY_CLIENT_ADDR} is where REDIRECT sends" in out
+    out = check(lab, "--listen-host", GATEWAY_SERVER_ADDR, "--listen-port", "8080").stdout
+    assert (
+        f"wsinspect listens on {GATEWAY_SERVER_ADDR} only, but REDIRECT sends clients' "
+        f"connections to {GATEWAY_CLIENT_ADDR} on {lab.gateway_client_if}" in out
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--interface", "nosuch0"], "no network interface 'nosuch0' on this host"),
+        (["--interface", "lo", "--ports", "80,http"], "bad port 'http' in --ports"),
+        (["--interface", "lo", "--ports", "90-80"], "bad port '90-80' in --ports"),
+    ],
+)
+def test_setup_refuses_bad_input_in_one_line_and_changes_nothing(lab, args, message):
+    before = nat(lab), sysctls(lab)
+    result = lab.run_wsinspect(lab.gateway, "gateway", "setup", *args, check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"wsinspect gateway: {message}")
+    assert result.stderr.count("\n") == 1
+    assert (nat(lab), sysctls(lab)) == before

@@ -1,0 +1,200 @@
+"""Transparent mode on a lab gateway that really routes: a client in its own network namespace
+talks to a server in another one through a gateway namespace whose iptables REDIRECT hands the
+connections to wsinspect. The client has no proxy setting."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+import pytest
+
+from tests.netns_lab import (
+    CLIENT_ADDR,
+    GATEWAY_SERVER_ADDR,
+    SERVER_ADDR,
+    Lab,
+    Process,
+    make_lab,
+    run,
+)
+from wsinspect.model import MessageType
+from wsinspect.store import SessionStore
+
+pytestmark = pytest.mark.netns
+
+LISTEN_PORT = 8080
+
+# Echoes messages; answers "whoami" with the address the connection came from, which tells
+# whether the connection went through the proxy (the gateway's address) or past it.
+SERVER = """
+import asyncio, ssl, sys
+from websockets.asyncio.server import serve
+
+async def handler(ws):
+    async for message in ws:
+        await ws.send(ws.remote_address[0] if message == "whoami" else message)
+
+async def main(cert, key):
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    async with serve(handler, "0.0.0.0", 80), serve(handler, "0.0.0.0", 8765), \\
+            serve(handler, "0.0.0.0", 443, ssl=tls):
+        print("serving", flush=True)
+        await asyncio.get_running_loop().create_future()
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+# Connects with no proxy setting at all; prints the replies as JSON (binary ones in hex).
+CLIENT = """
+import asyncio, json, ssl, sys
+from websockets.asyncio.client import connect
+
+async def main(url, address, cafile):
+    tls = ssl.create_default_context(cafile=cafile) if cafile else None
+    async with asyncio.timeout(15):
+        async with connect(url, host=address, ssl=tls, proxy=None) as ws:
+            replies = []
+            for message in ("hello", b"\\x00\\x01", "whoami"):
+                await ws.send(message)
+                reply = await ws.recv()
+                replies.append(reply if isinstance(reply, str) else reply.hex())
+            await (await ws.ping(b"p1"))
+    print(json.dumps(replies))
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+@pytest.fixture
+def lab(request) -> Lab:
+    return make_lab(request)
+
+
+@pytest.fixture
+def server(lab, server_cert):
+    process = lab.start_python(lab.server, "-c", SERVER, *map(str, server_cert))
+    process.wait_line("^serving$")
+    return process
+
+
+def client(lab: Lab, url: str, proxy: Process, cafile: str = "") -> list[str]:
+    """Run a WebSocket client in the client namespace; its TCP connection goes to the server's
+    address whatever host the URL names."""
+    result = lab.python(lab.client, "-c", CLIENT, url, SERVER_ADDR, cafile, check=False)
+    assert result.returncode == 0, (
+        f"client for {url} failed:\n{result.stderr}\nwsinspect:\n{proxy.output()}"
+    )
+    return json.loads(result.stdout)
+
+
+def start_wsinspect(lab: Lab, tmp_path, capture):
+    process = lab.start(
+        lab.gateway,
+        *lab.wsinspect(
+            "--mode", "transparent", "--headless", "-w", str(capture),
+            "--listen-host", "0.0.0.0", "--listen-port", str(LISTEN_PORT),
+            "--confdir", str(tmp_path / "conf"), "--set", "ssl_insecure=true",
+        ),
+    )  # fmt: skip
+    process.wait_line("recording to")
+    return process
+
+
+def test_clients_traffic_is_intercepted_and_recorded_with_its_original_destination(
+    lab, server, tmp_path
+):
+    setup = lab.run_wsinspect(
+        lab.gateway, "gateway", "setup",
+        "--interface", lab.gateway_client_if, "--ports", "80,443,8765",
+        "--listen-port", str(LISTEN_PORT),
+    )  # fmt: skip
+    assert "gateway ready" in setup.stdout
+    capture = tmp_path / "cap.db"
+    proxy = start_wsinspect(lab, tmp_path, capture)
+    assert f"preflight for the transparent listener 0.0.0.0:{LISTEN_PORT}: ready" in proxy.output()
+    assert "proxy authentication" not in proxy.output()  # meaningless for transparent mode
+
+    cafile = str(tmp_path / "conf" / "mitmproxy-ca-cert.pem")
+    conversations = [
+        ("ws://10.231.2.2/plain", "", 80),
+        ("wss://10.231.2.2/secure", cafile, 443),
+        # Any port; the Host header names a host that does not even resolve.
+        ("ws://echo.lab:8765/any", "", 8765),
+    ]
+    for url, ca, _ in conversations:
+        # The server saw the gateway connect, not the client: the proxy was in between.
+        assert client(lab, url, proxy, ca) == ["hello", "0001", GATEWAY_SERVER_ADDR]
+    proxy.wait_line(r"#3 closed +101 .* 1000 by client")
+    assert proxy.stop() == 0, proxy.output()
+
+    store = SessionStore.open(capture)
+    sessions = store.sessions()
+    assert [s.url for s in sessions] == [url for url, _, _ in conversations]
+    for session, (url, _, port) in zip(sessions, conversations):
+        hop = session.first_hop
+        assert hop.mode == "transparent"
+        assert hop.server_addr == (SERVER_ADDR, port), url
+        assert hop.client_addr[0] == CLIENT_ADDR
+        assert session.status == 101 and session.close.code == 1000 and session.close.by == "client"
+        messages = store.messages(session.id, 0, 100)
+        assert [(m.from_client, m.type, m.payload) for m in messages] == [
+            (True, MessageType.TEXT, b"hello"),
+            (False, MessageType.TEXT, b"hello"),
+            (True, MessageType.BINARY, b"\x00\x01"),
+            (False, MessageType.BINARY, b"\x00\x01"),
+            (True, MessageType.TEXT, b"whoami"),
+            (False, MessageType.TEXT, GATEWAY_SERVER_ADDR.encode()),
+            (True, MessageType.PING, b"p1"),
+            (False, MessageType.PONG, b"p1"),
+            (True, MessageType.CLOSE, b"\x03\xe8"),
+        ]
+    store.close()
+
+    report = json.loads(run(*lab.wsinspect("report", str(capture), "--json")).stdout)
+    assert [s["hops"][0]["server_addr"] for s in report["sessions"]] == [
+        [SERVER_ADDR, port] for _, _, port in conversations
+    ]
+
+    lab.run_wsinspect(lab.gateway, "gateway", "teardown")
+    rules = lab.exec(lab.gateway, "iptables", "-t", "nat", "-S").stdout
+    assert "REDIRECT" not in rules
+
+
+def test_preflight_reports_the_missing_rule_and_its_printed_fix_works(lab, server, tmp_path):
+    lab.exec(lab.gateway, "sysctl", "-w", "net.ipv4.ip_forward=1")
+    proxy = start_wsinspect(lab, tmp_path, tmp_path / "cap.db")
+    output = proxy.output()
+    assert f"listener 0.0.0.0:{LISTEN_PORT}: NOT ready" in output
+    assert "OK       IP forwarding: on" in output
+    assert (
+        f"MISSING  REDIRECT rule: no rule in the nat table's PREROUTING chain redirects TCP to "
+        f"port {LISTEN_PORT}" in output
+    )
+    fix = re.findall(r"(iptables -t nat -A .*)$", output, re.MULTILINE)
+    undo = re.findall(r"(iptables -t nat -D .*)$", output, re.MULTILINE)
+    rule = (
+        f"PREROUTING -i {lab.gateway_client_if} -p tcp --dport 80 "
+        f"-m comment --comment wsinspect -j REDIRECT --to-ports {LISTEN_PORT}"
+    )
+    assert fix[0] == f"iptables -t nat -A {rule}" and undo[0] == f"iptables -t nat -D {rule}"
+
+    # The preflight is right: without the rule the connection goes straight to the server.
+    assert client(lab, "ws://10.231.2.2/past", proxy) == ["hello", "0001", CLIENT_ADDR]
+
+    for command in fix:
+        lab.exec(lab.gateway, *shlex.split(command))
+    check = lab.run_wsinspect(lab.gateway, "gateway", "check", "--listen-port", str(LISTEN_PORT))
+    assert f"listener 0.0.0.0:{LISTEN_PORT}: ready" in check.stdout
+    assert client(lab, "ws://10.231.2.2/through", proxy) == ["hello", "0001", GATEWAY_SERVER_ADDR]
+    proxy.wait_line(r"#1 closed +101 ws://10\.231\.2\.2/through")
+
+    for command in undo:
+        lab.exec(lab.gateway, *shlex.split(command))
+    assert "REDIRECT" not in lab.exec(lab.gateway, "iptables", "-t", "nat", "-S").stdout
+    assert proxy.stop() == 0
+    recorded = SessionStore.open(tmp_path / "cap.db")
+    assert [s.url for s in recorded.sessions()] == ["ws://10.231.2.2/through"]
+    recorded.close()

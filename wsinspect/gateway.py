@@ -1,0 +1,165 @@
+"""`wsinspect gateway setup|teardown|check`: make this Linux host a lab gateway for
+transparent mode, and later remove exactly what was added.
+
+Setup turns IP forwarding on, ICMP redirects off and adds one nat REDIRECT rule per port, each
+tagged with the comment "wsinspect". The sysctl values it changed are remembered in the
+network namespace they belong to: as comments of an nat chain nothing jumps to (so no packet
+ever passes it), which is gone when the namespace is, or at reboot like the values themselves.
+Teardown deletes the tagged rules, puts those values back and deletes the chain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import preflight
+from .engine import DEFAULT_LISTEN_PORT
+
+RESTORE_CHAIN = "wsinspect-restore"  # rules: -m comment --comment NAME=VALUE-before-setup
+
+
+class GatewayError(Exception):
+    """Setup or teardown could not go on; the message says why in one line."""
+
+
+def _iptables(action: str, *rule: str, quiet: bool = False) -> bool:
+    """Run `iptables -t nat ACTION RULE…`. Quiet ones are questions (-C, -S): they return
+    whether the answer was yes; others print themselves and raise when they fail."""
+    argv = ["iptables", "-t", "nat", action, *rule]
+    if not quiet:
+        print(f"+ {shlex.join(argv)}", flush=True)
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise GatewayError("`iptables` is not installed (apt-get install iptables)") from None
+    if result.returncode != 0 and not quiet:
+        message = (result.stderr.strip() or f"exit status {result.returncode}").splitlines()[0]
+        raise GatewayError(f"`{shlex.join(argv)}` failed: {message}")
+    return result.returncode == 0
+
+
+def _saved_sysctls(nat: str) -> dict[str, str]:
+    """sysctl name -> its value before setup, from the restore chain of `iptables -t nat -S`."""
+    saved = {}
+    for chain, options, _ in preflight.parse_rules(nat):
+        name, _, value = options.get("--comment", "").partition("=")
+        if chain == RESTORE_CHAIN and value:
+            saved.setdefault(name, value)
+    return saved
+
+
+def _write_sysctl(name: str, value: str) -> None:
+    print(f"+ sysctl -w {name}={value}", flush=True)
+    try:
+        preflight.sysctl_path(name).write_text(value)
+    except OSError as e:
+        raise GatewayError(f"cannot set {name}: {e.strerror} (run as root)") from None
+
+
+def parse_ports(text: str) -> list[str]:
+    """"80,443,8000-8100" as iptables --dport values ("80", "443", "8000:8100")."""
+    ports = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)(?:\s*[-:]\s*(\d+))?\s*", part)
+        numbers = [int(n) for n in match.groups() if n] if match else []
+        if not numbers or not all(1 <= n <= 65535 for n in numbers) or numbers != sorted(numbers):
+            raise GatewayError(f"bad port {part.strip()!r} in --ports (e.g. 80,443,8000-8100)")
+        ports.append(":".join(str(n) for n in numbers))
+    return ports
+
+
+def setup(interface: str, ports: Sequence[str], listen_port: int) -> None:
+    named_well = re.fullmatch(r"[\w.@-]{1,15}", interface)
+    if not named_well or not Path("/sys/class/net", interface).exists():
+        raise GatewayError(f"no network interface {interface!r} on this host (see `ip link`)")
+    nat = preflight.nat_rules()
+    saved = _saved_sysctls(nat)
+    if f"-N {RESTORE_CHAIN}" not in nat.splitlines():
+        _iptables("-N", RESTORE_CHAIN)
+    wanted = {preflight.IP_FORWARD: "1"}
+    wanted |= {name: "0" for name in preflight.send_redirects_names(interface)}
+    for name, value in wanted.items():
+        current = preflight.read_sysctl(name)
+        if current is None:
+            raise GatewayError(f"cannot read {preflight.sysctl_path(name)}")
+        if current != value:
+            if name not in saved:  # remembered before the change: a failure later is undone too
+                _iptables("-A", RESTORE_CHAIN, "-m", "comment", "--comment", f"{name}={current}")
+            _write_sysctl(name, value)
+    for port in ports:
+        rule = preflight.redirect_rule(interface, port, listen_port)
+        if not _iptables("-C", *rule, quiet=True):
+            _iptables("-A", *rule)
+    print(
+        f"gateway ready: run `wsinspect --mode transparent --listen-host 0.0.0.0 "
+        f"--listen-port {listen_port}`; undo with `wsinspect gateway teardown`",
+        flush=True,
+    )
+
+
+def teardown() -> None:
+    """Delete the rules tagged "wsinspect", restore the sysctl values setup changed and delete
+    the chain that remembered them."""
+    nat = preflight.nat_rules()
+    tagged = [
+        line for _, options, line in preflight.parse_rules(nat)
+        if options.get("--comment") == preflight.RULE_COMMENT
+    ]  # fmt: skip
+    for line in tagged:
+        _iptables("-D", *shlex.split(line)[1:])
+    for name, value in _saved_sysctls(nat).items():
+        if preflight.sysctl_path(name).exists():  # an interface may be gone since
+            _write_sysctl(name, value)
+    has_chain = f"-N {RESTORE_CHAIN}" in nat.splitlines()
+    if has_chain:
+        _iptables("-F", RESTORE_CHAIN)
+        _iptables("-X", RESTORE_CHAIN)
+    if not tagged and not has_chain:
+        print("nothing to remove: no rule tagged 'wsinspect' and no sysctl changed by setup")
+
+
+def check(listen_host: str, listen_port: int) -> bool:
+    result = preflight.run(listen_host, listen_port)
+    print("\n".join(result.lines()), flush=True)
+    return result.ok
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wsinspect gateway",
+        description="Set this host up as a lab gateway for transparent mode (root), "
+        "undo it, or check it.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    setup_parser = commands.add_parser(
+        "setup", help="IP forwarding on, ICMP redirects off, REDIRECT rules tagged 'wsinspect'"
+    )
+    setup_parser.add_argument("--interface", required=True, metavar="IF", help="the clients' side")
+    setup_parser.add_argument("--ports", default="80,443", help="ports to redirect (80,443)")
+    setup_parser.add_argument("--listen-port", type=int, default=DEFAULT_LISTEN_PORT, metavar="P")
+    commands.add_parser("teardown", help="remove exactly what setup added")
+    check_parser = commands.add_parser("check", help="the preflight of transparent mode")
+    check_parser.add_argument("--listen-host", default="0.0.0.0", metavar="H")
+    check_parser.add_argument("--listen-port", type=int, default=DEFAULT_LISTEN_PORT, metavar="P")
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "setup":
+            setup(args.interface, parse_ports(args.ports), args.listen_port)
+        elif args.command == "teardown":
+            teardown()
+        else:
+            return 0 if check(args.listen_host, args.listen_port) else 1
+    except (GatewayError, preflight.HostError) as e:
+        print(f"wsinspect gateway: {e}", file=sys.stderr)
+        return 1
+    return 0
