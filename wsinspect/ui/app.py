@@ -88,7 +88,9 @@ class WsInspectApp(App):
         if self.engine is not None:
             self.engine.logs.listeners.append(self._log_listener)
         self.set_interval(1.0, self._measure_rate)
-        self.push_screen(SessionsScreen())
+
+    def get_default_screen(self) -> Screen:
+        return SessionsScreen()
 
     def on_unmount(self) -> None:
         if self._unsubscribe is not None:
@@ -138,7 +140,8 @@ class WsInspectApp(App):
                 listening = ", ".join(f"{h}:{p}" for h, p in addrs)
                 text.append(f" {printable(spec)} {listening}")
         else:
-            text.append(f" capture {printable(str(self.store.path))}")
+            where = printable(str(self.store.path)) if self.store.path else "(in memory)"
+            text.append(f" capture {where}")
         sessions = self.store.sessions()
         by_outcome: dict[str, int] = {}
         for session in sessions:

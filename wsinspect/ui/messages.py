@@ -249,6 +249,12 @@ class MessageList(ScrollView, can_focus=True):
 
     def on_resize(self, event: events.Resize) -> None:
         self.virtual_size = Size(event.size.width, self.row_count)
+        if self.follow:
+            self.call_after_refresh(self._follow_tail)
+
+    def _follow_tail(self) -> None:
+        self.scroll_end(animate=False, immediate=True, x_axis=False)
+        self.follow = True
 
     # ----- live updates --------------------------------------------------------------------
 
@@ -271,8 +277,7 @@ class MessageList(ScrollView, can_focus=True):
         following = self.follow
         self._refresh_rows()
         if following:
-            self.scroll_end(animate=False, immediate=True, x_axis=False)
-            self.follow = True
+            self._follow_tail()
 
     # ----- filtering -----------------------------------------------------------------------
 

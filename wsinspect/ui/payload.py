@@ -52,8 +52,6 @@ def render_payload(message: Message, view: str) -> Text:
 class PayloadPane(Vertical):
     """Shows the message the message list's cursor is on."""
 
-    BINDINGS = [Binding("v", "cycle_view", "View")]
-
     def __init__(self, session_start: float, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.session_start = session_start
@@ -74,7 +72,7 @@ class PayloadPane(Vertical):
             self.view = default_view(message)
         self._show_current()
 
-    def action_cycle_view(self) -> None:
+    def cycle_view(self) -> None:
         if self.message is None:
             return
         self.view = VIEWS[(VIEWS.index(self.view) + 1) % len(VIEWS)]

@@ -29,8 +29,8 @@ class SessionScreen(Screen):
 
     BINDINGS = [
         Binding("escape", "back", "Sessions"),
-        Binding("h", "show_tab('handshake')", "Handshake"),
-        Binding("m", "show_tab('messages')", "Messages"),
+        Binding("h", "show_tab('handshake')", "Handshake", show=False),
+        Binding("m", "show_tab('messages')", "Messages", show=False),
         Binding("slash", "focus_filter", "Filter"),
         Binding("n", "next_match", "Next match"),
         Binding("N", "previous_match", "Prev match", show=False),
@@ -39,6 +39,7 @@ class SessionScreen(Screen):
         Binding("o", "toggle_only_matches", "Only matches", show=False),
         Binding("c", "copy_payload", "Copy"),
         Binding("s", "save_payload", "Save"),
+        Binding("v", "cycle_view", "Text/JSON/hex"),
     ]
 
     def __init__(self, session_id: int) -> None:
@@ -70,9 +71,10 @@ class SessionScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.loaded = True
         self._show_session()
         message_list = self.query_one(MessageList)
-        message_list.scroll_end(animate=False, immediate=True, x_axis=False)
+        message_list.messages_arrived()  # any that came while the screen was being built
         if self.query_one(TabbedContent).active == "messages":
             message_list.focus()
 
@@ -81,7 +83,11 @@ class SessionScreen(Screen):
         self.query_one("#session-summary", Static).update(session_summary(session, self.app.clock()))
         self.query_one("#handshake-text", Static).update(session_handshakes(session))
 
+    loaded = False  # the widgets read the store when they mount; changes before are in it
+
     def store_changed(self, changes: StoreChanges) -> None:
+        if not self.loaded:
+            return
         if self.session_id in changes.messages:
             self.query_one(MessageList).messages_arrived()
         if self.session_id in changes.updated | changes.messages:
@@ -178,6 +184,9 @@ class SessionScreen(Screen):
             found = self.store.messages(self.session_id, event.index, event.index + 1)
             message = found[0] if found else None
         self.query_one(PayloadPane).show(message)
+
+    def action_cycle_view(self) -> None:
+        self.query_one(PayloadPane).cycle_view()
 
     def _selected_message(self):
         message = self.query_one(PayloadPane).message

@@ -55,6 +55,9 @@ class SessionsTable(DataTable):
         return self.row_count == 0 or self.cursor_row >= self.row_count - 1
 
     def add_session(self, session: Session, now: float) -> None:
+        if str(session.id) in self.rows:  # already listed when the app started
+            self.update_session(session, now)
+            return
         cells = session_cells(session, now)
         self.add_row(*(cells[key] for key, _ in COLUMNS), key=str(session.id))
 
@@ -92,13 +95,18 @@ class SessionsScreen(Screen):
             table.move_cursor(row=table.row_count - 1)
         self._show_empty_state()
         self.set_interval(1.0, self._tick_durations)
+        self.loaded = True
 
     def _show_empty_state(self) -> None:
         has_sessions = self.query_one(SessionsTable).row_count > 0
         self.query_one("#empty").display = not has_sessions
         self.query_one(SessionsTable).display = has_sessions
 
+    loaded = False  # on_mount lists the sessions there are; changes before that are in it
+
     def store_changed(self, changes: StoreChanges) -> None:
+        if not self.loaded:
+            return
         table = self.query_one(SessionsTable)
         store, now = self.app.store, self.app.clock()
         following = table.at_newest
