@@ -233,6 +233,30 @@ async def test_server_gone_is_exit_2_in_plain_words(tmp_path, start_proxy):
     assert code == 2 and "no such capture file" in err
 
 
+async def test_a_server_that_never_answers_the_upgrade_times_out(tmp_path, start_proxy):
+    async with Server(echo) as server:
+        capture = tmp_path / "original.db"
+        session_id = await record(start_proxy, capture, f"ws://127.0.0.1:{server.port}/", ["x"])
+
+    async def silent(reader, writer):
+        await reader.read()  # reads the upgrade request and never answers
+        writer.close()
+
+    mute = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = mute.sockets[0].getsockname()[1]
+    try:
+        for extra in ([], ["--direct"]):
+            code, out, err = await wsinspect_replay(
+                str(capture), str(session_id), "--to", f"ws://127.0.0.1:{port}/",
+                "--timeout", "0.5", *extra,
+            )
+            assert code == 2, out + err
+            assert f"timed out after 0.5s waiting for 127.0.0.1:{port} to answer the upgrade" in err
+            assert "Traceback" not in err
+    finally:
+        mute.close()
+
+
 async def test_wss_replay_verifies_the_server(tmp_path, start_proxy, tls_echo_server, server_cert):
     capture = tmp_path / "original.db"
     proxy = await start_proxy(capture=capture, settings=["ssl_insecure=true"])
@@ -248,6 +272,7 @@ async def test_wss_replay_verifies_the_server(tmp_path, start_proxy, tls_echo_se
         code, out, err = await wsinspect_replay(str(capture), str(session.id), *extra)
         assert code == 2, out + err
         assert "TLS failure" in err and "Traceback" not in err
+        assert "self-signed certificate" in err and "--cafile FILE trusts" in err
         code, out, err = await wsinspect_replay(
             str(capture), str(session.id), "--cafile", cafile, *extra
         )

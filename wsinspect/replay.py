@@ -744,7 +744,7 @@ def replay_parser() -> argparse.ArgumentParser:
         description="Replay a recorded session on a new connection and compare the server's "
         "answers. Exit status: 0 the answers matched, 1 they differed, 2 an error.",
     )
-    parser.add_argument("file", help="the capture holding the session")
+    parser.add_argument("file", metavar="FILE", help="the capture holding the session")
     parser.add_argument("session_id", type=int, metavar="SESSION_ID")
     parser.add_argument("--to", metavar="URL", help="another server, e.g. ws://host:port[/path]")
     parser.add_argument(
@@ -773,7 +773,10 @@ def replay_parser() -> argparse.ArgumentParser:
 
 
 def _server_tls(args: argparse.Namespace) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=args.cafile)
+    try:
+        context = ssl.create_default_context(cafile=args.cafile)
+    except (ssl.SSLError, OSError) as e:
+        raise ReplayError(f"{args.cafile}: not a usable CA file ({e})") from None
     if args.insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -827,6 +830,9 @@ async def _connections_closed(engine, timeout: float = _CLOSE_WAIT) -> None:
 async def _main(args: argparse.Namespace) -> int:
     from .cli import _new_capture_path, install_stop_handlers
 
+    if args.cafile and not Path(args.cafile).is_file():
+        print(f"wsinspect: {args.cafile}: no such CA file", file=sys.stderr)
+        return 2
     try:
         source = SessionStore.open(args.file)
     except CaptureError as e:
@@ -866,7 +872,7 @@ async def _main(args: argparse.Namespace) -> int:
             Path(f"{store.path}{suffix}").unlink(missing_ok=True)
     if result is None:
         print(f"wsinspect: replay failed: {error}", file=sys.stderr)
-        if "certificate" in error:
+        if error.startswith("TLS failure") and "certificate" in error.lower():
             print("wsinspect: --cafile FILE trusts the server's CA; --insecure skips the check",
                   file=sys.stderr)
         if recorded:
