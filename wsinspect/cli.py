@@ -48,6 +48,11 @@ def report_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="wsinspect-report/1 JSON")
     return parser
 
+    parser.add_argument(
+        "--fail-on",
+        choices=["error", "warning"],
+        help="exit 1 when a finding of this severity (or worse) exists, e.g. in CI",
+    )
 
 def _new_capture_path(path: str | None) -> Path:
     if path:
@@ -151,6 +156,8 @@ def run_report(argv: Sequence[str]) -> int:
         print(report.report_text(store))
     return 0
 
+    if args.fail_on and report.has_findings(store, args.fail_on):
+        return 1
 
 def run_open(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="wsinspect open", description="Browse a capture.")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 
+from . import diagnosis
 from .model import Hop, MessageType, Session
 from .store import SessionStore
 
@@ -66,8 +67,17 @@ def session_json(session: Session) -> dict:
             "abnormal_reason": close.abnormal_reason if close else None,
         },
         "error": session.first_hop.error,
-        "findings": [],
+        "findings": [f.to_json() for f in diagnosis.diagnose(session)],
     }
+
+
+def has_findings(store: SessionStore, at_least: str) -> bool:
+    """Whether any session has a finding of severity `at_least` ("error", "warning", "info")
+    or worse: `wsinspect report --fail-on` exits 1 then."""
+    threshold = diagnosis.Severity(at_least).rank
+    return any(
+        f.severity.rank >= threshold for s in store.sessions() for f in diagnosis.diagnose(s)
+    )
 
 
 def report_json(store: SessionStore) -> dict:
@@ -113,6 +123,43 @@ def session_text(session: Session) -> list[str]:
     )
     if (ended := close_text(session)):
         lines.append(f"  end: {printable(ended)}")
+    for boundary in diagnosis.boundaries(session):
+        lines += boundary_text(boundary)
+    fixes_shown: set[str] = set()
+    for finding in diagnosis.diagnose(session):
+        lines += finding_text(finding, fix_shown=finding.fix in fixes_shown)
+        fixes_shown.add(finding.fix)
+    return lines
+
+
+def boundary_text(boundary: diagnosis.HopBoundary) -> list[str]:
+    """The headers the proxy between two hops did not keep (hop-by-hop ones marked *)."""
+    lines = []
+    for direction, changes in (("request", boundary.request), ("response", boundary.response)):
+        altered = [
+            f"{c.change.value} {c.name}{'*' if c.hop_by_hop else ''}"
+            + (f" {c.before!r} -> {c.after!r}" if c.change is diagnosis.Change.CHANGED else "")
+            for c in changes
+            if c.change is not diagnosis.Change.KEPT
+        ]
+        if altered:
+            lines.append(
+                f"  hop {boundary.index} -> {boundary.index + 1} {direction}: "
+                + printable("; ".join(altered))
+            )
+    return lines
+
+
+def finding_text(finding: diagnosis.Finding, fix_shown: bool = False) -> list[str]:
+    lines = [
+        f"  {finding.severity.value} {finding.code} (hop {finding.hop}): "
+        + printable(finding.message)
+    ]
+    if fix_shown:
+        return lines + ["    fix: as above"]
+    fix = finding.fix.splitlines()
+    lines.append("    fix: " + printable(fix[0]))
+    lines += ["         " + printable(line) for line in fix[1:]]
     return lines
 
 

@@ -1,0 +1,431 @@
+"""Every diagnosis rule on hand-built handshakes, the header diff, and findings in the report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from wsinspect import cli, diagnosis
+from wsinspect.diagnosis import Change, Severity, boundaries, diagnose, header_diff
+from wsinspect.model import (
+    Close, Hop, Message, MessageType, Outcome, Session, accept_for_key, header_value,
+)
+from wsinspect.store import SessionStore
+
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+FRONT = "regular@8080"
+BACK = "reverse:http://127.0.0.1:9000@8081"
+
+
+def request(
+    upgrade: str | None = "websocket",
+    connection: str | None = "Upgrade",
+    host: str = "app.example",
+    key: str | None = KEY,
+    *,
+    names=str.title,
+) -> list[tuple[str, str]]:
+    """A client's handshake headers; `names` spells the header names (e.g. str.lower)."""
+    headers = [("Host", host)]
+    if upgrade is not None:
+        headers.append(("Upgrade", upgrade))
+    if connection is not None:
+        headers.append(("Connection", connection))
+    if key is not None:
+        headers += [("Sec-WebSocket-Key", key), ("Sec-WebSocket-Version", "13")]
+    return [(names(k), v) for k, v in headers]
+
+
+def switching(key: str = KEY, accept: str | None = None, connection: str = "Upgrade"):
+    headers = [("Upgrade", "websocket"), ("Connection", connection)]
+    return headers + [("Sec-WebSocket-Accept", accept or accept_for_key(key))]
+
+
+def make_hop(
+    mode: str = FRONT,
+    headers: list[tuple[str, str]] | None = None,
+    status: int | None = 101,
+    response_headers: list[tuple[str, str]] | None = None,
+    *,
+    version: str = "HTTP/1.1",
+    t: float = 100.0,
+    server_addr=("127.0.0.1", 8000),
+    reason: str = "",
+    close: Close | None = None,
+    error: str | None = None,
+) -> Hop:
+    headers = request() if headers is None else headers
+    if response_headers is None:
+        response_headers = switching() if status == 101 else []
+    hop = Hop(
+        mode=mode,
+        url="ws://app.example/chat",
+        request_line=f"GET /chat {version}",
+        http_version=version,
+        request_headers=headers,
+        timestamp_start=t,
+        server_addr=server_addr,
+        response_status=status,
+        response_reason=reason,
+        response_headers=response_headers,
+        timestamp_response=t + 0.01 if status is not None else None,
+        error=error,
+        close=close,
+    )
+    if status is not None and status != 101:
+        hop.outcome = Outcome.REJECTED
+    elif close is not None:
+        hop.outcome = Outcome.CLOSED
+        hop.timestamp_end = close.timestamp
+    elif error is not None:
+        hop.outcome = Outcome.FAILED
+    return hop
+
+
+def session(*hops: Hop) -> Session:
+    return Session(1, list(hops))
+
+
+def codes(findings) -> list[tuple[str, str, int]]:
+    return [(f.code, f.severity.value, f.hop) for f in findings]
+
+
+# ----- header diff -------------------------------------------------------------------------
+
+
+def test_header_diff_kept_changed_dropped_added_with_names_in_any_case():
+    before = [
+        ("Host", "app.example"),
+        ("Upgrade", "websocket"),
+        ("Connection", "keep-alive, Upgrade"),
+        ("Keep-Alive", "timeout=5"),
+        ("Proxy-Authorization", "Basic eA=="),
+        ("X-Trace", "a"),
+        ("x-trace", "b"),
+        ("Cookie", "s=1"),
+    ]
+    after = [
+        ("host", "127.0.0.1:8081"),
+        ("CONNECTION", "close"),
+        ("X-TRACE", "a, b"),
+        ("cookie", "s=1"),
+        ("X-Real-IP", "127.0.0.1"),
+    ]
+    diff = {c.name.lower(): c for c in header_diff(before, after)}
+    assert [c.name for c in header_diff(before, after)] == [
+        "Host", "Upgrade", "Connection", "Keep-Alive", "Proxy-Authorization", "X-Trace",
+        "Cookie", "X-Real-IP",
+    ]
+    assert (diff["host"].change, diff["host"].before, diff["host"].after) == (
+        Change.CHANGED, "app.example", "127.0.0.1:8081"
+    )
+    assert diff["connection"].change is Change.CHANGED
+    assert diff["connection"].before == "keep-alive, Upgrade"
+    assert diff["upgrade"].change is Change.DROPPED and diff["upgrade"].after is None
+    assert diff["x-trace"].change is Change.KEPT  # two lines joined compare equal to one
+    assert diff["cookie"].change is Change.KEPT
+    assert diff["x-real-ip"].change is Change.ADDED and diff["x-real-ip"].before is None
+    hop_by_hop = {name for name, c in diff.items() if c.hop_by_hop}
+    assert hop_by_hop == {"upgrade", "connection", "keep-alive", "proxy-authorization"}
+
+
+def test_headers_named_in_connection_are_hop_by_hop():
+    diff = header_diff([("Connection", "X-Internal"), ("X-Internal", "1"), ("TE", "trailers")], [])
+    assert all(c.hop_by_hop and c.change is Change.DROPPED for c in diff)
+    assert not diagnosis.is_hop_by_hop("Sec-WebSocket-Key")
+    assert diagnosis.is_hop_by_hop("Trailer") and diagnosis.is_hop_by_hop("proxy-connection")
+
+
+header_names = st.sampled_from(
+    ["Host", "Upgrade", "Connection", "Cookie", "X-A", "X-B", "Sec-WebSocket-Key"]
+)
+header_lists = st.lists(
+    st.tuples(header_names, st.text("abc ,=", max_size=6)), max_size=8
+)
+spellings = st.sampled_from([str, str.lower, str.upper])
+
+
+@given(header_lists, header_lists, spellings)
+def test_header_diff_accounts_for_every_name_once_and_rebuilds_the_after_side(
+    before, after, spell
+):
+    after = [(spell(k), v) for k, v in after]
+    diff = header_diff(before, after)
+    names = [c.name.lower() for c in diff]
+    assert len(names) == len(set(names))
+    assert set(names) == {k.lower() for k, _ in before + after}
+    rebuilt = {c.name.lower(): c.after for c in diff if c.change is not Change.DROPPED}
+    assert rebuilt == {k.lower(): header_value(after, k) for k, _ in after}
+    for c in diff:
+        assert (c.change is Change.KEPT) == (c.before is not None and c.before == c.after)
+        assert (c.before is None) == (c.change is Change.ADDED)
+        assert (c.after is None) == (c.change is Change.DROPPED)
+
+
+def test_boundaries_diff_requests_forwards_and_responses_backwards():
+    front = make_hop(FRONT, request(), 101, [("Server", "nginx"), *switching()])
+    back = make_hop(
+        BACK, request(connection="upgrade"), 101, [("Server", "uvicorn"), *switching()],
+        version="HTTP/1.1", t=100.005,
+    )
+    (boundary,) = boundaries(session(front, back))
+    assert boundary.index == 1 and boundary.http_versions == ("HTTP/1.1", "HTTP/1.1")
+    server = next(c for c in boundary.response if c.name == "Server")
+    assert (server.before, server.after) == ("uvicorn", "nginx")  # backend's, then nginx's
+    connection = next(c for c in boundary.request if c.name == "Connection")
+    assert (connection.change, connection.hop_by_hop) == (Change.CHANGED, True)
+    pending = make_hop(BACK, request(), None, t=100.005)
+    assert boundaries(session(front, pending))[0].response == []
+
+
+# ----- rules -------------------------------------------------------------------------------
+
+
+def test_healthy_session_through_a_correctly_configured_proxy_has_no_findings():
+    front = make_hop(FRONT, request(), 101, switching(connection="upgrade"))
+    back = make_hop(BACK, request(connection="upgrade", names=str.lower), 101, t=100.005)
+    for hop in (front, back):
+        hop.close = Close(code=1000, by="client", timestamp=101.0)
+        hop.outcome = Outcome.CLOSED
+    assert diagnose(session(front, back)) == []
+    assert diagnose(session(front)) == []
+    assert diagnosis.worst([]) is None
+
+
+def test_upgrade_and_connection_dropped_by_the_proxy_between_hops():
+    front = make_hop(FRONT, request(connection="keep-alive, Upgrade"), 426, reason="Upgrade Required")
+    back = make_hop(BACK, request(upgrade=None, connection="close"), 426, t=100.005)
+    findings = diagnose(session(front, back))
+    assert codes(findings) == [
+        ("upgrade-dropped", "error", 2),
+        ("connection-dropped", "error", 2),
+        ("handshake-rejected", "error", 2),
+    ]
+    assert "between hop 1 and hop 2 dropped it" in findings[0].message
+    assert "rewrote it to 'close'" in findings[1].message
+    assert "proxy_set_header Upgrade $http_upgrade;" in findings[0].fix
+    assert "Other proxies:" in findings[0].fix
+    assert "the server behind hop 2 at 127.0.0.1:8000" in findings[2].message
+    assert diagnosis.worst(findings) is Severity.ERROR
+
+
+@pytest.mark.parametrize(
+    "after, what",
+    [
+        (None, "dropped the header"),
+        ("", "emptied it"),
+        ("keep-alive", "rewrote it to 'keep-alive'"),
+    ],
+)
+def test_connection_dropped_variants(after, what):
+    front = make_hop(FRONT, request(connection="keep-alive, Upgrade"))
+    back = make_hop(BACK, request(connection=after), t=100.005)
+    (finding,) = [f for f in diagnose(session(front, back)) if f.code == "connection-dropped"]
+    assert what in finding.message and finding.hop == 2
+
+
+def test_upgrade_token_among_several_and_names_in_other_case_count_as_kept():
+    front = make_hop(FRONT, request(connection="keep-alive, Upgrade", names=str.upper))
+    back = make_hop(
+        BACK, request(upgrade="WebSocket", connection="upgrade", names=str.lower), t=100.005
+    )
+    assert diagnose(session(front, back)) == []
+
+
+def test_upgrade_rewritten_to_another_protocol_is_dropped():
+    front = make_hop(FRONT, request())
+    back = make_hop(BACK, request(upgrade="h2c"), t=100.005)
+    (finding,) = diagnose(session(front, back))
+    assert finding.code == "upgrade-dropped" and "rewrote it to 'h2c'" in finding.message
+
+
+def test_http10_upstream_between_hops_and_in_front_of_the_only_hop():
+    front = make_hop(FRONT, request(), 505)
+    back = make_hop(BACK, request(upgrade=None, connection="close"), 505, version="HTTP/1.0")
+    assert codes(diagnose(session(front, back))) == [
+        ("upgrade-dropped", "error", 2),
+        ("connection-dropped", "error", 2),
+        ("http10-upstream", "error", 2),
+        ("handshake-rejected", "error", 2),
+    ]
+    only = make_hop(BACK, request(upgrade=None, connection="close"), 505, version="HTTP/1.0")
+    findings = diagnose(session(only))
+    assert codes(findings) == [
+        ("stripped-before-capture", "error", 1),
+        ("http10-upstream", "error", 1),
+        ("handshake-rejected", "error", 1),
+    ]
+    assert "proxy_http_version 1.1;" in findings[1].fix
+
+
+def test_http10_that_still_upgraded_is_a_warning():
+    front = make_hop(FRONT, request())
+    back = make_hop(BACK, request(), version="HTTP/1.0", t=100.005)
+    assert codes(diagnose(session(front, back))) == [("http10-upstream", "warning", 2)]
+
+
+def test_stripped_before_capture_names_what_is_missing():
+    hop = make_hop(BACK, request(upgrade=None, connection="close"), 400)
+    finding = diagnose(session(hop))[0]
+    assert finding.code == "stripped-before-capture"
+    assert "without Upgrade: websocket and Connection: upgrade" in finding.message
+    only_connection = make_hop(BACK, request(connection="keep-alive"))
+    (finding,) = diagnose(session(only_connection))
+    assert "without Connection: upgrade." in finding.message
+    # Without Sec-WebSocket-Key and -Version it is no WebSocket client's handshake.
+    keyless = make_hop(BACK, request(connection=None, key=None))
+    assert diagnose(session(keyless)) == []
+
+
+def test_rejection_produced_by_the_proxy_between_hops():
+    front = make_hop(FRONT, request(), 502, reason="Bad Gateway")
+    back = make_hop(BACK, request(), None, t=100.005, error="Connection refused")
+    (finding,) = diagnose(session(front, back))
+    assert codes([finding]) == [("handshake-rejected", "error", 1)]
+    assert "502 Bad Gateway" in finding.message
+    assert "the proxy between hop 1 and hop 2 (hop 2 got no answer (Connection refused))" in (
+        finding.message
+    )
+    assert "error.log" in finding.fix
+    nginx_answered = make_hop(BACK, request(), 101, t=100.005)
+    (finding,) = diagnose(session(front, nginx_answered))
+    assert "(hop 2 got 101)" in finding.message
+
+
+def test_rejection_of_a_single_hop_names_its_server():
+    hop = make_hop(FRONT, request(), 403, reason="Forbidden", server_addr=("10.0.0.5", 443))
+    (finding,) = diagnose(session(hop))
+    assert finding.hop == 1
+    assert "403 Forbidden" in finding.message
+    assert "the server behind hop 1 at 10.0.0.5:443" in finding.message
+
+
+def test_accept_mismatch_from_the_server_and_from_a_proxy():
+    wrong = switching(accept="d3Jvbmc=")
+    front = make_hop(FRONT, request(), 101, wrong)
+    back = make_hop(BACK, request(), 101, wrong, t=100.005)
+    (finding,) = diagnose(session(front, back))
+    assert (finding.code, finding.hop) == ("accept-mismatch", 2)
+    assert "the server behind hop 2" in finding.message
+    assert accept_for_key(KEY) in finding.message
+    proxy_broke_it = session(front, make_hop(BACK, request(), 101, t=100.005))
+    (finding,) = diagnose(proxy_broke_it)
+    assert finding.hop == 1 and "the proxy between hop 1 and hop 2" in finding.message
+    missing = make_hop(FRONT, request(), 101, [("Upgrade", "websocket")])
+    (finding,) = diagnose(session(missing))
+    assert "no Sec-WebSocket-Accept" in finding.message
+
+
+def with_traffic(hop: Hop, last_message: float, end: float, abnormal: bool, by="server") -> Hop:
+    hop.stats.add(Message(True, MessageType.TEXT, 2, b"hi", last_message))
+    hop.close = (
+        Close(by=by, abnormal=True, abnormal_reason=f"the {by} connection was lost", timestamp=end)
+        if abnormal
+        else Close(code=1000, by=by, timestamp=end)
+    )
+    hop.timestamp_end = end
+    hop.outcome = Outcome.CLOSED
+    return hop
+
+
+def test_abnormal_close_without_silence():
+    hop = with_traffic(make_hop(FRONT), 101.0, 101.5, abnormal=True)
+    (finding,) = diagnose(session(hop))
+    assert codes([finding]) == [("abnormal-close", "warning", 1)]
+    assert "the server connection was lost" in finding.message
+
+
+def test_idle_timeout_names_the_silence_and_nginx_default():
+    front = with_traffic(make_hop(FRONT), 110.0, 170.2, abnormal=True, by="server")
+    back = with_traffic(make_hop(BACK, t=100.005), 110.0, 170.2, abnormal=True, by="client")
+    findings = diagnose(session(front, back))
+    assert codes(findings) == [("abnormal-close", "warning", 1), ("idle-timeout", "warning", 1)]
+    assert "the proxy between hop 1 and hop 2 cut both sides" in findings[0].message
+    assert "No frame passed for 60.2 s" in findings[1].message
+    assert "matches nginx's default proxy_read_timeout of 60 s" in findings[1].message
+    assert "proxy_read_timeout" in findings[1].fix and "ping" in findings[1].fix
+
+
+def test_idle_timeout_counts_from_the_handshake_without_messages():
+    hop = make_hop(FRONT, close=Close(by="server", abnormal=True, timestamp=105.01))
+    finding = diagnose(session(hop))[-1]
+    assert finding.code == "idle-timeout" and "5.0 s" in finding.message
+    assert "matches nginx" not in finding.message
+
+
+def test_clean_close_after_silence_is_no_finding():
+    hop = with_traffic(make_hop(FRONT), 101.0, 200.0, abnormal=False)
+    assert diagnose(session(hop)) == []
+
+
+def test_host_changed_is_information_only():
+    front = make_hop(FRONT, request(host="app.example"))
+    back = make_hop(BACK, request(host="127.0.0.1:8081"), t=100.005)
+    (finding,) = diagnose(session(front, back))
+    assert codes([finding]) == [("host-changed", "info", 2)]
+    assert "proxy_set_header Host $http_host;" in finding.fix
+    same_but_case = make_hop(BACK, request(host="APP.example"), t=100.005)
+    assert diagnose(session(front, same_but_case)) == []
+
+
+# ----- in the report and the command line ----------------------------------------------------
+
+
+def capture(path, *sessions_hops: list[Hop]):
+    store = SessionStore(path)
+    for hops in sessions_hops:
+        for hop in hops:
+            store.add_hop(hop)
+    store.close()
+    return path
+
+
+def test_findings_in_the_json_and_text_report(tmp_path, capsys):
+    key = "a2V5LWZvci1yZXBvcnQ="
+    front = make_hop(FRONT, request(key=key), 426, reason="Upgrade Required")
+    back = make_hop(BACK, request(upgrade=None, connection="close", key=key), 426, t=100.005)
+    path = capture(tmp_path / "c.db", [front, back])
+    assert cli.main(["report", str(path), "--json"]) == 0
+    (reported,) = json.loads(capsys.readouterr().out)["sessions"]
+    assert len(reported["hops"]) == 2
+    assert [f["code"] for f in reported["findings"]] == [
+        "upgrade-dropped", "connection-dropped", "handshake-rejected",
+    ]
+    assert set(reported["findings"][0]) == {"code", "severity", "hop", "message", "fix"}
+    assert reported["findings"][0]["severity"] == "error" and reported["findings"][0]["hop"] == 2
+    assert cli.main(["report", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "  error upgrade-dropped (hop 2): Hop 1 received Upgrade: websocket" in text
+    assert "    fix: nginx, in the http block:" in text
+    assert "             proxy_set_header Upgrade $http_upgrade;" in text
+    assert "hop 1 -> 2 request: dropped Upgrade*; changed Connection* 'Upgrade' -> 'close'" in text
+    assert text.count("proxy_set_header Upgrade") == 1  # the same fix is printed once
+    assert "  error connection-dropped (hop 2): " in text and "    fix: as above" in text
+
+
+def test_diagnosis_imports_without_textual():
+    code = "import sys, wsinspect.diagnosis, wsinspect.correlate; assert 'textual' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_fail_on_exit_codes(tmp_path, capsys):
+    healthy = capture(tmp_path / "healthy.db", [make_hop(FRONT)])
+    warning = capture(
+        tmp_path / "warning.db", [with_traffic(make_hop(FRONT), 101.0, 101.5, abnormal=True)]
+    )
+    error = capture(tmp_path / "error.db", [make_hop(FRONT, status=502)])
+    assert cli.main(["report", str(healthy), "--fail-on", "warning"]) == 0
+    assert cli.main(["report", str(warning), "--fail-on", "error"]) == 0
+    assert cli.main(["report", str(warning), "--fail-on", "warning"]) == 1
+    assert cli.main(["report", str(error), "--json", "--fail-on", "error"]) == 1
+    assert cli.main(["report", str(error)]) == 0  # without --fail-on, findings do not fail
+    assert cli.main(["report", str(tmp_path / "missing.db"), "--fail-on", "error"]) == 2
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["report", str(healthy), "--fail-on", "sometimes"])
+    assert exit.value.code == 2
+    assert "invalid choice: 'sometimes'" in capsys.readouterr().err

@@ -1,0 +1,222 @@
+"""The README's story with a real nginx: the broken, half-fixed and fixed configurations, each
+with wsinspect on both sides of nginx (two listeners in one Engine) and only behind it, driven
+by a real WebSocket client; plus an idle timeout and many concurrent handshakes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import websockets.client
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from wsinspect.diagnosis import Severity, diagnose
+from wsinspect.model import Outcome, header_value
+
+from .conftest import wait_for
+from .nginx_server import BROKEN, FIXED, HALF_FIXED, Nginx, free_port
+
+pytestmark = pytest.mark.nginx
+
+FIXED_WITH_HOST = FIXED + "proxy_set_header Host $http_host;"
+
+
+@pytest.fixture
+def start_nginx(tmp_path):
+    started: list[Nginx] = []
+
+    def start(upstream_port: int, location: str, read_timeout: str = "60s") -> Nginx:
+        nginx = Nginx(tmp_path / f"nginx{len(started)}", upstream_port, location, read_timeout)
+        started.append(nginx)
+        return nginx.start()
+
+    yield start
+    for nginx in started:
+        nginx.stop()
+
+
+@pytest.fixture
+async def both_sides(start_proxy, start_nginx, echo_server):
+    """client -> wsinspect regular -> nginx -> wsinspect reverse -> echo server."""
+
+    async def start(location: str, read_timeout: str = "60s"):
+        reverse_port = free_port()
+        proxy = await start_proxy(
+            modes=[
+                f"regular@{free_port()}",
+                f"reverse:http://127.0.0.1:{echo_server}@{reverse_port}",
+            ]
+        )
+        nginx = start_nginx(reverse_port, location, read_timeout)
+        return proxy, nginx, reverse_port
+
+    return start
+
+
+def codes(session):
+    return [(f.code, f.severity.value, f.hop) for f in diagnose(session)]
+
+
+def answered(hop_count: int):
+    return lambda s: len(s.hops) == hop_count and all(
+        h.outcome is not Outcome.OPEN for h in s.hops
+    )
+
+
+@pytest.mark.parametrize(
+    "location, status, expected",
+    [
+        (
+            BROKEN,
+            505,  # the backend refuses HTTP/1.0
+            [
+                ("upgrade-dropped", "error", 2),
+                ("connection-dropped", "error", 2),
+                ("http10-upstream", "error", 2),
+                ("host-changed", "info", 2),
+                ("handshake-rejected", "error", 2),
+            ],
+        ),
+        (
+            HALF_FIXED,
+            426,
+            [
+                ("upgrade-dropped", "error", 2),
+                ("connection-dropped", "error", 2),
+                ("host-changed", "info", 2),
+                ("handshake-rejected", "error", 2),
+            ],
+        ),
+    ],
+    ids=["broken", "half-fixed"],
+)
+async def test_both_sides_of_a_misconfigured_nginx(both_sides, echo_server, location, status, expected):
+    proxy, nginx, reverse_port = await both_sides(location)
+    with pytest.raises(InvalidStatus) as rejected:
+        async with connect(f"ws://127.0.0.1:{nginx.port}/chat", proxy=proxy.url):
+            pass
+    assert rejected.value.response.status_code == status
+    session = await proxy.wait_session(answered(2))
+    assert len(proxy.store.sessions()) == 1
+    front, back = session.hops
+    assert front.mode.startswith("regular@") and back.mode.startswith("reverse:")
+    assert front.websocket_key == back.websocket_key
+    # keep_host_header: hop 2 records the Host nginx sent, not one mitmproxy rewrote.
+    assert header_value(back.request_headers, "Host") == f"127.0.0.1:{reverse_port}"
+    assert codes(session) == expected
+    rejected_finding = diagnose(session)[-1]
+    assert f"the server behind hop 2 at 127.0.0.1:{echo_server}" in rejected_finding.message
+
+
+@pytest.mark.parametrize(
+    "location, expected",
+    [(FIXED, [("host-changed", "info", 2)]), (FIXED_WITH_HOST, [])],
+    ids=["fixed", "fixed-with-host"],
+)
+async def test_both_sides_of_a_correctly_configured_nginx(both_sides, location, expected):
+    proxy, nginx, _ = await both_sides(location)
+    async with connect(f"ws://127.0.0.1:{nginx.port}/chat", proxy=proxy.url) as ws:
+        await ws.send("through nginx")
+        assert await ws.recv() == "through nginx"
+    session = await proxy.wait_session(answered(2))
+    assert session.status == 101 and session.close.code == 1000
+    assert codes(session) == expected
+    assert all(f.severity is Severity.INFO for f in diagnose(session))
+    proxy.store.flush()
+    for position in range(2):
+        payloads = [m.payload for m in proxy.store.messages(session.id, 0, 10, position)]
+        assert payloads[:2] == [b"through nginx", b"through nginx"]
+
+
+@pytest.mark.parametrize(
+    "location, expected",
+    [
+        (
+            BROKEN,
+            [
+                ("stripped-before-capture", "error", 1),
+                ("http10-upstream", "error", 1),
+                ("handshake-rejected", "error", 1),
+            ],
+        ),
+        (
+            HALF_FIXED,
+            [("stripped-before-capture", "error", 1), ("handshake-rejected", "error", 1)],
+        ),
+        (FIXED, []),
+    ],
+    ids=["broken", "half-fixed", "fixed"],
+)
+async def test_wsinspect_only_behind_nginx(start_proxy, start_nginx, echo_server, location, expected):
+    reverse_port = free_port()
+    proxy = await start_proxy(modes=[f"reverse:http://127.0.0.1:{echo_server}@{reverse_port}"])
+    nginx = start_nginx(reverse_port, location)
+    if expected:
+        with pytest.raises(InvalidStatus):
+            async with connect(f"ws://127.0.0.1:{nginx.port}/chat"):
+                pass
+    else:
+        async with connect(f"ws://127.0.0.1:{nginx.port}/chat") as ws:
+            await ws.send("hi")
+            assert await ws.recv() == "hi"
+    session = await proxy.wait_session(answered(1))
+    assert codes(session) == expected
+
+
+async def test_idle_timeout_of_nginx_is_diagnosed(both_sides):
+    proxy, nginx, _ = await both_sides(FIXED_WITH_HOST, read_timeout="3s")
+    async with connect(f"ws://127.0.0.1:{nginx.port}/quiet", proxy=proxy.url) as ws:
+        await ws.send("then silence")
+        await ws.recv()
+        # nginx cuts both of its connections; wsinspect's hop 1 then closes the client's.
+        await asyncio.wait_for(ws.wait_closed(), 10)
+    session = await proxy.wait_session(answered(2))
+    findings = diagnose(session)
+    assert [(f.code, f.hop) for f in findings] == [("abnormal-close", 1), ("idle-timeout", 1)]
+    assert "cut both sides" in findings[0].message
+    silence = float(findings[1].message.split("No frame passed for ")[1].split(" s")[0])
+    assert 2.9 <= silence <= 4.0
+
+
+async def run_clients(nginx: Nginx, proxy_url: str, count: int) -> None:
+    async def client(i: int) -> None:
+        async with connect(f"ws://127.0.0.1:{nginx.port}/c/{i}", proxy=proxy_url) as ws:
+            await ws.send(f"hello {i}")
+            assert await ws.recv() == f"hello {i}"
+
+    await asyncio.gather(*(client(i) for i in range(count)))
+
+
+def assert_sessions_line_up(proxy, count: int) -> None:
+    sessions = proxy.store.sessions()
+    assert len(sessions) == count
+    proxy.store.flush()
+    for session in sessions:
+        front, back = session.hops
+        path = front.url.split("/", 3)[3]
+        assert back.url.endswith("/" + path)
+        first_message = proxy.store.messages(session.id, 0, 1, 1)[0].payload
+        assert first_message == f"hello {path.split('/')[1]}".encode()
+        assert not [f for f in diagnose(session) if f.severity is not Severity.INFO]
+
+
+async def test_fifty_concurrent_handshakes_through_nginx_are_never_mixed_up(both_sides):
+    proxy, nginx, _ = await both_sides(FIXED)
+    await run_clients(nginx, proxy.url, 50)
+    await wait_for(
+        lambda: sum(answered(2)(s) for s in proxy.store.sessions()) == 50, 15, "50 sessions"
+    )
+    assert_sessions_line_up(proxy, 50)
+    assert len({s.first_hop.websocket_key for s in proxy.store.sessions()}) == 50
+
+
+async def test_clients_reusing_one_key_are_told_apart_by_path(both_sides, monkeypatch):
+    """Some clients send a constant Sec-WebSocket-Key; correlation must not merge them."""
+    monkeypatch.setattr(websockets.client, "generate_key", lambda: "dGhlIHNhbXBsZSBub25jZQ==")
+    proxy, nginx, _ = await both_sides(FIXED)
+    await run_clients(nginx, proxy.url, 20)
+    await wait_for(
+        lambda: sum(answered(2)(s) for s in proxy.store.sessions()) == 20, 15, "20 sessions"
+    )
+    assert_sessions_line_up(proxy, 20)
