@@ -32,7 +32,8 @@ async def echo(ws):
     async for m in ws:
         await ws.send(m)
 async def main():
-    async with serve(echo, "127.0.0.1", int(sys.argv[1]), max_size=None, compression=None):
+    async with serve(echo, "127.0.0.1", int(sys.argv[1]), max_size=None, compression=None,
+                     ping_interval=None):
         await asyncio.Future()
 asyncio.run(main())
 """

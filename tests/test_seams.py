@@ -5,6 +5,8 @@ ends that mitmproxy reports to the survivor as a clean 1000."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import inspect
 
 import aiohttp
 import pytest
@@ -12,9 +14,11 @@ from mitmproxy.net.http import http1
 from mitmproxy.proxy.layers import websocket as websocket_layer
 from mitmproxy.proxy.layers.http import _http1
 from websockets.asyncio.client import connect
+from websockets.asyncio.server import serve
 
 from wsinspect.model import MessageType, Outcome
 
+from .conftest import echo_handler
 from .rawpeers import frame, raw_client, raw_server, read_frame, upgrade_request
 
 
@@ -28,6 +32,47 @@ def test_every_seam_is_installed_where_mitmproxy_calls_it():
     assert http1.read_request_head.wsinspect_seam
     assert _http1.Http1Server.read_headers.wsinspect_seam
     assert callable(getattr(_http1.Http1Server, "done"))
+    # The streaming relay is mitmproxy's relay_messages with one branch changed: if mitmproxy
+    # changes its own, review StreamingWebsocketLayer and update the hash.
+    streaming = websocket_layer.WebsocketLayer
+    assert streaming.wsinspect_streaming
+    original = streaming.__mro__[1].relay_messages
+    source = inspect.getsource(original)
+    assert hashlib.sha256(source.encode()).hexdigest() == seams.RELAY_MESSAGES_SHA256
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        bytes(range(256)) * 40_000,  # ~10 MiB of every byte value
+        "héllo wörld ✓ " * 300_000,  # multi-byte UTF-8 split across fragments
+        ["fragmented " * 50_000, "message " * 50_000, "end"],
+    ],
+    ids=["binary", "utf8-text", "fragmented"],
+)
+async def test_messages_over_the_stored_size_are_streamed_unchanged(start_proxy, payload):
+    proxy = await start_proxy(settings=["wsinspect_max_payload=65536"])
+    async with serve(echo_handler, "127.0.0.1", 0, max_size=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}/big", proxy=proxy.url, max_size=None) as ws:
+            await ws.send("small first")
+            assert await ws.recv() == "small first"
+            await ws.send(payload)
+            expected = "".join(payload) if isinstance(payload, list) else payload
+            assert await ws.recv() == expected
+            await ws.send("small after")
+            assert await ws.recv() == "small after"
+    session = await proxy.wait_session(lambda s: s.outcome is Outcome.CLOSED)
+    proxy.store.flush()
+    messages = [m for m in proxy.store.messages(session.id, 0, 10) if m.type is not MessageType.CLOSE]
+    raw = expected.encode() if isinstance(expected, str) else expected
+    assert [m.payload for m in messages[:2]] == [b"small first"] * 2
+    assert [m.payload for m in messages[-2:]] == [b"small after"] * 2
+    for big in messages[2:4]:
+        assert big.size == len(raw) and big.truncated
+        assert big.payload == raw[:65536]
+        assert big.sha256 == hashlib.sha256(raw).hexdigest()
+        assert big.type is (MessageType.TEXT if isinstance(expected, str) else MessageType.BINARY)
 
 
 async def healthy_round_trip(proxy, echo_port: int) -> None:

@@ -272,6 +272,27 @@ class Recorder:
             # the newest, which later addons in this hook may still read.
             del flow.websocket.messages[:-1]
 
+    def max_payload(self) -> int:
+        """Bytes of a payload that are stored; a larger message is streamed (see seams)."""
+        return self.store.max_payload
+
+    def on_streamed_message(self, flow: http.HTTPFlow, message: seams.StreamedMessage) -> None:
+        """A message relayed fragment by fragment because it outgrew the stored payload."""
+        hop = self._hops.get(flow.id)
+        if hop is None:
+            return
+        self.store.add_message(
+            hop,
+            Message(
+                from_client=message.from_client,
+                type=MessageType.TEXT if message.is_text else MessageType.BINARY,
+                size=message.size,
+                payload=bytes(message.prefix),
+                timestamp=message.timestamp,
+                sha256=message.sha256.hexdigest(),
+            ),
+        )
+
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         hop = self._hops.pop(flow.id, None)
         notes = self._close_notes.pop(flow.id, _CloseNotes())

@@ -10,6 +10,12 @@ someone debugging a broken WebSocket must see.
   is read as http(s):// instead, and the original scheme is remembered on the request.
 - Refused requests: a handshake mitmproxy's HTTP/1 parser refuses (a header line without a
   colon, a control byte in a name) gets a 400 and no flow at all, only a log line.
+- Streaming relay: mitmproxy holds a whole message in memory (growing it by quadratic
+  concatenation) before its message hook; a 20 MiB message took its peak RSS to about 12 times
+  the message size. A message that outgrows `wsinspect_max_payload` is relayed fragment by
+  fragment instead, unchanged, keeping only the stored prefix, its size and its SHA-256; such
+  a message does not reach mitmproxy's `websocket_message` hook (as with mitmproxy's own
+  `stream_large_bodies` for HTTP bodies).
 
 Each seam is installed once per process and dispatches to the Recorder that owns the
 connection. tests/test_seams.py fails if a mitmproxy release moves one of them.
@@ -17,16 +23,24 @@ connection. tests/test_seams.py fails if a mitmproxy release moves one of them.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import time
 from typing import TYPE_CHECKING
 
+import wsproto.events
+
+from mitmproxy import websocket
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands
 from mitmproxy.proxy import events as proxy_events
 from mitmproxy.proxy.layers import websocket as websocket_layer
+from mitmproxy.proxy.layers.websocket import Fragmentizer, WebSocketMessageInjected
+from mitmproxy.proxy.utils import expect
 from mitmproxy.proxy.layers.http import _http1
 from wsproto import ConnectionState
 from wsproto.events import CloseConnection
+from wsproto.frame_protocol import Opcode
 
 if TYPE_CHECKING:
     from .recorder import Recorder
@@ -71,6 +85,11 @@ def _install_frame_tap() -> None:
 
     class TappedWebsocketConnection(base):  # type: ignore[misc, valid-type]
         wsinspect_taps: dict[str, Recorder] = {}
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # bytearrays grow in place where mitmproxy's bytes are copied on every fragment
+            self.frame_buf = [bytearray()]
 
         def events(self):
             for event in super().events():
@@ -151,7 +170,154 @@ def _install_refused_request_tap() -> None:
     server.read_headers = read_headers
 
 
+class StreamedMessage:
+    """A message relayed fragment by fragment: what is kept of it for the record."""
+
+    def __init__(self, is_text: bool, from_client: bool, keep: int) -> None:
+        self.is_text = is_text
+        self.from_client = from_client
+        self.keep = keep
+        self.prefix = bytearray()
+        self.size = 0
+        self.sha256 = hashlib.sha256()
+        self.timestamp = time.time()
+
+    def add(self, data: bytes) -> None:
+        self.size += len(data)
+        self.sha256.update(data)
+        if len(self.prefix) < self.keep:
+            self.prefix += data[: self.keep - len(self.prefix)]
+
+
+# The sha256 of mitmproxy's WebsocketLayer.relay_messages source that StreamingWebsocketLayer
+# was derived from (identical in mitmproxy 11.0 and 12.x); tests/test_seams.py checks it.
+RELAY_MESSAGES_SHA256 = "2d451252c7287da0d392ab91ede1d881954ad2fa101513e1857db9492b4582ca"
+
+
+def _fragment(data: bytes | str, is_text: bool, finished: bool) -> wsproto.events.Message:
+    if is_text:
+        text = data if isinstance(data, str) else bytes(data).decode()
+        return wsproto.events.TextMessage(text, message_finished=finished)
+    return wsproto.events.BytesMessage(bytes(data), message_finished=finished)
+
+
+def _install_streaming_relay() -> None:
+    base = websocket_layer.WebsocketLayer
+    if getattr(base, "wsinspect_streaming", False):
+        return
+
+    class StreamingWebsocketLayer(base):  # type: ignore[misc, valid-type]
+        """mitmproxy's WebSocket layer, streaming messages that outgrow the stored payload.
+
+        `relay_messages` is mitmproxy's own (see RELAY_MESSAGES_SHA256) with one change in the
+        data-message branch: once a message outgrows what is stored, its fragments are
+        forwarded as they arrive instead of being joined first."""
+
+        wsinspect_streaming = True
+
+        def __init__(self, context, flow) -> None:
+            super().__init__(context, flow)
+            self.streams: dict[bool, StreamedMessage] = {}  # from_client -> message in flight
+
+        @expect(proxy_events.DataReceived, proxy_events.ConnectionClosed, WebSocketMessageInjected)
+        def relay_messages(self, event):
+            assert self.flow.websocket
+            recorder = _recorders_by_options.get(id(self.context.options))
+
+            if isinstance(event, proxy_events.ConnectionEvent):
+                from_client = event.connection == self.context.client
+                injected = False
+            elif isinstance(event, WebSocketMessageInjected):
+                from_client = event.message.from_client
+                injected = True
+            else:
+                raise AssertionError(f"Unexpected event: {event}")
+
+            from_str = "client" if from_client else "server"
+            if from_client:
+                src_ws, dst_ws = self.client_ws, self.server_ws
+            else:
+                src_ws, dst_ws = self.server_ws, self.client_ws
+
+            if isinstance(event, proxy_events.DataReceived):
+                src_ws.receive_data(event.data)
+            elif isinstance(event, proxy_events.ConnectionClosed):
+                src_ws.receive_data(None)
+            else:
+                fragmentizer = Fragmentizer([], event.message.type == Opcode.TEXT)
+                src_ws._events.extend(fragmentizer(event.message.content))
+
+            for ws_event in src_ws.events():
+                if isinstance(ws_event, wsproto.events.Message):
+                    is_text = isinstance(ws_event.data, str)
+                    data = ws_event.data.encode() if is_text else ws_event.data
+                    stream = self.streams.get(from_client)
+                    keep = recorder.max_payload() if recorder is not None else None
+                    if stream is None and keep is not None and not injected:
+                        buffered = sum(len(chunk) for chunk in src_ws.frame_buf)
+                        if buffered + len(data) > keep:
+                            stream = StreamedMessage(is_text, from_client, keep)
+                            self.streams[from_client] = stream
+                            for chunk in src_ws.frame_buf:
+                                if chunk:
+                                    stream.add(bytes(chunk))
+                                    yield dst_ws.send2(_fragment(chunk, is_text, False))
+                            src_ws.frame_buf = [bytearray()]
+                    if stream is not None:
+                        stream.add(data)
+                        yield dst_ws.send2(
+                            _fragment(ws_event.data, is_text, ws_event.message_finished)
+                        )
+                        if ws_event.message_finished:
+                            del self.streams[from_client]
+                            recorder.on_streamed_message(self.flow, stream)
+                        continue
+
+                    src_ws.frame_buf[-1] += data
+                    if ws_event.message_finished:
+                        content = b"".join(src_ws.frame_buf)
+                        fragmentizer = Fragmentizer(src_ws.frame_buf, is_text)
+                        src_ws.frame_buf = [bytearray()]
+                        message = websocket.WebSocketMessage(
+                            Opcode.TEXT if is_text else Opcode.BINARY,
+                            from_client,
+                            content,
+                            injected=injected,
+                        )
+                        self.flow.websocket.messages.append(message)
+                        yield websocket_layer.WebsocketMessageHook(self.flow)
+                        if not message.dropped:
+                            for msg in fragmentizer(message.content):
+                                yield dst_ws.send2(msg)
+                    elif ws_event.frame_finished:
+                        src_ws.frame_buf.append(bytearray())
+
+                elif isinstance(ws_event, (wsproto.events.Ping, wsproto.events.Pong)):
+                    yield commands.Log(
+                        f"Received WebSocket {ws_event.__class__.__name__.lower()} from "
+                        f"{from_str} (payload: {bytes(ws_event.payload)!r})"
+                    )
+                    yield dst_ws.send2(ws_event)
+                elif isinstance(ws_event, wsproto.events.CloseConnection):
+                    self.flow.websocket.timestamp_end = time.time()
+                    self.flow.websocket.closed_by_client = from_client
+                    self.flow.websocket.close_code = ws_event.code
+                    self.flow.websocket.close_reason = ws_event.reason
+                    for ws in [self.server_ws, self.client_ws]:
+                        if ws.state in {ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING}:
+                            yield ws.send2(ws_event)
+                        yield commands.CloseConnection(ws.conn)
+                    yield websocket_layer.WebsocketEndHook(self.flow)
+                    self.flow.live = False
+                    self._handle_event = self.done
+                else:  # pragma: no cover
+                    raise AssertionError(f"Unexpected WebSocket event: {ws_event}")
+
+    websocket_layer.WebsocketLayer = StreamingWebsocketLayer
+
+
 def install() -> None:
     _install_frame_tap()
     _install_ws_scheme()
     _install_refused_request_tap()
+    _install_streaming_relay()
