@@ -46,13 +46,13 @@ def report_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wsinspect report", description="Report a capture.")
     parser.add_argument("file")
     parser.add_argument("--json", action="store_true", help="wsinspect-report/1 JSON")
-    return parser
-
     parser.add_argument(
         "--fail-on",
         choices=["error", "warning"],
         help="exit 1 when a finding of this severity (or worse) exists, e.g. in CI",
     )
+    return parser
+
 
 def _new_capture_path(path: str | None) -> Path:
     if path:
@@ -154,10 +154,10 @@ def run_report(argv: Sequence[str]) -> int:
         print(json.dumps(report.report_json(store), indent=2))
     else:
         print(report.report_text(store))
-    return 0
-
     if args.fail_on and report.has_findings(store, args.fail_on):
         return 1
+    return 0
+
 
 def run_open(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="wsinspect open", description="Browse a capture.")
