@@ -49,7 +49,8 @@ from urllib.parse import urlsplit
 import wsproto
 import wsproto.events as ws_events
 from wsproto.extensions import PerMessageDeflate
-from wsproto.utilities import LocalProtocolError
+from wsproto.connection import ConnectionState
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from .model import Close, Hop, Message, MessageType, Outcome, Session, header_tokens
 from .report import printable, session_text
@@ -513,7 +514,7 @@ class _Replayer:
         try:
             self.ws.receive_data(head + b"\r\n\r\n" + rest)
             events = list(self.ws.events())
-        except wsproto.utilities.RemoteProtocolError as e:
+        except RemoteProtocolError as e:
             raise ReplayError(f"{self._peer} answered the upgrade wrongly: {e}") from None
         if self.via and self.hop.outcome is Outcome.FAILED:
             # mitmproxy answered for a server it could not reach; its recorder kept why.
@@ -533,7 +534,7 @@ class _Replayer:
             if self.timing == "original":
                 due = started + max(0.0, message.timestamp - self.plan.time_origin)
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
-            if self.ws.state is not wsproto.connection.ConnectionState.OPEN:
+            if self.ws.state is not ConnectionState.OPEN:
                 return  # the server closed early; the comparison shows what is missing
             if message.type is MessageType.TEXT:
                 event = ws_events.TextMessage(data=message.text())
@@ -560,7 +561,7 @@ class _Replayer:
                 return
 
     async def _close(self) -> None:
-        if self.ws.state is wsproto.connection.ConnectionState.OPEN:
+        if self.ws.state is ConnectionState.OPEN:
             code, reason = self.plan.client_close or (1000, "")
             self.close_by = "client"
             self._send(ws_events.CloseConnection(code=code, reason=reason))
@@ -582,7 +583,7 @@ class _Replayer:
                 self._handle(list(self.ws.events()))
                 if not data:
                     break
-        except (OSError, ssl.SSLError, wsproto.utilities.RemoteProtocolError):
+        except (OSError, ssl.SSLError, RemoteProtocolError):
             pass
         if not self.closed.is_set():
             self._record_end(None, "", abnormal=f"the connection to {self._peer} was lost")
@@ -607,7 +608,7 @@ class _Replayer:
                 self._record(False, MessageType.CLOSE, _close_payload(event))
                 if self.close_by is None:
                     self.close_by = "server"
-                if self.ws.state is wsproto.connection.ConnectionState.REMOTE_CLOSING:
+                if self.ws.state is ConnectionState.REMOTE_CLOSING:
                     self._send(event.response())
                 self._record_end(event.code, event.reason or "")
                 self.closed.set()
@@ -725,13 +726,7 @@ async def replay(
 ) -> ReplayResult:
     """Replay `plan` and record it into `store`; `server_tls` verifies the server on a direct
     wss replay (default: the system's CAs)."""
-    replayer = _Replayer(plan, store, via, timing, server_tls, timeout, answer_wait)
-    try:
-        session = await replayer.run()
-    except ReplayError:
-        if replayer.hop is not None:
-            await replayer._finished_session()
-        raise
+    session = await _Replayer(plan, store, via, timing, server_tls, timeout, answer_wait).run()
     return ReplayResult(session, compare(plan.original_answers, server_answers(store, session.id)))
 
 
