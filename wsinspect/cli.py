@@ -13,6 +13,8 @@ from pathlib import Path
 
 from . import gateway, preflight, replay, report
 from .engine import DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT, Engine, EngineError
+from .formats import command as export_command
+from .formats import open_capture
 from .model import Outcome
 from .store import CaptureError, SessionStore, StoreChanges
 
@@ -21,7 +23,7 @@ def proxy_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wsinspect",
         description="Inspect WebSocket sessions through an intercepting proxy. "
-        "Other commands: wsinspect report FILE, wsinspect open FILE.",
+        "Other commands: wsinspect report FILE, wsinspect open FILE, wsinspect export FILE.",
     )
     parser.add_argument(
         "--mode",
@@ -146,7 +148,7 @@ async def run_proxy(args: argparse.Namespace) -> int:
 def run_report(argv: Sequence[str]) -> int:
     args = report_parser().parse_args(argv)
     try:
-        store = SessionStore.open(args.file)
+        store = open_capture(args.file)
     except CaptureError as e:
         print(f"wsinspect: {e}", file=sys.stderr)
         return 2
@@ -164,7 +166,7 @@ def run_open(argv: Sequence[str]) -> int:
     parser.add_argument("file")
     args = parser.parse_args(argv)
     try:
-        store = SessionStore.open(args.file)
+        store = open_capture(args.file)
     except CaptureError as e:
         print(f"wsinspect: {e}", file=sys.stderr)
         return 2
@@ -175,7 +177,13 @@ def run_open(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"report": run_report, "open": run_open, "replay": replay.main, "gateway": gateway.main}
+COMMANDS = {
+    "report": run_report,
+    "open": run_open,
+    "replay": replay.main,
+    "gateway": gateway.main,
+    "export": export_command.main,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

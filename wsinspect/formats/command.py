@@ -1,0 +1,69 @@
+"""`wsinspect export`: a capture (any format wsinspect reads) as HAR, flows or JSON lines."""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..store import CaptureError
+from . import EXPORT_FORMATS, STDOUT, SUFFIXES, export, open_capture
+
+
+def export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wsinspect export",
+        description="Write a capture's sessions as HAR (Chrome DevTools), a mitmproxy flow "
+        "file or JSON lines. Credentials are redacted unless --no-redact.",
+    )
+    parser.add_argument("file", help="a wsinspect capture, mitmproxy flow file or HAR file")
+    parser.add_argument(
+        "--format", choices=EXPORT_FORMATS,
+        help="default: from the output's suffix (.har, .mitm/.flows, .jsonl)",
+    )
+    parser.add_argument("-o", dest="out", required=True, metavar="OUT", help="output file, - for stdout")
+    parser.add_argument(
+        "--no-redact", action="store_true",
+        help="keep Authorization, Cookie, Set-Cookie and token-like query parameters",
+    )
+    parser.add_argument(
+        "--session", dest="sessions", type=int, action="append", metavar="ID",
+        help="export only this session (repeatable)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    args = export_parser().parse_args(argv)
+    fmt = args.format or SUFFIXES.get(Path(args.out).suffix.lower())
+    if fmt is None:
+        print(
+            f"wsinspect: {args.out}: cannot tell the format from the name; "
+            f"give --format {', '.join(EXPORT_FORMATS[:-1])} or {EXPORT_FORMATS[-1]}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        store = open_capture(args.file)
+        result = export(
+            store, args.out, fmt, redact=not args.no_redact, session_ids=args.sessions
+        )
+    except CaptureError as e:
+        print(f"wsinspect: {e}", file=sys.stderr)
+        return 2
+    except sqlite3.DatabaseError as e:
+        print(f"wsinspect: {args.file}: damaged capture ({e})", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"wsinspect: {e.filename or args.out}: cannot write ({e.strerror})", file=sys.stderr)
+        return 2
+    where = "stdout" if args.out == STDOUT else args.out
+    redaction = "kept" if args.no_redact else "redacted"
+    print(
+        f"wsinspect: exported {result.sessions} session(s), {result.hops} hop(s), "
+        f"{result.messages} message(s) to {where} as {fmt}; credentials {redaction}",
+        file=sys.stderr,
+    )
+    return 0

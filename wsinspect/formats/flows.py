@@ -1,0 +1,262 @@
+"""mitmproxy flow files, as `mitmdump -w` writes them and `mitmproxy -r` reads them.
+
+A WebSocket is an HTTPFlow with `flow.websocket` (its text and binary messages, close code,
+reason and who closed); a rejected or failed upgrade attempt is a plain HTTPFlow with Upgrade
+headers. mitmproxy keeps no ping, pong or close frames and no listener-independent request
+line, so wsinspect writes those into `flow.metadata["wsinspect"]`, which mitmproxy carries
+along and shows in its flow details; flows without it are read the way the recorder reads live
+ones.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlsplit
+
+from mitmproxy import connection, exceptions, http
+from mitmproxy import flow as mitmproxy_flow
+from mitmproxy import io as mitmproxy_io
+from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.websocket import WebSocketData, WebSocketMessage
+from wsproto.frame_protocol import Opcode
+
+from ..model import Close, Hop, Message, MessageType, Outcome
+from ..recorder import ABNORMAL_CLOSURE, _headers, hop_from_request, is_upgrade_attempt
+from ..store import CaptureError, SessionStore
+from .common import (
+    TYPES_BY_OPCODE,
+    ExportedHop,
+    add_imported_hop,
+    hop_from_record,
+    hop_record,
+)
+
+_DATA_OPCODES = {MessageType.TEXT: Opcode.TEXT, MessageType.BINARY: Opcode.BINARY}
+
+
+# ----- writing -------------------------------------------------------------------------------
+
+
+def _wire(text: str) -> bytes:
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:  # e.g. a header read from a HAR file
+        return text.encode("utf-8")
+
+
+def _mitmproxy_headers(headers: list[tuple[str, str]]) -> http.Headers:
+    return http.Headers([(_wire(name), _wire(value)) for name, value in headers])
+
+
+def flow_for_hop(item: ExportedHop, messages: Iterable[Message]) -> http.HTTPFlow:
+    hop = item.hop
+    try:
+        mode = ProxyMode.parse(hop.mode)
+    except ValueError:  # not a listener's mode, e.g. a hop read from a HAR file
+        mode = ProxyMode.parse("regular")
+    client = connection.Client(
+        peername=hop.client_addr or ("", 0),
+        sockname=("", 0),
+        timestamp_start=hop.timestamp_start,
+        proxy_mode=mode,
+    )
+    flow = http.HTTPFlow(client, connection.Server(address=hop.server_addr))
+    flow.id = hop.flow_id or str(uuid.uuid4())
+    flow.timestamp_created = hop.timestamp_start
+    url = urlsplit(hop.url)
+    secure = url.scheme in ("wss", "https")
+    flow.request = http.Request(
+        host=url.hostname or "",
+        port=url.port or (443 if secure else 80),
+        method=_wire(hop.request_line.partition(" ")[0] or "GET"),
+        scheme=b"https" if secure else b"http",
+        authority=b"",
+        path=_wire((url.path or "/") + (f"?{url.query}" if url.query else "")),
+        http_version=_wire(hop.http_version),
+        headers=_mitmproxy_headers(hop.request_headers),
+        content=b"",
+        trailers=None,
+        timestamp_start=hop.timestamp_start,
+        timestamp_end=hop.timestamp_start,
+    )
+    if hop.response_status is not None:
+        answered = hop.timestamp_response or hop.timestamp_start
+        flow.response = http.Response(
+            http_version=_wire(hop.response_http_version or hop.http_version),
+            status_code=hop.response_status,
+            reason=_wire(hop.response_reason),
+            headers=_mitmproxy_headers(hop.response_headers),
+            content=b"",
+            trailers=None,
+            timestamp_start=answered,
+            timestamp_end=answered,
+        )
+    control, capped = [], []
+    if hop.response_status == 101:
+        websocket = WebSocketData(timestamp_end=hop.timestamp_end)
+        for message in messages:
+            if message.type in _DATA_OPCODES:
+                websocket.messages.append(
+                    WebSocketMessage(
+                        _DATA_OPCODES[message.type],
+                        message.from_client,
+                        message.payload,
+                        message.timestamp,
+                        injected=message.injected,
+                    )
+                )
+            else:
+                control.append(
+                    [message.index, message.from_client, message.type.value, message.payload,
+                     message.timestamp]
+                )
+            if message.truncated:
+                capped.append([message.index, message.size, message.sha256])
+        if hop.close is not None:
+            websocket.closed_by_client = hop.close.by == "client"
+            websocket.close_code = ABNORMAL_CLOSURE if hop.close.abnormal else hop.close.code
+            websocket.close_reason = hop.close.reason
+        flow.websocket = websocket
+    if hop.error:
+        flow.error = mitmproxy_flow.Error(hop.error, hop.timestamp_end or hop.timestamp_start)
+    flow.metadata["wsinspect"] = {**hop_record(item), "control": control, "capped": capped}
+    return flow
+
+
+def write_flows(store: SessionStore, hops: Iterable[ExportedHop], out: BinaryIO) -> None:
+    writer = mitmproxy_io.FlowWriter(out)
+    for item in hops:
+        writer.add(flow_for_hop(item, store.iter_messages(item.hop.id)))
+
+
+# ----- reading -------------------------------------------------------------------------------
+
+
+def _messages(flow: http.HTTPFlow, extra: dict) -> list[Message]:
+    """The flow's messages, with the control frames wsinspect kept aside put back in place."""
+    data = [
+        Message(
+            from_client=m.from_client,
+            type=TYPES_BY_OPCODE[int(m.type)],
+            size=len(m.content),
+            payload=m.content,
+            timestamp=m.timestamp,
+            injected=m.injected,
+        )
+        for m in (flow.websocket.messages if flow.websocket else [])
+        if int(m.type) in TYPES_BY_OPCODE
+    ]
+    control = {
+        int(index): Message(
+            from_client=bool(from_client),
+            type=MessageType(kind),
+            size=len(payload),
+            payload=bytes(payload),
+            timestamp=float(timestamp),
+        )
+        for index, from_client, kind, payload, timestamp in extra.get("control", [])
+    }
+    remaining = iter(data)
+    messages = [
+        control[i] if i in control else next(remaining)
+        for i in range(len(data) + len(control))
+    ]
+    for index, size, sha256 in extra.get("capped", []):
+        messages[int(index)].size = int(size)
+        messages[int(index)].sha256 = sha256
+    return messages
+
+
+def _end_as_recorded(hop: Hop, flow: http.HTTPFlow) -> None:
+    """How a hop ended, the way the recorder's hooks would have recorded this flow."""
+    websocket = flow.websocket
+    if flow.error is not None:
+        hop.error = flow.error.msg
+        hop.timestamp_end = flow.error.timestamp
+    if hop.response_status is None:
+        hop.outcome = Outcome.FAILED if flow.error else Outcome.OPEN
+    elif hop.response_status != 101:
+        hop.outcome = Outcome.REJECTED
+        hop.timestamp_end = flow.response.timestamp_end or hop.timestamp_response
+    elif websocket is not None and websocket.closed_by_client is not None:
+        by = "client" if websocket.closed_by_client else "server"
+        hop.outcome = Outcome.CLOSED
+        hop.timestamp_end = websocket.timestamp_end or hop.timestamp_end
+        if websocket.close_code == ABNORMAL_CLOSURE:
+            hop.close = Close(
+                by=by,
+                abnormal=True,
+                abnormal_reason=f"the {by} connection was lost without a close frame",
+                timestamp=hop.timestamp_end,
+            )
+        else:
+            hop.close = Close(
+                code=int(websocket.close_code) if websocket.close_code is not None else None,
+                reason=websocket.close_reason or "",
+                by=by,
+                timestamp=hop.timestamp_end,
+            )
+    elif flow.error is not None:
+        hop.outcome = Outcome.CLOSED
+        hop.close = Close(abnormal=True, abnormal_reason=hop.error, timestamp=hop.timestamp_end)
+
+
+def hop_from_flow(flow: mitmproxy_flow.Flow) -> tuple[Hop, list[Message]] | None:
+    if not isinstance(flow, http.HTTPFlow) or (
+        flow.websocket is None and not is_upgrade_attempt(flow.request)
+    ):
+        return None
+    record = flow.metadata.get("wsinspect")
+    if record:
+        hop = hop_from_record(
+            record,
+            _headers(flow.request.headers),
+            _headers(flow.response.headers) if flow.response else [],
+        )
+        return hop, _messages(flow, record)
+    hop = hop_from_request(flow)
+    if flow.response is not None:
+        hop.response_status = flow.response.status_code
+        hop.response_reason = flow.response.reason
+        hop.response_headers = _headers(flow.response.headers)
+        hop.response_http_version = flow.response.http_version
+        hop.timestamp_response = flow.response.timestamp_start
+    _end_as_recorded(hop, flow)
+    return hop, _messages(flow, {})
+
+
+def _read(path: Path, fo: BinaryIO) -> Iterator[mitmproxy_flow.Flow]:
+    """mitmproxy's reader, its errors (from any of its layers) made into CaptureErrors."""
+    stream = iter(mitmproxy_io.FlowReader(fo).stream())
+    number = 0
+    while True:
+        number += 1
+        try:
+            flow = next(stream)
+        except StopIteration:
+            return
+        except exceptions.FlowReadException as e:
+            raise CaptureError(
+                f"{path}: flow {number} cannot be read, the file is truncated or damaged ({e})"
+            ) from None
+        except Exception as e:  # mitmproxy's state loading raises whatever the data provokes
+            raise CaptureError(f"{path}: flow {number} is damaged ({type(e).__name__}: {e})") from None
+        yield flow
+
+
+def read_flows(path: Path, fo: BinaryIO) -> SessionStore:
+    store = SessionStore()
+    hops = []
+    for number, flow in enumerate(_read(path, fo), start=1):
+        try:
+            if (read := hop_from_flow(flow)) is not None:
+                hops.append(read)
+        except (KeyError, TypeError, ValueError, IndexError, StopIteration) as e:
+            raise CaptureError(f"{path}: flow {number} has damaged wsinspect data ({e!r})") from None
+    for hop, messages in sorted(hops, key=lambda read: read[0].timestamp_start):
+        add_imported_hop(store, hop, messages)
+    store.flush()
+    return store

@@ -1,0 +1,284 @@
+"""HAR 1.2 with Chrome DevTools' WebSocket extension.
+
+Each hop is one entry with `_resourceType: "websocket"` and `_webSocketMessages`, whose items
+are `{"type": "send"|"receive", "time": epoch seconds, "opcode": n, "data": …}`: text (opcode
+1) as the text itself, every other opcode base64, as Chrome writes binary frames. wsinspect
+also writes ping (9), pong (10) and close (8) frames, which Chrome shows by opcode, and keeps
+what HAR cannot say (listener mode, session and hop, how it ended, exact timestamps) under
+`_wsinspect`, which other tools ignore.
+
+Reading takes HAR files from Chrome, mitmproxy's `hardump` and wsinspect: entries that are
+WebSockets (`_resourceType`, messages, an Upgrade request header or a ws:// URL) become hops;
+other entries are skipped.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TextIO
+from urllib.parse import unquote_plus, urlsplit
+
+from .. import __version__
+from ..model import Close, Hop, Message, Outcome, header_tokens, header_value
+from ..store import CaptureError, SessionStore
+from .common import (
+    OPCODES,
+    TYPES_BY_OPCODE,
+    ExportedHop,
+    add_imported_hop,
+    hop_from_record,
+    hop_record,
+)
+
+# The mode of hops read from HAR files that do not say which listener saw them.
+HAR_MODE = "har"
+_DEFAULT_PORTS = {"ws": 80, "wss": 443}
+
+
+# ----- writing -------------------------------------------------------------------------------
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _har_headers(headers: list[tuple[str, str]]) -> list[dict]:
+    return [{"name": name, "value": value} for name, value in headers]
+
+
+def _query_string(url: str) -> list[dict]:
+    query = urlsplit(url).query
+    pairs = [part.partition("=") for part in query.split("&") if part]
+    return [{"name": unquote_plus(n), "value": unquote_plus(v)} for n, _, v in pairs]
+
+
+def _text(payload: bytes) -> str | None:
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def har_message(message: Message) -> dict:
+    opcode = OPCODES[message.type]
+    text = _text(message.payload) if opcode == 1 else None
+    item = {
+        "type": "send" if message.from_client else "receive",
+        "time": message.timestamp,
+        "opcode": opcode,
+        "data": text if text is not None else base64.b64encode(message.payload).decode("ascii"),
+    }
+    if opcode == 1 and text is None:  # text cut inside a character by the payload size cap
+        item["_encoding"] = "base64"
+    if message.truncated:
+        item["_size"] = message.size
+        item["_sha256"] = message.sha256
+    if message.injected:
+        item["_injected"] = True
+    return item
+
+
+def har_entry(item: ExportedHop, messages: Iterable[Message]) -> dict:
+    hop = item.hop
+    method = hop.request_line.partition(" ")[0] or "GET"
+    waited = hop.timestamp_response - hop.timestamp_start if hop.timestamp_response else 0.0
+    response = {
+        "status": hop.response_status or 0,
+        "statusText": hop.response_reason,
+        "httpVersion": hop.response_http_version or "",
+        "cookies": [],
+        "headers": _har_headers(hop.response_headers),
+        "content": {"size": 0, "mimeType": "x-unknown"},
+        "redirectURL": header_value(hop.response_headers, "Location") or "",
+        "headersSize": -1,
+        "bodySize": -1 if hop.response_status is None else 0,
+    }
+    if hop.error:
+        response["_error"] = hop.error
+    entry = {
+        "startedDateTime": _iso(hop.timestamp_start),
+        "time": max(0.0, waited * 1000),
+        "request": {
+            "method": method,
+            "url": hop.url,
+            "httpVersion": hop.http_version,
+            "cookies": [],
+            "headers": _har_headers(hop.request_headers),
+            "queryString": _query_string(hop.url),
+            "headersSize": -1,
+            "bodySize": 0,
+        },
+        "response": response,
+        "cache": {},
+        "timings": {"send": 0, "wait": max(0.0, waited * 1000), "receive": 0},
+        "_resourceType": "websocket",
+        "_webSocketMessages": [har_message(m) for m in messages],
+        "_wsinspect": hop_record(item),
+    }
+    if hop.server_addr:
+        entry["serverIPAddress"] = hop.server_addr[0]
+    return entry
+
+
+def write_har(store: SessionStore, hops: Iterable[ExportedHop], out: TextIO) -> None:
+    """Write entries one at a time, so a large capture is never held in memory as JSON."""
+    creator = {"name": "wsinspect", "version": __version__}
+    out.write('{"log": {"version": "1.2", "creator": %s, "pages": [], "entries": [' % json.dumps(creator))
+    for i, item in enumerate(hops):
+        entry = har_entry(item, store.iter_messages(item.hop.id))
+        out.write(("\n" if i == 0 else ",\n") + json.dumps(entry, ensure_ascii=False))
+    out.write("\n]}}\n")
+
+
+# ----- reading -------------------------------------------------------------------------------
+
+
+def _timestamp(value) -> float:
+    if isinstance(value, (int, float)):
+        return float(value)
+    moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def _ws_url(url: str) -> str:
+    for http, ws in (("http://", "ws://"), ("https://", "wss://")):
+        if url.startswith(http):
+            return ws + url[len(http) :]
+    return url
+
+
+def _message(item: dict, default_time: float) -> Message | None:
+    direction = item["type"]
+    if direction not in ("send", "receive"):
+        return None  # Chrome also lists frame errors here
+    opcode = int(item["opcode"])
+    if opcode not in TYPES_BY_OPCODE:
+        raise ValueError(f"unknown opcode {opcode}")
+    data = item.get("data", "")
+    if opcode == 1 and item.get("_encoding") != "base64":
+        payload = data.encode("utf-8")
+    else:
+        payload = base64.b64decode(data, validate=True)
+    return Message(
+        from_client=direction == "send",
+        type=TYPES_BY_OPCODE[opcode],
+        size=int(item.get("_size", len(payload))),
+        payload=payload,
+        timestamp=_timestamp(item["time"]) if item.get("time") is not None else default_time,
+        injected=bool(item.get("_injected", False)),
+        sha256=item.get("_sha256"),
+    )
+
+
+def _derived_end(hop: Hop, messages: list[Message], entry: dict) -> None:
+    """How a hop ended, for HAR files without wsinspect's record of it."""
+    response = entry.get("response") or {}
+    hop.error = response.get("_error") or None
+    if hop.response_status is None:
+        hop.outcome = Outcome.FAILED
+        hop.timestamp_end = hop.timestamp_start + float(entry.get("time") or 0) / 1000
+    elif hop.response_status != 101:
+        hop.outcome = Outcome.REJECTED
+        hop.timestamp_end = hop.timestamp_response
+    else:
+        closes = [m for m in messages if m.type.value == "close"]
+        if closes:
+            code, reason = closes[0].close_code_reason()
+            hop.outcome = Outcome.CLOSED
+            hop.timestamp_end = closes[-1].timestamp
+            hop.close = Close(
+                code=code, reason=reason, by=closes[0].direction, timestamp=hop.timestamp_end
+            )
+
+
+def _headers(items) -> list[tuple[str, str]]:
+    return [(str(h["name"]), str(h["value"])) for h in items or []]
+
+
+def _derived_hop(entry: dict, url: str, headers, response_headers) -> Hop:
+    """A hop from a HAR entry's standard fields, as Chrome and mitmproxy write them."""
+    request, response = entry["request"], entry.get("response") or {}
+    start = _timestamp(entry["startedDateTime"])
+    status = int(response.get("status") or 0) or None
+    http_version = str(request.get("httpVersion") or "")
+    split = urlsplit(url)
+    target = (split.path or "/") + (f"?{split.query}" if split.query else "")
+    server_addr = None
+    if entry.get("serverIPAddress"):  # HAR has no port: the URL's is the best guess
+        port = split.port or _DEFAULT_PORTS.get(split.scheme, 80)
+        server_addr = (str(entry["serverIPAddress"]).strip("[]"), port)
+    return Hop(
+        mode=HAR_MODE,
+        url=url,
+        request_line=f"{request.get('method') or 'GET'} {target} {http_version}",
+        http_version=http_version,
+        request_headers=headers,
+        timestamp_start=start,
+        server_addr=server_addr,
+        response_status=status,
+        response_reason=str(response.get("statusText") or ""),
+        response_headers=response_headers,
+        response_http_version=(str(response.get("httpVersion") or "") or None) if status else None,
+        timestamp_response=start + float(entry.get("time") or 0) / 1000 if status else None,
+    )
+
+
+def _problem(error: Exception) -> str:
+    return f"no {error} field" if isinstance(error, KeyError) else str(error)
+
+
+def hop_from_entry(entry: dict) -> tuple[Hop, list[Message]] | None:
+    request = entry["request"]
+    headers = _headers(request.get("headers"))
+    url = str(request["url"])
+    if not (
+        entry.get("_resourceType") == "websocket"
+        or entry.get("_webSocketMessages")
+        or "websocket" in header_tokens(headers, "Upgrade")
+        or url.startswith(("ws://", "wss://"))
+    ):
+        return None
+    response_headers = _headers((entry.get("response") or {}).get("headers"))
+    record = entry.get("_wsinspect")
+    if record:
+        hop = hop_from_record(record, headers, response_headers)
+    else:
+        hop = _derived_hop(entry, _ws_url(url), headers, response_headers)
+    messages = []
+    for number, item in enumerate(entry.get("_webSocketMessages") or [], start=1):
+        try:
+            if (message := _message(item, hop.timestamp_start)) is not None:
+                messages.append(message)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"message {number}: {_problem(e)}") from None
+    if not record:
+        _derived_end(hop, messages, entry)
+    return hop, messages
+
+
+def read_har(path: Path, text: str) -> SessionStore:
+    try:
+        document = json.loads(text)
+    except ValueError as e:
+        raise CaptureError(f"{path}: not valid JSON, truncated or damaged ({e})") from None
+    log = document.get("log") if isinstance(document, dict) else None
+    if not isinstance(log, dict) or not isinstance(log.get("entries"), list):
+        raise CaptureError(f"{path}: JSON but not a HAR file (no log.entries)")
+    hops = []
+    for number, entry in enumerate(log["entries"], start=1):
+        try:
+            if (read := hop_from_entry(entry)) is not None:
+                hops.append(read)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise CaptureError(f"{path}: HAR entry {number} is damaged ({_problem(e)})") from None
+    store = SessionStore()
+    for hop, messages in sorted(hops, key=lambda read: read[0].timestamp_start):
+        add_imported_hop(store, hop, messages)
+    store.flush()
+    return store

@@ -1,0 +1,50 @@
+"""JSON lines: one message a line, for jq. The fields are documented in README.md
+("JSON lines export"); within `wsinspect-jsonl/1` they are only ever added."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable
+from typing import TextIO
+
+from ..model import Message
+from ..store import SessionStore
+from .common import OPCODES, ExportedHop
+
+JSONL_FORMAT = "wsinspect-jsonl/1"
+
+
+def message_line(item: ExportedHop, message: Message) -> dict:
+    line = {
+        "format": JSONL_FORMAT,
+        "session": item.session_id,
+        "hop": item.position,
+        "mode": item.hop.mode,
+        "url": item.hop.url,
+        "index": message.index,
+        "direction": message.direction,
+        "type": message.type.value,
+        "opcode": OPCODES[message.type],
+        "timestamp": message.timestamp,
+        "size": message.size,
+        "truncated": message.truncated,
+        "sha256": message.sha256,
+        "injected": message.injected,
+    }
+    try:
+        line["text"] = message.payload.decode("utf-8") if message.type.value == "text" else None
+    except UnicodeDecodeError:
+        line["text"] = None
+    line["base64"] = (
+        base64.b64encode(message.payload).decode("ascii") if line["text"] is None else None
+    )
+    if message.type.value == "close":
+        line["close_code"], line["close_reason"] = message.close_code_reason()
+    return line
+
+
+def write_jsonl(store: SessionStore, hops: Iterable[ExportedHop], out: TextIO) -> None:
+    for item in hops:
+        for message in store.iter_messages(item.hop.id):
+            out.write(json.dumps(message_line(item, message), ensure_ascii=False) + "\n")
