@@ -358,6 +358,16 @@ def test_idle_timeout_counts_from_the_handshake_without_messages():
     assert "matches nginx" not in finding.message
 
 
+def test_a_client_hanging_up_after_silence_is_no_idle_timeout_unless_it_is_a_proxy():
+    direct = with_traffic(make_hop(FRONT), 101.0, 130.0, abnormal=True, by="client")
+    assert codes(diagnose(session(direct))) == [("abnormal-close", "warning", 1)]
+    behind_nginx = with_traffic(make_hop(BACK), 101.0, 130.0, abnormal=True, by="client")
+    assert codes(diagnose(session(behind_nginx))) == [
+        ("abnormal-close", "warning", 1),
+        ("idle-timeout", "warning", 1),
+    ]
+
+
 def test_clean_close_after_silence_is_no_finding():
     hop = with_traffic(make_hop(FRONT), 101.0, 200.0, abnormal=False)
     assert diagnose(session(hop)) == []

@@ -438,8 +438,11 @@ def _abnormal(hops: list[Hop]) -> list[Finding]:
             f"{position} and hop {position + 1} cut both sides."
         )
     findings = [Finding("abnormal-close", Severity.WARNING, position, message, CLOSE_FIX)]
+    # A client that hangs up on a listener it talks to directly is no proxy's timeout; a
+    # reverse listener's client is the proxy in front of it.
+    client_left = close.by == "client" and not hop.mode.startswith("reverse")
     silence = _silence(hop)
-    if silence is not None and silence >= IDLE_SILENCE:
+    if silence is not None and silence >= IDLE_SILENCE and not client_left:
         default = (
             f" That matches nginx's default proxy_read_timeout of {NGINX_READ_TIMEOUT:.0f} s."
             if abs(silence - NGINX_READ_TIMEOUT) <= 2
