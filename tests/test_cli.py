@@ -26,7 +26,9 @@ def ignore_sigint():
 
 
 async def start_process(*args: str, listening: str) -> tuple[asyncio.subprocess.Process, int]:
-    """Start a proxy process and wait for the line with its port."""
+    """Start a proxy process and wait for the line matching `listening`; returns the port its
+    first group captured (0 for an empty group). The lines read are kept as
+    `process.early_output`."""
     process = await asyncio.create_subprocess_exec(
         *args,
         stdout=asyncio.subprocess.PIPE,
@@ -41,7 +43,8 @@ async def start_process(*args: str, listening: str) -> tuple[asyncio.subprocess.
         if not line:
             raise AssertionError("the process ended early:\n" + "".join(lines))
         if match := re.search(listening, line):
-            return process, int(match.group(1))
+            process.early_output = "".join(lines)
+            return process, int(match.group(1) or 0)
 
 
 async def chat(port: int, backend: int, path: str = "/") -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from tests.netns_lab import (
     CLIENT_ADDR,
+    GATEWAY_CLIENT_ADDR,
     GATEWAY_SERVER_ADDR,
     SERVER_ADDR,
     Lab,
@@ -68,6 +69,22 @@ asyncio.run(main(*sys.argv[1:]))
 """
 
 
+# Sends one HTTP request straight to a proxy port; prints the status line, or how it ended.
+DIRECT = """
+import socket, sys
+host, port, target = sys.argv[1:]
+with socket.create_connection((host, int(port)), timeout=10) as s:
+    s.sendall(f"GET {target} HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n".encode())
+    try:
+        answer = s.recv(1000).decode()
+        print(answer.splitlines()[0] if answer else "closed")
+    except ConnectionResetError:
+        print("closed")
+    except TimeoutError:
+        print("no answer")
+"""
+
+
 @pytest.fixture
 def lab(request) -> Lab:
     return make_lab(request)
@@ -90,11 +107,11 @@ def client(lab: Lab, url: str, proxy: Process, cafile: str = "") -> list[str]:
     return json.loads(result.stdout)
 
 
-def start_wsinspect(lab: Lab, tmp_path, capture):
+def start_wsinspect(lab: Lab, tmp_path, capture, *modes: str):
     process = lab.start(
         lab.gateway,
         *lab.wsinspect(
-            "--mode", "transparent", "--headless", "-w", str(capture),
+            "--mode", "transparent", *modes, "--headless", "-w", str(capture),
             "--listen-host", "0.0.0.0", "--listen-port", str(LISTEN_PORT),
             "--confdir", str(tmp_path / "conf"), "--set", "ssl_insecure=true",
         ),
@@ -128,11 +145,21 @@ def test_clients_traffic_is_intercepted_and_recorded_with_its_original_destinati
         # The server saw the gateway connect, not the client: the proxy was in between.
         assert client(lab, url, proxy, ca) == ["hello", "0001", GATEWAY_SERVER_ADDR]
     proxy.wait_line(r"#3 closed +101 .* 1000 by client")
+    # Not redirected, a connection's original destination is the proxy itself: mitmproxy would
+    # connect to itself again and again; wsinspect closes it at once.
+    direct = lab.python(lab.client, "-c", DIRECT, GATEWAY_CLIENT_ADDR, str(LISTEN_PORT), "/")
+    assert direct.stdout.strip() == "closed"
+    assert client(lab, "ws://10.231.2.2/after", proxy) == ["hello", "0001", GATEWAY_SERVER_ADDR]
+    proxy.wait_line(r"#4 closed +101 ")
     assert proxy.stop() == 0, proxy.output()
+    # The headless line names the original destination, which the Host header does not show.
+    assert "(ws://echo.lab:8765/any) via transparent to 10.231.2.2:8765" in proxy.output()
 
     store = SessionStore.open(capture)
     sessions = store.sessions()
-    assert [s.url for s in sessions] == [url for url, _, _ in conversations]
+    assert [s.url for s in sessions] == [url for url, _, _ in conversations] + [
+        "ws://10.231.2.2/after"
+    ]
     for session, (url, _, port) in zip(sessions, conversations):
         hop = session.first_hop
         assert hop.mode == "transparent"
@@ -153,8 +180,10 @@ def test_clients_traffic_is_intercepted_and_recorded_with_its_original_destinati
         ]
     store.close()
 
+    text = run(*lab.wsinspect("report", str(capture))).stdout
+    assert "hop 1 [transparent] to 10.231.2.2:443 GET /secure HTTP/1.1 -> 101" in text
     report = json.loads(run(*lab.wsinspect("report", str(capture), "--json")).stdout)
-    assert [s["hops"][0]["server_addr"] for s in report["sessions"]] == [
+    assert [s["hops"][0]["server_addr"] for s in report["sessions"]][:3] == [
         [SERVER_ADDR, port] for _, _, port in conversations
     ]
 
@@ -165,7 +194,7 @@ def test_clients_traffic_is_intercepted_and_recorded_with_its_original_destinati
 
 def test_preflight_reports_the_missing_rule_and_its_printed_fix_works(lab, server, tmp_path):
     lab.exec(lab.gateway, "sysctl", "-w", "net.ipv4.ip_forward=1")
-    proxy = start_wsinspect(lab, tmp_path, tmp_path / "cap.db")
+    proxy = start_wsinspect(lab, tmp_path, tmp_path / "cap.db", "--mode", "regular@8081")
     output = proxy.output()
     assert f"listener 0.0.0.0:{LISTEN_PORT}: NOT ready" in output
     assert "OK       IP forwarding: on" in output
@@ -190,6 +219,14 @@ def test_preflight_reports_the_missing_rule_and_its_printed_fix_works(lab, serve
     assert f"listener 0.0.0.0:{LISTEN_PORT}: ready" in check.stdout
     assert client(lab, "ws://10.231.2.2/through", proxy) == ["hello", "0001", GATEWAY_SERVER_ADDR]
     proxy.wait_line(r"#1 closed +101 ws://10\.231\.2\.2/through")
+
+    # A regular listener on every address, asked to connect to itself at the gateway's own
+    # address, refuses instead of looping (mitmproxy only spots loopback and the listen host).
+    direct = lab.python(
+        lab.client, "-c", DIRECT, GATEWAY_CLIENT_ADDR, "8081", f"http://{GATEWAY_CLIENT_ADDR}:8081/"
+    )
+    assert direct.stdout.strip() == "HTTP/1.1 502 Bad Gateway"
+    assert "listening beyond loopback without proxy authentication" in proxy.output()
 
     for command in undo:
         lab.exec(lab.gateway, *shlex.split(command))

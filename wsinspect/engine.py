@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from mitmproxy import exceptions, master, options
 from mitmproxy.addons import core, next_layer, proxyauth, proxyserver, tlsconfig, upstream_auth
 
+from .loopguard import LoopGuard
 from .recorder import Recorder
 from .resend import Resender
 from .store import SessionStore
@@ -111,6 +112,7 @@ class Engine:
             next_layer.NextLayer(),
             tlsconfig.TlsConfig(),
             upstream_auth.UpstreamAuth(),
+            LoopGuard(),
             self.recorder,
             self.resender,
         )

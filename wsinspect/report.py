@@ -102,6 +102,14 @@ def close_text(session: Session) -> str:
     return f"{close.code}{reason} by {close.by}"
 
 
+def destination(hop: Hop) -> str:
+    """The suffix " to host:port" for a transparent hop: the address its client really
+    connected to, which the URL (built from the Host header) need not show."""
+    if hop.server_addr and hop.mode.startswith("transparent"):
+        return f" to {hop.server_addr[0]}:{hop.server_addr[1]}"
+    return ""
+
+
 def session_text(session: Session) -> list[str]:
     stats = session.stats
     status = session.status if session.status is not None else "-"
@@ -115,7 +123,9 @@ def session_text(session: Session) -> list[str]:
             if hop.response_status is not None
             else (printable(hop.error or "no response"))
         )
-        lines.append(f"  hop {i} [{hop.mode}] {printable(hop.request_line)} -> {answer}")
+        lines.append(
+            f"  hop {i} [{hop.mode}]{destination(hop)} {printable(hop.request_line)} -> {answer}"
+        )
     by_type = ", ".join(f"{t} {n}" for t, n in sorted(stats.by_type.items()))
     lines.append(
         f"  messages: {stats.from_client} from client, {stats.from_server} from server, "
@@ -183,7 +193,7 @@ def upgrade_line(session: Session) -> str:
     hop = session.first_hop
     return (
         f"{_clock(hop.timestamp_start)} #{session.id} upgrade  {printable(hop.request_line)} "
-        f"({printable(session.url)}) via {hop.mode}"
+        f"({printable(session.url)}) via {hop.mode}{destination(hop)}"
     )
 
 

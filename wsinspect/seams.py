@@ -211,7 +211,8 @@ def _install_streaming_relay() -> None:
 
         `relay_messages` is mitmproxy's own (see RELAY_MESSAGES_SHA256) with one change in the
         data-message branch: once a message outgrows what is stored, its fragments are
-        forwarded as they arrive instead of being joined first."""
+        forwarded as they arrive instead of being joined first; and ping/pong payloads are not
+        logged."""
 
         wsinspect_streaming = True
 
@@ -233,7 +234,6 @@ def _install_streaming_relay() -> None:
             else:
                 raise AssertionError(f"Unexpected event: {event}")
 
-            from_str = "client" if from_client else "server"
             if from_client:
                 src_ws, dst_ws = self.client_ws, self.server_ws
             else:
@@ -293,10 +293,8 @@ def _install_streaming_relay() -> None:
                         src_ws.frame_buf.append(bytearray())
 
                 elif isinstance(ws_event, (wsproto.events.Ping, wsproto.events.Pong)):
-                    yield commands.Log(
-                        f"Received WebSocket {ws_event.__class__.__name__.lower()} from "
-                        f"{from_str} (payload: {bytes(ws_event.payload)!r})"
-                    )
+                    # mitmproxy logs the payload here; wsinspect records it instead, so that
+                    # nothing a peer sends ends up in the log.
                     yield dst_ws.send2(ws_event)
                 elif isinstance(ws_event, wsproto.events.CloseConnection):
                     self.flow.websocket.timestamp_end = time.time()
