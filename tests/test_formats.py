@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import stat
@@ -30,6 +31,7 @@ from wsinspect.formats.redact import MASK, redact_url
 from wsinspect.model import Close, Hop, Message, MessageType, Outcome
 from wsinspect.store import CaptureError, SessionStore
 
+from .conftest import wait_for
 from .test_cli import start_process
 
 BIN = Path(sys.executable).parent
@@ -252,6 +254,30 @@ async def test_exported_flows_open_in_mitmproxy(recorded, tmp_path):
     assert "WebSocket binary message" in result.stdout
     assert "closed by client: 1000" in result.stdout
     assert re.search(r"4001.*go away", result.stdout)
+
+
+async def test_exported_flows_open_in_the_mitmproxy_console(recorded, tmp_path):
+    """`mitmproxy -r` in a real terminal (tmux, on a server of its own) lists every hop."""
+    out = tmp_path / "export.mitm"
+    formats.export(recorded, out, "flows")
+    confdir = tmp_path / "conf"
+    confdir.mkdir()
+    tmux = ["tmux", "-L", f"wsinspect-formats-{os.getpid()}"]
+    command = f"{BIN / 'mitmproxy'} -r {shlex.quote(str(out))} --set confdir={shlex.quote(str(confdir))}"
+    subprocess.run([*tmux, "new-session", "-d", "-x", "160", "-y", "40", command], check=True)
+    try:
+
+        def screen() -> str | None:
+            text = subprocess.run(
+                [*tmux, "capture-pane", "-p"], capture_output=True, text=True
+            ).stdout
+            return text if text.count(" WS ") == 3 and "/deny" in text else None
+
+        listing = await wait_for(screen, 30, "mitmproxy listing the exported flows")
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
+    assert f"/chat?token={MASK}&room=1" in listing and "/bye" in listing
+    assert re.search(r"/deny\s.*403", listing)
 
 
 def chrome_har() -> dict:
