@@ -12,6 +12,7 @@ import re
 import shlex
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -482,6 +483,20 @@ async def test_a_truncated_flow_file_through_the_real_command(recorded, tmp_path
         f"wsinspect: {tmp_path / 'cut.mitm'}: flow 4 cannot be read, the file is truncated or "
         "damaged (Invalid data format.)"
     ]
+
+
+def test_a_capture_whose_messages_are_lost_gets_a_one_line_export_error(
+    capture_with_secrets, tmp_path, capsys
+):
+    with sqlite3.connect(capture_with_secrets) as db:
+        db.execute("DROP TABLE messages")
+    code, out, err = run_cli(capsys, "export", str(capture_with_secrets), "-o", str(tmp_path / "x.har"))
+    assert (code, out) == (2, "")
+    assert err == (
+        f"wsinspect: {capture_with_secrets}: damaged, its messages cannot be read "
+        "(no such table: messages)\n"
+    )
+    assert list(tmp_path.glob("*x.har*")) == []
 
 
 def test_open_capture_errors_name_the_file():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import sqlite3
 import sys
 import tempfile
 from collections.abc import Iterable
@@ -92,7 +93,8 @@ def export(
 ) -> ExportResult:
     """Write `store`'s sessions (or those in `session_ids`) to `out` ("-": stdout) as `fmt`,
     one of EXPORT_FORMATS. The file appears complete or not at all, readable by its owner
-    only; an existing file is replaced."""
+    only; an existing file is replaced. Raises CaptureError (unknown session, unreadable
+    capture) and OSError (the output cannot be written)."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}")
     if session_ids is not None:
@@ -127,12 +129,16 @@ def export(
 
 
 def _write(store: SessionStore, hops, fmt: str, fo) -> None:
-    if fmt == "flows":
-        write_flows(store, hops, fo)
-        return
-    text = io.TextIOWrapper(fo, encoding="utf-8", newline="\n", write_through=False)
     try:
-        (write_har if fmt == "har" else write_jsonl)(store, hops, text)
-    finally:
-        text.flush()
-        text.detach()
+        if fmt == "flows":
+            write_flows(store, hops, fo)
+            return
+        text = io.TextIOWrapper(fo, encoding="utf-8", newline="\n")
+        try:
+            (write_har if fmt == "har" else write_jsonl)(store, hops, text)
+        finally:
+            text.flush()
+            text.detach()
+    except sqlite3.DatabaseError as e:
+        where = store.path or "the capture"
+        raise CaptureError(f"{where}: damaged, its messages cannot be read ({e})") from None

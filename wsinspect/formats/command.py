@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,9 +51,6 @@ def main(argv: Sequence[str]) -> int:
         )
     except CaptureError as e:
         print(f"wsinspect: {e}", file=sys.stderr)
-        return 2
-    except sqlite3.DatabaseError as e:
-        print(f"wsinspect: {args.file}: damaged capture ({e})", file=sys.stderr)
         return 2
     except OSError as e:
         print(f"wsinspect: {e.filename or args.out}: cannot write ({e.strerror})", file=sys.stderr)
