@@ -220,3 +220,25 @@ async def test_clients_reusing_one_key_are_told_apart_by_path(both_sides, monkey
         lambda: sum(answered(2)(s) for s in proxy.store.sessions()) == 20, 15, "20 sessions"
     )
     assert_sessions_line_up(proxy, 20)
+
+
+async def test_a_keyless_handshake_through_nginx_lines_up_by_elimination(both_sides, echo_server):
+    """A client that sends no Sec-WebSocket-Key: the only handshake under way is its own, so
+    the two hops are still one session, and the backend's refusal is diagnosed."""
+    proxy, nginx, _ = await both_sides(FIXED)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        writer.write(f"CONNECT 127.0.0.1:{nginx.port} HTTP/1.1\r\n\r\n".encode())
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        writer.write(
+            f"GET /nokey HTTP/1.1\r\nHost: 127.0.0.1:{nginx.port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        assert (await reader.readline()).startswith(b"HTTP/1.1 400")
+    finally:
+        writer.close()
+    session = await proxy.wait_session(answered(2))
+    assert len(proxy.store.sessions()) == 1
+    assert [h.websocket_key for h in session.hops] == [None, None]
+    assert codes(session) == [("host-changed", "info", 2), ("handshake-rejected", "error", 2)]
+    assert f"the server behind hop 2 at 127.0.0.1:{echo_server}" in diagnose(session)[-1].message
