@@ -48,7 +48,13 @@ def open_capture(path: str | os.PathLike) -> SessionStore:
                 return read_flows(path, fo)
             if head.lstrip(_UTF8_BOM + b" \t\r\n").startswith(b"{"):
                 fo.seek(0)
-                return _read_json(path, fo.read())
+                if JSONL_FORMAT.encode() in fo.readline():
+                    raise CaptureError(
+                        f"{path}: a JSON lines export, which holds messages only; "
+                        "open the capture, HAR or flow file it was made from"
+                    )
+                fo.seek(0)
+                return read_har(path, fo)
     except IsADirectoryError:
         raise CaptureError(f"{path}: is a directory, not a capture file") from None
     except FileNotFoundError:
@@ -61,19 +67,6 @@ def open_capture(path: str | os.PathLike) -> SessionStore:
         f"{path}: not a format wsinspect reads "
         "(a wsinspect capture, a mitmproxy flow file or a HAR file)"
     )
-
-
-def _read_json(path: Path, data: bytes) -> SessionStore:
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise CaptureError(f"{path}: not UTF-8 JSON ({e.reason} at byte {e.start})") from None
-    if JSONL_FORMAT in text.partition("\n")[0]:
-        raise CaptureError(
-            f"{path}: a JSON lines export, which holds messages only; "
-            "open the capture, HAR or flow file it was made from"
-        )
-    return read_har(path, text)
 
 
 @dataclass(slots=True)

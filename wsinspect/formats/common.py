@@ -53,6 +53,7 @@ def add_imported_hop(store: SessionStore, hop: Hop, messages: Iterable[Message])
     for message in messages:
         store.add_message(hop, message)
     store.hop_changed(hop)
+    store.commit()  # an in-memory store keeps the payloads once, in its database
 
 
 @dataclass(slots=True)

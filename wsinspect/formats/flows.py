@@ -248,15 +248,15 @@ def _read(path: Path, fo: BinaryIO) -> Iterator[mitmproxy_flow.Flow]:
 
 
 def read_flows(path: Path, fo: BinaryIO) -> SessionStore:
+    """Flows become hops in file order (mitmdump writes a flow when it ends), as mitmproxy
+    lists them; one flow at a time is held."""
     store = SessionStore()
-    hops = []
     for number, flow in enumerate(_read(path, fo), start=1):
         try:
-            if (read := hop_from_flow(flow)) is not None:
-                hops.append(read)
+            read = hop_from_flow(flow)
         except (KeyError, TypeError, ValueError, IndexError, StopIteration) as e:
             raise CaptureError(f"{path}: flow {number} has damaged wsinspect data ({e!r})") from None
-    for hop, messages in sorted(hops, key=lambda read: read[0].timestamp_start):
-        add_imported_hop(store, hop, messages)
+        if read is not None:
+            add_imported_hop(store, *read)
     store.flush()
     return store

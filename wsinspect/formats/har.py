@@ -19,7 +19,7 @@ import json
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 from urllib.parse import unquote_plus, urlsplit
 
 from .. import __version__
@@ -262,23 +262,27 @@ def hop_from_entry(entry: dict) -> tuple[Hop, list[Message]] | None:
     return hop, messages
 
 
-def read_har(path: Path, text: str) -> SessionStore:
+def read_har(path: Path, fo: BinaryIO) -> SessionStore:
+    """Entries become hops in file order (Chrome's is the order requests started); each
+    entry's JSON is let go once its hop is in the store."""
     try:
-        document = json.loads(text)
+        document = json.loads(fo.read().decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise CaptureError(f"{path}: not UTF-8 JSON ({e.reason} at byte {e.start})") from None
     except ValueError as e:
         raise CaptureError(f"{path}: not valid JSON, truncated or damaged ({e})") from None
     log = document.get("log") if isinstance(document, dict) else None
     if not isinstance(log, dict) or not isinstance(log.get("entries"), list):
         raise CaptureError(f"{path}: JSON but not a HAR file (no log.entries)")
-    hops = []
-    for number, entry in enumerate(log["entries"], start=1):
-        try:
-            if (read := hop_from_entry(entry)) is not None:
-                hops.append(read)
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise CaptureError(f"{path}: HAR entry {number} is damaged ({_problem(e)})") from None
+    entries = log["entries"]
     store = SessionStore()
-    for hop, messages in sorted(hops, key=lambda read: read[0].timestamp_start):
-        add_imported_hop(store, hop, messages)
+    for number in range(len(entries)):
+        entry, entries[number] = entries[number], None
+        try:
+            read = hop_from_entry(entry)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise CaptureError(f"{path}: HAR entry {number + 1} is damaged ({_problem(e)})") from None
+        if read is not None:
+            add_imported_hop(store, *read)
     store.flush()
     return store
