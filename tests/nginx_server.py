@@ -78,8 +78,12 @@ class Nginx:
         self.process: subprocess.Popen | None = None
 
     @property
+    def error_log_path(self) -> Path:
+        return self.folder / "error.log"
+
+    @property
     def error_log(self) -> str:
-        path = self.folder / "error.log"
+        path = self.error_log_path
         return path.read_text(errors="replace") if path.exists() else ""
 
     def start(self) -> Nginx:
@@ -99,7 +103,7 @@ class Nginx:
                 )
             )
             self.process = subprocess.Popen(
-                [NGINX, "-p", str(self.folder), "-c", str(conf), "-e", str(self.folder / "error.log")],
+                [NGINX, "-p", str(self.folder), "-c", str(conf), "-e", str(self.error_log_path)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
             )

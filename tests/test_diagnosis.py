@@ -198,7 +198,9 @@ def test_healthy_session_through_a_correctly_configured_proxy_has_no_findings():
 
 
 def test_upgrade_and_connection_dropped_by_the_proxy_between_hops():
-    front = make_hop(FRONT, request(connection="keep-alive, Upgrade"), 426, reason="Upgrade Required")
+    front = make_hop(
+        FRONT, request(connection="keep-alive, Upgrade"), 426, reason="Upgrade Required"
+    )
     back = make_hop(BACK, request(upgrade=None, connection="close"), 426, t=100.005)
     findings = diagnose(session(front, back))
     assert codes(findings) == [
@@ -419,7 +421,10 @@ def test_findings_in_the_json_and_text_report(tmp_path, capsys):
 
 
 def test_diagnosis_imports_without_textual():
-    code = "import sys, wsinspect.diagnosis, wsinspect.correlate; assert 'textual' not in sys.modules"
+    code = (
+        "import sys, wsinspect.diagnosis, wsinspect.correlate; "
+        "assert 'textual' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -91,7 +91,9 @@ def answered(hop_count: int):
     ],
     ids=["broken", "half-fixed"],
 )
-async def test_both_sides_of_a_misconfigured_nginx(both_sides, echo_server, location, status, expected):
+async def test_both_sides_of_a_misconfigured_nginx(
+    both_sides, echo_server, location, status, expected
+):
     proxy, nginx, reverse_port = await both_sides(location)
     with pytest.raises(InvalidStatus) as rejected:
         async with connect(f"ws://127.0.0.1:{nginx.port}/chat", proxy=proxy.url):
@@ -148,7 +150,9 @@ async def test_both_sides_of_a_correctly_configured_nginx(both_sides, location, 
     ],
     ids=["broken", "half-fixed", "fixed"],
 )
-async def test_wsinspect_only_behind_nginx(start_proxy, start_nginx, echo_server, location, expected):
+async def test_wsinspect_only_behind_nginx(
+    start_proxy, start_nginx, echo_server, location, expected
+):
     reverse_port = free_port()
     proxy = await start_proxy(modes=[f"reverse:http://127.0.0.1:{echo_server}@{reverse_port}"])
     nginx = start_nginx(reverse_port, location)

@@ -226,7 +226,8 @@ def _has_connection_upgrade(headers: list[tuple[str, str]]) -> bool:
 
 def _is_handshake(hop: Hop) -> bool:
     """A WebSocket client sent this (perhaps with parts lost on the way)."""
-    return bool(hop.websocket_key) and header_value(hop.request_headers, "Sec-WebSocket-Version") is not None
+    version = header_value(hop.request_headers, "Sec-WebSocket-Version")
+    return bool(hop.websocket_key) and version is not None
 
 
 def _stripped_before_capture(hop: Hop) -> list[Finding]:
@@ -379,7 +380,8 @@ def _accept_mismatch(hops: list[Hop]) -> list[Finding]:
         for i, hop in enumerate(hops)
         if hop.response_status == 101
         and hop.websocket_key
-        and header_value(hop.response_headers, "Sec-WebSocket-Accept") != accept_for_key(hop.websocket_key)
+        and header_value(hop.response_headers, "Sec-WebSocket-Accept")
+        != accept_for_key(hop.websocket_key)
     ]
     if not wrong:
         return []
