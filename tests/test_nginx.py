@@ -12,6 +12,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from wsinspect.diagnosis import Severity, diagnose
+from wsinspect.engine import EngineError
 from wsinspect.model import Outcome, header_value
 
 from .conftest import wait_for
@@ -36,17 +37,32 @@ def start_nginx(tmp_path):
         nginx.stop()
 
 
+async def start_on_free_ports(start_proxy, tmp_path, modes_for):
+    """Start wsinspect with `modes_for(front_port, reverse_port)`: nginx must know the reverse
+    listener's port, so the specs name their ports; one taken by another process between
+    free_port() and the bind is retried with new ones."""
+    for attempt in range(3):
+        ports = free_port(), free_port()
+        try:
+            capture = tmp_path / f"wsinspect{attempt}.db"
+            return await start_proxy(modes=modes_for(*ports), capture=capture), ports[1]
+        except EngineError:
+            if attempt == 2:
+                raise
+
+
 @pytest.fixture
-async def both_sides(start_proxy, start_nginx, echo_server):
+async def both_sides(start_proxy, start_nginx, echo_server, tmp_path):
     """client -> wsinspect regular -> nginx -> wsinspect reverse -> echo server."""
 
     async def start(location: str, read_timeout: str = "60s"):
-        reverse_port = free_port()
-        proxy = await start_proxy(
-            modes=[
-                f"regular@{free_port()}",
-                f"reverse:http://127.0.0.1:{echo_server}@{reverse_port}",
-            ]
+        proxy, reverse_port = await start_on_free_ports(
+            start_proxy,
+            tmp_path,
+            lambda front, back: [
+                f"regular@{front}",
+                f"reverse:http://127.0.0.1:{echo_server}@{back}",
+            ],
         )
         nginx = start_nginx(reverse_port, location, read_timeout)
         return proxy, nginx, reverse_port
@@ -151,10 +167,11 @@ async def test_both_sides_of_a_correctly_configured_nginx(both_sides, location, 
     ids=["broken", "half-fixed", "fixed"],
 )
 async def test_wsinspect_only_behind_nginx(
-    start_proxy, start_nginx, echo_server, location, expected
+    start_proxy, start_nginx, echo_server, tmp_path, location, expected
 ):
-    reverse_port = free_port()
-    proxy = await start_proxy(modes=[f"reverse:http://127.0.0.1:{echo_server}@{reverse_port}"])
+    proxy, reverse_port = await start_on_free_ports(
+        start_proxy, tmp_path, lambda _, back: [f"reverse:http://127.0.0.1:{echo_server}@{back}"]
+    )
     nginx = start_nginx(reverse_port, location)
     if expected:
         with pytest.raises(InvalidStatus):
