@@ -375,6 +375,33 @@ def test_a_chrome_har_opens_with_its_websocket_sessions(tmp_path):
     assert session.outcome is Outcome.OPEN  # Chrome records no close frames
 
 
+async def test_a_har_without_wsinspects_record_reads_from_its_standard_fields(recorded, tmp_path):
+    """What another tool writing the same fields (and control frames) would give."""
+    formats.export(recorded, tmp_path / "full.har", "har", redact=False)
+    document = json.loads((tmp_path / "full.har").read_text(encoding="utf-8"))
+    for entry in document["log"]["entries"]:
+        del entry["_wsinspect"]
+    (tmp_path / "plain.har").write_text(json.dumps(document), encoding="utf-8")
+
+    store = formats.open_capture(tmp_path / "plain.har")
+
+    # All of a HAR's hops have mode "har", and one listener sees a handshake once: each hop
+    # is a session of its own.
+    original_hops = [hop for session in recorded.sessions() for hop in session.hops]
+    assert [len(s.hops) for s in store.sessions()] == [1] * len(original_hops) == [1] * 4
+    for imported, original in zip(store.sessions(), original_hops):
+        hop = imported.first_hop
+        assert (hop.mode, hop.url, hop.response_status) == ("har", original.url, original.response_status)
+        assert hop.request_headers == original.request_headers
+        assert [(m.direction, m.type, m.payload) for m in store.iter_messages(hop.id)] == [
+            (m.direction, m.type, m.payload) for m in recorded.iter_messages(original.id)
+        ]
+    chat, bye_front, bye_back, refused = store.sessions()
+    assert (chat.outcome, chat.close.code, chat.close.by) == (Outcome.CLOSED, 1000, "client")
+    assert (bye_back.close.code, bye_back.close.reason, bye_back.close.by) == (4001, "go away", "server")
+    assert (refused.outcome, refused.status) == (Outcome.REJECTED, 403)
+
+
 def check_chrome_can_import(har: dict) -> None:
     """The fields and types Chrome DevTools' HAR importer (front_end/models/har/HARFormat.ts)
     requires: it throws on a missing object, a non-date or a NaN number."""
