@@ -37,14 +37,14 @@ def start_nginx(tmp_path):
         nginx.stop()
 
 
-async def start_on_free_ports(start_proxy, tmp_path, modes_for):
+async def start_on_free_ports(start_proxy, tmp_path, modes_for, name: str = "wsinspect"):
     """Start wsinspect with `modes_for(front_port, reverse_port)`: nginx must know the reverse
     listener's port, so the specs name their ports; one taken by another process between
     free_port() and the bind is retried with new ones."""
     for attempt in range(3):
         ports = free_port(), free_port()
         try:
-            capture = tmp_path / f"wsinspect{attempt}.db"
+            capture = tmp_path / f"{name}{attempt}.db"
             return await start_proxy(modes=modes_for(*ports), capture=capture), ports[1]
         except EngineError:
             if attempt == 2:
@@ -263,3 +263,27 @@ async def test_a_keyless_handshake_through_nginx_lines_up_by_elimination(both_si
     assert [h.websocket_key for h in session.hops] == [None, None]
     assert codes(session) == [("host-changed", "info", 2), ("handshake-rejected", "error", 2)]
     assert f"the server behind hop 2 at 127.0.0.1:{echo_server}" in diagnose(session)[-1].message
+
+
+async def test_mitmproxys_host_rewrite_comes_back_with_keep_host_header_false(
+    start_proxy, start_nginx, echo_server, tmp_path
+):
+    """wsinspect sets keep_host_header for reverse modes (hop 2's Host is what nginx sent, as
+    the tests above check); `--set keep_host_header=false` restores mitmproxy's rewrite."""
+    proxy, reverse_port = await start_on_free_ports(
+        start_proxy, tmp_path, lambda _, back: [f"reverse:http://127.0.0.1:{echo_server}@{back}"]
+    )
+    assert proxy.engine.master.options.keep_host_header
+    await proxy.engine.stop()
+    rewriting, reverse_port = await start_on_free_ports(
+        lambda **kw: start_proxy(settings=["keep_host_header=false"], **kw),
+        tmp_path,
+        lambda _, back: [f"reverse:http://127.0.0.1:{echo_server}@{back}"],
+        name="rewriting",
+    )
+    nginx = start_nginx(reverse_port, FIXED)
+    async with connect(f"ws://127.0.0.1:{nginx.port}/chat") as ws:
+        await ws.send("hi")
+        await ws.recv()
+    session = await rewriting.wait_session(answered(1))
+    assert header_value(session.first_hop.request_headers, "Host") == f"127.0.0.1:{echo_server}"
