@@ -123,6 +123,7 @@ def test_listen_host_must_take_the_redirected_connections(lab):
         (["--interface", "nosuch0"], "no network interface 'nosuch0' on this host"),
         (["--interface", "lo", "--ports", "80,http"], "bad port 'http' in --ports"),
         (["--interface", "lo", "--ports", "90-80"], "bad port '90-80' in --ports"),
+        (["--interface", "lo", "--listen-port", "0"], "bad --listen-port 0 (1 to 65535)"),
     ],
 )
 def test_setup_refuses_bad_input_in_one_line_and_changes_nothing(lab, args, message):

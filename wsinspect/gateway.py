@@ -153,6 +153,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
     try:
+        if not 1 <= getattr(args, "listen_port", 1) <= 65535:
+            raise GatewayError(f"bad --listen-port {args.listen_port} (1 to 65535)")
         if args.command == "setup":
             setup(args.interface, parse_ports(args.ports), args.listen_port)
         elif args.command == "teardown":

@@ -13,7 +13,7 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from mitmproxy.proxy import mode_specs
@@ -224,7 +224,7 @@ class Preflight:
 
     listen_host: str
     listen_port: int
-    checks: tuple[Check, ...] = field(default_factory=tuple)
+    checks: tuple[Check, ...] = ()
 
     @property
     def ok(self) -> bool:
