@@ -7,8 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.netns_lab import GATEWAY_CLIENT_ADDR, GATEWAY_SERVER_ADDR, Lab, make_lab
-
-pytestmark = pytest.mark.netns
+from wsinspect import preflight
 
 SYSCTLS = ("net/ipv4/ip_forward", "net/ipv4/conf/all/send_redirects")
 
@@ -16,6 +15,22 @@ SYSCTLS = ("net/ipv4/ip_forward", "net/ipv4/conf/all/send_redirects")
 @pytest.fixture
 def lab(request) -> Lab:
     return make_lab(request)
+
+
+async def test_a_transparent_engine_gets_a_preflight_kept_in_its_log_for_the_app(start_proxy):
+    """Only reads this host's state: the listener is on loopback, which never gets redirected
+    connections, so the verdict is known whatever the host's rules."""
+    proxy = await start_proxy(modes=("transparent",))
+    results = preflight.run_for_servers(proxy.engine.servers())
+    assert [(r.listen_host, r.listen_port) for r in results] == [("127.0.0.1", proxy.port)]
+    preflight.log(results[0])
+    logged = [r for r in proxy.engine.logs.records if "transparent listener" in r.message]
+    assert logged[0].message == (
+        f"preflight for the transparent listener 127.0.0.1:{proxy.port}: NOT ready"
+    )
+    assert logged[0].level == "warning"
+    messages = [r.message for r in proxy.engine.logs.records]
+    assert any(m.startswith("  MISSING  listen host: 127.0.0.1") for m in messages)
 
 
 def nat(lab: Lab) -> str:
@@ -35,6 +50,7 @@ def check(lab: Lab, *args: str):
     return lab.run_wsinspect(lab.gateway, "gateway", "check", *args, check=False)
 
 
+@pytest.mark.netns
 def test_setup_then_teardown_leaves_the_gateway_exactly_as_it_was(lab):
     # Someone's own rule, which teardown must leave alone.
     iptables(lab, "-A", "PREROUTING", "-p", "tcp", "--dport", "9999", "-j", "REDIRECT",
@@ -65,6 +81,7 @@ def test_setup_then_teardown_leaves_the_gateway_exactly_as_it_was(lab):
     assert again.stdout.startswith("nothing to remove")
 
 
+@pytest.mark.netns
 def test_preflight_names_what_is_missing_with_commands_to_fix_and_undo(lab):
     result = check(lab, "--listen-port", "8080")
     assert result.returncode == 1
@@ -81,6 +98,7 @@ def test_preflight_names_what_is_missing_with_commands_to_fix_and_undo(lab):
     assert "undo: iptables -t nat -D PREROUTING" in out
 
 
+@pytest.mark.netns
 def test_preflight_follows_jumps_and_explains_rules_that_do_not_help(lab):
     iptables(lab, "-A", "OUTPUT", "-p", "tcp", "--dport", "80", "-j", "REDIRECT",
              "--to-ports", "8080")  # fmt: skip
@@ -101,6 +119,7 @@ def test_preflight_follows_jumps_and_explains_rules_that_do_not_help(lab):
     assert "OK       REDIRECT rule: nat PREROUTING redirects tcp port 80,443 -> 8080" in out
 
 
+@pytest.mark.netns
 def test_listen_host_must_take_the_redirected_connections(lab):
     iptables(lab, "-A", "PREROUTING", "-i", lab.gateway_client_if, "-p", "tcp", "--dport", "80",
              "-j", "REDIRECT", "--to-ports", "8080")  # fmt: skip
@@ -117,6 +136,7 @@ def test_listen_host_must_take_the_redirected_connections(lab):
     )
 
 
+@pytest.mark.netns
 @pytest.mark.parametrize(
     "args, message",
     [
