@@ -37,14 +37,20 @@ async def start_process(*args: str, listening: str) -> tuple[asyncio.subprocess.
         cwd=ROOT,
     )
     lines = []
-    while True:
-        line = (await asyncio.wait_for(process.stdout.readline(), 20)).decode()
-        lines.append(line)
-        if not line:
-            raise AssertionError("the process ended early:\n" + "".join(lines))
-        if match := re.search(listening, line):
-            process.early_output = "".join(lines)
-            return process, int(match.group(1) or 0)
+    try:
+        while True:
+            line = (await asyncio.wait_for(process.stdout.readline(), 20)).decode()
+            lines.append(line)
+            if not line:
+                raise AssertionError("the process ended early:\n" + "".join(lines))
+            if match := re.search(listening, line):
+                process.early_output = "".join(lines)
+                return process, int(match.group(1) or 0)
+    except BaseException:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        raise
 
 
 async def chat(port: int, backend: int, path: str = "/") -> None:
