@@ -16,7 +16,9 @@ from mitmproxy.proxy.layers.http import _http1
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 
+from wsinspect.diagnosis import diagnose
 from wsinspect.model import MessageType, Outcome
+from wsinspect.report import session_json
 
 from .conftest import echo_handler
 from .rawpeers import frame, raw_client, raw_server, read_frame, upgrade_request
@@ -129,6 +131,10 @@ async def test_requests_the_proxy_refuses_itself_are_rejected_sessions(
     assert reason in hop.error.lower()
     assert hop.request_line == f"GET http://127.0.0.1:{echo_server}/refused HTTP/1.1"
     assert ("Upgrade", "websocket") in hop.request_headers
+    (finding,) = diagnose(session)
+    assert finding.code == "handshake-rejected"
+    assert "by the proxy at hop 1 itself, which refused the request" in finding.message
+    assert session_json(session)["hops"][0]["answered_by"] == "proxy"
     await healthy_round_trip(proxy, echo_server)
 
 
@@ -159,6 +165,11 @@ async def test_protocol_error_from_the_client_is_the_proxys_close(
     assert (close.by, close.offender, close.code) == ("proxy", "client", code)
     assert close.reason  # wsproto's words for the rule broken
     assert close.told_client[0] == code and close.told_server[0] == code
+    (finding,) = [f for f in diagnose(session) if f.code == "protocol-error"]
+    assert finding.severity.value == "error" and finding.hop == 1
+    assert "The client sent a frame" in finding.message and close.reason in finding.message
+    report = session_json(session)
+    assert report["close"]["by"] == "proxy" and report["close"]["offender"] == "client"
     await healthy_round_trip(proxy, echo_server)
 
 
@@ -217,6 +228,9 @@ async def test_backend_reset_mid_session_shows_what_each_side_was_told(proxy):
     # mitmproxy tells the survivor a clean 1000, which is what the client believed:
     assert told_to_client == 1000
     assert close.told_client == (1000, "")
+    abnormal = next(f for f in diagnose(session) if f.code == "abnormal-close")
+    assert "The server died; the proxy told the client close 1000 with no reason" in abnormal.message
+    assert session_json(session)["close"]["told_client"] == [1000, ""]
     proxy.store.flush()
     kinds = [m.type for m in proxy.store.messages(session.id, 0, 10)]
     assert kinds == [MessageType.TEXT, MessageType.TEXT]

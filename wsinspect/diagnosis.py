@@ -199,6 +199,22 @@ IDLE_FIX = (
     "Other proxies: raise the idle timeout (HAProxy 'timeout tunnel', a load balancer's idle "
     "timeout) above the longest silence, or ping more often than it."
 )
+PROTOCOL_FIX = (
+    "Fix the WebSocket implementation of the side named above: RFC 6455 section 5 says how "
+    "frames are built (clients mask every frame, servers never do; opcodes 3-7 and 11-15 are "
+    "reserved; control frames carry at most 125 bytes and are never fragmented; RSV bits "
+    "stay 0 unless an extension was negotiated; text frames carry valid UTF-8).\n"
+    "Every proxy, nginx included once it relays frames, and every conforming peer closes a "
+    "connection that breaks these rules."
+)
+
+REFUSED_FIX = (
+    "The client sent a request an HTTP/1.1 proxy must refuse (a header line without a colon, "
+    "a control character in a header name, an invalid scheme or request line): fix the "
+    "client, or whatever builds its headers.\n"
+    "nginx and other proxies refuse such requests too, usually with 400."
+)
+
 REJECTED_FIXES = {
     "proxy": (
         "nginx: error.log names why it answered itself (502: backend unreachable or it closed "
@@ -349,6 +365,17 @@ def _rejected(session: Session) -> list[Finding]:
         depth += 1
     reason = hops[depth].response_reason
     answer = f"{status}{f' {reason}' if reason else ''}"
+    if hops[depth].answered_by == "proxy":
+        return [
+            Finding(
+                "handshake-rejected",
+                Severity.ERROR,
+                depth + 1,
+                f"The upgrade was answered with {answer} by the proxy at hop {depth + 1} "
+                f"itself, which refused the request: {hops[depth].error}.",
+                REFUSED_FIX,
+            )
+        ]
     if depth + 1 == len(hops):
         producer = _server_behind(hops[depth], depth + 1)
         kind = "server"
@@ -439,6 +466,15 @@ def _abnormal(hops: list[Hop]) -> list[Finding]:
             f" Hop {position + 1} lost its connection the same way, so the proxy between hop "
             f"{position} and hop {position + 1} cut both sides."
         )
+    survivor = {"client": "server", "server": "client"}.get(close.by or "")
+    told = getattr(close, f"told_{survivor}") if survivor else None
+    if told is not None:
+        code, reason = told
+        message += (
+            f" The {close.by} died; the proxy told the {survivor} close {code}"
+            + (f" {reason!r}" if reason else " with no reason")
+            + (", as if all was well." if code == 1000 else ".")
+        )
     findings = [Finding("abnormal-close", Severity.WARNING, position, message, CLOSE_FIX)]
     # A client that hangs up on a listener it talks to directly is no proxy's timeout; a
     # reverse listener's client is the proxy in front of it.
@@ -465,6 +501,28 @@ def _abnormal(hops: list[Hop]) -> list[Finding]:
     return findings
 
 
+def _protocol_errors(hops: list[Hop]) -> list[Finding]:
+    """The proxy closed both sides because one sent a frame that breaks RFC 6455."""
+    findings = []
+    for position, hop in enumerate(hops, start=1):
+        close = hop.close
+        if close is None or close.by != "proxy" or close.offender is None:
+            continue
+        findings.append(
+            Finding(
+                "protocol-error",
+                Severity.ERROR,
+                position,
+                f"The {close.offender} sent a frame that breaks the WebSocket protocol "
+                f"({close.reason or 'no reason given'}), so the proxy at hop {position} "
+                f"closed both sides with {close.code}. mitmproxy's own flow blames the "
+                f"{close.offender} for the close; it was the proxy's.",
+                PROTOCOL_FIX,
+            )
+        )
+    return findings
+
+
 def diagnose(session: Session) -> list[Finding]:
     """Every finding for a session, ordered by hop; a healthy session through a correctly
     configured proxy has no warning or error."""
@@ -476,6 +534,7 @@ def diagnose(session: Session) -> list[Finding]:
         findings += _http10(position, after, before, upgraded)
         findings += _host_changed(position, before, after)
     findings += _rejected(session) + _accept_mismatch(hops) + _abnormal(hops)
+    findings += _protocol_errors(hops)
     return sorted(findings, key=lambda f: f.hop)
 
 

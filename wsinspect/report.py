@@ -37,6 +37,7 @@ def hop_json(hop: Hop, position: int) -> dict:
         "response_headers": [[k, v] for k, v in hop.response_headers],
         "outcome": hop.outcome.value,
         "error": hop.error,
+        "answered_by": hop.answered_by,
         "timestamp_start": hop.timestamp_start,
         "timestamp_end": hop.timestamp_end,
     }
@@ -65,6 +66,9 @@ def session_json(session: Session) -> dict:
             "by": close.by if close else None,
             "abnormal": close.abnormal if close else False,
             "abnormal_reason": close.abnormal_reason if close else None,
+            "offender": close.offender if close else None,
+            "told_client": list(close.told_client) if close and close.told_client else None,
+            "told_server": list(close.told_server) if close and close.told_server else None,
         },
         "error": session.first_hop.error,
         "findings": [f.to_json() for f in diagnosis.diagnose(session)],
@@ -97,9 +101,13 @@ def close_text(session: Session) -> str:
     if close is None:
         return session.first_hop.error or ""
     if close.abnormal:
-        return f"abnormal: {close.abnormal_reason}"
+        survivor = {"client": "server", "server": "client"}.get(close.by or "")
+        told = getattr(close, f"told_{survivor}") if survivor else None
+        told_text = f"; the {survivor} was told {told[0]}" if told else ""
+        return f"abnormal: {close.abnormal_reason}{told_text}"
     reason = f" {close.reason!r}" if close.reason else ""
-    return f"{close.code}{reason} by {close.by}"
+    offender = f" (the {close.offender} broke the protocol)" if close.offender else ""
+    return f"{close.code}{reason} by {close.by}{offender}"
 
 
 def destination(hop: Hop) -> str:
