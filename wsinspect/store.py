@@ -248,24 +248,27 @@ class SessionStore:
         start = max(0, start)
         result: list[Message] = []
         if start < committed:
-            rows = self._db.execute(
-                "SELECT idx, from_client, type, size, timestamp, injected, sha256, payload "
-                "FROM messages WHERE hop_id=? AND idx>=? AND idx<? ORDER BY idx",
-                (hop_id, start, min(stop, committed)),
-            )
-            result = [
-                Message(
-                    index=idx,
-                    from_client=bool(fc),
-                    type=MessageType(typ),
-                    size=size,
-                    timestamp=ts,
-                    injected=bool(inj),
-                    sha256=sha,
-                    payload=bytes(payload),
-                )
-                for idx, fc, typ, size, ts, inj, sha, payload in rows
-            ]
+            try:
+                rows = self._db.execute(
+                    "SELECT idx, from_client, type, size, timestamp, injected, sha256, payload "
+                    "FROM messages WHERE hop_id=? AND idx>=? AND idx<? ORDER BY idx",
+                    (hop_id, start, min(stop, committed)),
+                ).fetchall()
+                result = [
+                    Message(
+                        index=idx,
+                        from_client=bool(fc),
+                        type=MessageType(typ),
+                        size=size,
+                        timestamp=ts,
+                        injected=bool(inj),
+                        sha256=sha,
+                        payload=bytes(payload),
+                    )
+                    for idx, fc, typ, size, ts, inj, sha, payload in rows
+                ]
+            except (sqlite3.DatabaseError, ValueError) as e:
+                raise CaptureError(f"{self.path}: damaged message records ({e})") from None
         if stop > committed:
             pending = self._pending.get(hop_id, [])
             result += pending[max(0, start - committed) : stop - committed]
