@@ -30,6 +30,7 @@ from .format import clock, format_size, preview
 
 SCAN_CHUNK = 5000
 CACHE_ROWS = 4000
+STRIP_CACHE = 1000
 
 
 class FilterError(ValueError):
@@ -147,6 +148,8 @@ class MessageList(ScrollView, can_focus=True):
         self.cursor: int | None = None  # a row
         self.follow = True
         self.virtual_size = Size(0, self.total)
+        self._line_styles: dict[str, Style] = {}
+        self._strips: OrderedDict[tuple, Strip] = OrderedDict()  # rendered rows, newest last
 
     # ----- rows and the store --------------------------------------------------------------
 
@@ -207,18 +210,34 @@ class MessageList(ScrollView, can_focus=True):
     def render_lines(self, crop: Region) -> list[Strip]:
         scroll_y = int(self.scroll_offset.y)
         self._prefetch(scroll_y + crop.y, scroll_y + crop.bottom)
+        # Component styles are looked up once per frame, not once per line.
+        styles = {name: self.get_component_rich_style(name) for name in self.COMPONENT_CLASSES}
+        styles["base"] = self.rich_style
+        if styles != self._line_styles:  # a theme or focus change
+            self._line_styles = styles
+            self._strips.clear()
         return super().render_lines(crop)
 
     def render_line(self, y: int) -> Strip:
         row = int(self.scroll_offset.y) + y
         width = self.size.width
-        base = self.rich_style
+        base = self._line_styles["base"]
         if row >= self.row_count:
             return Strip.blank(width, base)
         info = self._cache.get(self.message_index(row))
         if info is None:
             return Strip.blank(width, base)
-        style = self.get_component_rich_style
+        key = (info.index, info.hit, row == self.cursor, width)
+        strip = self._strips.get(key)
+        if strip is None:
+            strip = self._strips[key] = self._render_row(info, key[2], width)
+            if len(self._strips) > STRIP_CACHE:
+                self._strips.popitem(last=False)
+        return strip
+
+    def _render_row(self, info: Row, is_cursor: bool, width: int) -> Strip:
+        base = self._line_styles["base"]
+        style = self._line_styles.__getitem__
         direction = style("messagelist--client" if info.from_client else "messagelist--server")
         dim = style("messagelist--dim")
         kind_style = (
@@ -238,14 +257,21 @@ class MessageList(ScrollView, can_focus=True):
             Segment(f"{format_size(info.size):>10}  ", dim),
             Segment(info.preview, base),
         ]
-        if row == self.cursor:
+        if is_cursor:
             segments = list(Segment.apply_style(segments, post_style=style("messagelist--cursor")))
             base = base + style("messagelist--cursor")
         return Strip(segments).crop_extend(0, width, base)
 
     def _refresh_rows(self) -> None:
-        self.virtual_size = Size(self.size.width, self.row_count)
-        self.refresh()
+        size = Size(self.size.width, self.row_count)
+        if size.width == self.virtual_size.width and self.is_mounted:
+            # Only the row count changed. The vertical scrollbar is always shown (see
+            # app.tcss), so no layout is needed: skipping it keeps a live list cheap.
+            self.set_reactive(MessageList.virtual_size, size)
+            self._scroll_update(size)
+            self.refresh()
+        else:
+            self.virtual_size = size
 
     def on_resize(self, event: events.Resize) -> None:
         self.virtual_size = Size(event.size.width, self.row_count)
@@ -291,6 +317,7 @@ class MessageList(ScrollView, can_focus=True):
         self.filter = new_filter
         self._pattern = pattern
         self._cache.clear()
+        self._strips.clear()
         self.hits = array("q")
         self._hit_indexes = set()
         self.rows = array("q") if new_filter.hides_rows else None

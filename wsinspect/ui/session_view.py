@@ -18,6 +18,7 @@ from .format import printable
 from .handshake import session_handshakes
 from .messages import LIST_HEADER, FilterError, MessageFilter, MessageList
 from .payload import PayloadPane, SavePayloadScreen, payload_for_clipboard
+from .sessions import MESSAGE_COUNTS_INTERVAL
 from .status import StatusBar, session_summary
 
 DIRECTIONS = [("both ways", "both"), ("client → server", "client"), ("server → client", "server")]
@@ -46,6 +47,7 @@ class SessionScreen(Screen):
         super().__init__()
         self.session_id = session_id
         self.only_matches = True
+        self._summary_stale = False
 
     @property
     def store(self):
@@ -73,25 +75,36 @@ class SessionScreen(Screen):
     def on_mount(self) -> None:
         self.loaded = True
         self._show_session()
+        self.set_interval(MESSAGE_COUNTS_INTERVAL, self._refresh_summary)
         message_list = self.query_one(MessageList)
         message_list.messages_arrived()  # any that came while the screen was being built
         if self.query_one(TabbedContent).active == "messages":
             message_list.focus()
 
-    def _show_session(self) -> None:
+    def _refresh_summary(self) -> None:
+        if self._summary_stale and self.query("#session-summary"):
+            self._show_session(handshakes=False)
+
+    def _show_session(self, handshakes: bool = True) -> None:
+        self._summary_stale = False
         session = self.store.session(self.session_id)
-        self.query_one("#session-summary", Static).update(session_summary(session, self.app.clock()))
-        self.query_one("#handshake-text", Static).update(session_handshakes(session))
+        summary = session_summary(session, self.app.clock())
+        self.query_one("#session-summary", Static).update(summary, layout=False)
+        if handshakes:
+            self.query_one("#handshake-text", Static).update(session_handshakes(session))
 
     loaded = False  # the widgets read the store when they mount; changes before are in it
 
     def store_changed(self, changes: StoreChanges) -> None:
-        if not self.loaded:
+        # While the app shuts down, the widgets go before the screen does.
+        if not self.loaded or not self.query(MessageList):
             return
         if self.session_id in changes.messages:
             self.query_one(MessageList).messages_arrived()
-        if self.session_id in changes.updated | changes.messages:
+        if self.session_id in changes.updated:
             self._show_session()
+        elif self.session_id in changes.messages:
+            self._summary_stale = True  # shown by _refresh_summary, a few times a second
 
     # ----- tabs ----------------------------------------------------------------------------
 

@@ -13,6 +13,10 @@ from ..store import StoreChanges
 from .format import clock, duration, format_size, printable
 from .status import StatusBar, outcome_badge
 
+# A busy session's counters change with every batch of messages; the list shows them at this
+# pace rather than redrawing rows fifty times a second.
+MESSAGE_COUNTS_INTERVAL = 0.25
+
 COLUMNS = [
     ("id", "#"),
     ("state", "state"),
@@ -95,6 +99,7 @@ class SessionsScreen(Screen):
             table.move_cursor(row=table.row_count - 1)
         self._show_empty_state()
         self.set_interval(1.0, self._tick_durations)
+        self.set_interval(MESSAGE_COUNTS_INTERVAL, self._update_message_counts)
         self.loaded = True
 
     def _show_empty_state(self) -> None:
@@ -104,20 +109,33 @@ class SessionsScreen(Screen):
 
     loaded = False  # on_mount lists the sessions there are; changes before that are in it
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._counts_stale: set[int] = set()  # sessions with new messages, shown in batches
+
     def store_changed(self, changes: StoreChanges) -> None:
-        if not self.loaded:
+        if not self.loaded or not self.query(SessionsTable):  # not yet, or shutting down
             return
         table = self.query_one(SessionsTable)
         store, now = self.app.store, self.app.clock()
         following = table.at_newest
         for session_id in sorted(changes.added):
             table.add_session(store.session(session_id), now)
-        for session_id in (changes.updated | changes.messages) - changes.added:
+        for session_id in changes.updated - changes.added:
             table.update_session(store.session(session_id), now)
+        self._counts_stale |= changes.messages - changes.added - changes.updated
         if changes.added:
             self._show_empty_state()
             if following:
                 table.move_cursor(row=table.row_count - 1)
+
+    def _update_message_counts(self) -> None:
+        if not self._counts_stale or not self.query(SessionsTable):
+            return
+        table, now = self.query_one(SessionsTable), self.app.clock()
+        for session_id in self._counts_stale:
+            table.update_session(self.app.store.session(session_id), now)
+        self._counts_stale.clear()
 
     def _tick_durations(self) -> None:
         table, now = self.query_one(SessionsTable), self.app.clock()

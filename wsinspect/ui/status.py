@@ -46,4 +46,4 @@ class StatusBar(Static):
         self.set_interval(1.0, self.update_status)
 
     def update_status(self) -> None:
-        self.update(self.app.status_text())
+        self.update(self.app.status_text(), layout=False)
