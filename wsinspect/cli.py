@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import gateway, preflight, replay, report
+from . import demo, gateway, preflight, replay, report
 from .engine import DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT, Engine, EngineError
 from .formats import command as export_command
 from .formats import open_capture
@@ -183,6 +183,7 @@ COMMANDS = {
     "replay": replay.main,
     "gateway": gateway.main,
     "export": export_command.main,
+    "demo": demo.main,
 }
 
 

@@ -1,0 +1,124 @@
+"""`wsinspect demo`: the headless demo as a real subprocess, with the Python hop and with real
+nginx, leaves the expected sessions and findings and nothing running; the app shows them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_for
+from tests.ui_helpers import screen_text
+from wsinspect.demo import CHATTY_MESSAGES, Demo
+from wsinspect.diagnosis import Severity, diagnose
+from wsinspect.model import MessageType, Outcome
+from wsinspect.store import SessionStore
+from wsinspect.ui import WsInspectApp
+from wsinspect.ui.sessions import SessionsTable
+
+BROKEN_FINDINGS = [
+    ("upgrade-dropped", "error", 2),
+    ("connection-dropped", "error", 2),
+    ("http10-upstream", "error", 2),
+    ("host-changed", "info", 2),  # nginx sends the proxy_pass address as Host
+    ("handshake-rejected", "error", 2),
+]
+
+
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def demo_command(hop: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "wsinspect", "demo", "--headless", "--hop", hop, *extra]
+
+
+def run_demo(tmp_path: Path, hop: str) -> tuple[subprocess.CompletedProcess, SessionStore]:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    capture = tmp_path / "demo.db"
+    result = subprocess.run(
+        demo_command(hop, "-w", str(capture)),
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**os.environ, "TMPDIR": str(scratch)},
+    )
+    assert result.returncode == 0, result.stderr
+    # Its temporary directory (mitmproxy confdir, nginx config) is gone, and so is nginx.
+    assert list(scratch.iterdir()) == []
+    assert processes_mentioning(str(scratch)) == []
+    return result, SessionStore.open(capture)
+
+
+@pytest.mark.parametrize("hop", ["python", pytest.param("nginx", marks=pytest.mark.nginx)])
+def test_headless_demo_records_a_healthy_a_broken_and_a_chatty_session(tmp_path, hop):
+    result, store = run_demo(tmp_path, hop)
+    assert f"-> {hop} hop 127.0.0.1:" in result.stdout
+    assert "error upgrade-dropped (hop 2)" in result.stdout
+    assert result.stdout.rstrip().endswith("3 session(s)")
+    healthy, broken, chatty = store.sessions()
+
+    assert healthy.url.endswith("/fixed/chat") and healthy.outcome is Outcome.CLOSED
+    assert healthy.status == 101 and healthy.close.code == 1000
+    assert [h.mode.split(":")[0].split("@")[0] for h in healthy.hops] == ["regular", "reverse"]
+    stats = healthy.stats
+    assert stats.from_client >= 4 and stats.from_server >= 4
+    assert {MessageType.TEXT, MessageType.BINARY, MessageType.PING, MessageType.PONG} <= {
+        MessageType(t) for t in stats.by_type
+    }
+    assert all(f.severity is Severity.INFO for f in diagnose(healthy))
+
+    assert broken.url.endswith("/broken/chat") and broken.outcome is Outcome.REJECTED
+    assert [h.http_version for h in broken.hops] == ["HTTP/1.1", "HTTP/1.0"]
+    assert [(f.code, f.severity.value, f.hop) for f in diagnose(broken)] == BROKEN_FINDINGS
+
+    assert chatty.url.endswith("/fixed/ticker") and chatty.close.code == 1000
+    assert chatty.stats.by_type["text"] == 2 * CHATTY_MESSAGES
+    assert store.messages(chatty.id, 0, 1)[0].payload.startswith(b'{"type": "tick"')
+    store.close()
+
+
+def test_demo_stops_cleanly_on_sigterm(tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    process = subprocess.Popen(
+        demo_command("auto"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(scratch)},
+    )
+    assert "wsinspect demo: clients ->" in process.stdout.readline()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode in (0, 130)  # 0 when the scenario had already finished
+    assert "Traceback" not in stderr
+    assert list(scratch.iterdir()) == []
+    assert processes_mentioning(str(scratch)) == []
+
+
+async def test_the_app_shows_the_demo_sessions():
+    async with Demo(hop="python") as demo:
+        app = WsInspectApp(demo.store, demo.engine)
+        async with app.run_test(size=(140, 45)) as pilot:
+            await demo.run_clients()
+            table = app.screen.query_one(SessionsTable)
+            await wait_for(lambda: table.row_count == 3, what="three session rows")
+            await pilot.pause()
+            text = screen_text(app)
+            for path in ("/fixed/chat", "/broken/chat", "/fixed/ticker"):
+                assert path in text
+            assert "400" in text and "101" in text

@@ -1,0 +1,579 @@
+"""`wsinspect demo`: the README's both-sides topology on loopback, with traffic, in one command.
+
+    demo clients -> wsinspect regular -> hop (nginx, or a Python stand-in) -> wsinspect reverse
+    -> echo backend
+
+The hop has two locations: /fixed/ passes the upgrade on (HTTP/1.1, Upgrade and Connection
+set), /broken/ is a plain proxy_pass (HTTP/1.0, Upgrade and Connection dropped). Three clients
+make a healthy session, a broken one and a chatty one. Everything runs in this process except
+a real nginx, and everything (nginx, servers, the temporary directory) goes away on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Pong,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import RemoteProtocolError
+
+from . import report
+from .diagnosis import HOP_BY_HOP
+from .engine import Engine, EngineError
+from .model import Outcome
+from .store import CaptureError, SessionStore
+
+HOST = "127.0.0.1"
+CHATTY_MESSAGES = 300
+SETTLE_TIMEOUT = 15.0
+
+
+class DemoError(Exception):
+    """The demo could not start; the message says why in one line."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def find_nginx() -> str | None:
+    found = shutil.which("nginx")
+    if found:
+        return found
+    return "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
+
+
+# ----- loopback servers: the echo backend and the Python hop ----------------------------------------------------------------------
+
+
+class LoopbackServer:
+    """A TCP server on an OS-chosen loopback port whose connections `stop()` closes and
+    waits for, so nothing is left running when the demo ends."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+        self.connections: dict[asyncio.StreamWriter, asyncio.Task] = {}
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, HOST, 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections[writer] = asyncio.current_task()
+        try:
+            await self.serve(reader, writer)
+        finally:
+            self.connections.pop(writer, None)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        if self.server is None:
+            return
+        self.server.close()
+        self.server = None
+        tasks = list(self.connections.values())
+        for writer in list(self.connections):
+            writer.close()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2)
+
+
+class EchoBackend(LoopbackServer):
+    """A WebSocket echo server; refuses a handshake that lost its upgrade headers, as real
+    servers do."""
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ws = WSConnection(ConnectionType.SERVER)
+        try:
+            while data := await reader.read(65536):
+                try:
+                    ws.receive_data(data)
+                except RemoteProtocolError as e:
+                    writer.write(ws.send(e.event_hint or RejectConnection()))
+                    return
+                for event in ws.events():
+                    if isinstance(event, Request):
+                        writer.write(ws.send(AcceptConnection()))
+                    elif isinstance(event, (TextMessage, BytesMessage)):
+                        echoed = type(event)(event.data, message_finished=event.message_finished)
+                        writer.write(ws.send(echoed))
+                    elif isinstance(event, Ping):
+                        writer.write(ws.send(event.response()))
+                    elif isinstance(event, CloseConnection):
+                        writer.write(ws.send(event.response()))
+                        return
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            await _close(writer)
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except ConnectionError:
+        pass
+
+
+# ----- the Python hop: nginx's two locations -------------------------------------------------
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        await _close(writer)
+
+
+def forwarded_head(head: bytes, upstream_port: int) -> bytes | None:
+    """The request head nginx would send upstream for `head`, or None for an unknown path.
+
+    Like nginx: Host becomes the proxy_pass address and hop-by-hop headers are not passed on;
+    /fixed/ adds `proxy_http_version 1.1` and the Upgrade/Connection lines, /broken/ is plain
+    proxy_pass (HTTP/1.0, Connection: close)."""
+    request_line, *lines = head.decode("latin-1").split("\r\n")
+    method, target, _ = request_line.split(" ", 2)
+    headers = [tuple(part.strip() for part in line.split(":", 1)) for line in lines if ":" in line]
+    named_by_connection = {
+        token.strip().lower()
+        for name, value in headers
+        if name.lower() == "connection"
+        for token in value.split(",")
+    }
+    passed = [
+        (name, value)
+        for name, value in headers
+        if name.lower() not in HOP_BY_HOP | {"host"} | named_by_connection
+    ]
+    upgrade = next((value for name, value in headers if name.lower() == "upgrade"), "")
+    if target.startswith("/fixed/"):
+        version = "HTTP/1.1"
+        added = [("Upgrade", upgrade), ("Connection", "upgrade" if upgrade else "close")]
+    elif target.startswith("/broken/"):
+        version, added = "HTTP/1.0", [("Connection", "close")]
+    else:
+        return None
+    out = [f"{method} {target} {version}", f"Host: {HOST}:{upstream_port}"]
+    out += [f"{name}: {value}" for name, value in added + passed]
+    return ("\r\n".join(out) + "\r\n\r\n").encode("latin-1")
+
+
+class PythonHop(LoopbackServer):
+    """A stand-in for nginx when none is installed."""
+
+    kind = "python"
+
+    def __init__(self, upstream_port: int) -> None:
+        super().__init__()
+        self.upstream_port = upstream_port
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = forwarded_head(await reader.readuntil(b"\r\n\r\n"), self.upstream_port)
+            if head is None:
+                writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                await _close(writer)
+                return
+            up_reader, up_writer = await asyncio.open_connection(HOST, self.upstream_port)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, OSError):
+            await _close(writer)
+            return
+        up_writer.write(head)
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+
+
+# ----- real nginx ----------------------------------------------------------------------------
+
+NGINX_CONFIG = """
+daemon off;
+master_process off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {dir}/access.log;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        ''      close;
+    }}
+    server {{
+        listen {host}:{port};
+        location /fixed/ {{
+            proxy_pass http://{host}:{upstream_port};
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+        }}
+        location /broken/ {{
+            proxy_pass http://{host}:{upstream_port};
+        }}
+    }}
+}}
+"""
+
+
+class NginxHop:
+    """A real nginx from a config written to `folder`, in the foreground as a child."""
+
+    kind = "nginx"
+
+    def __init__(self, binary: str, folder: Path, upstream_port: int) -> None:
+        self.binary = binary
+        self.folder = folder
+        self.upstream_port = upstream_port
+        self.process: subprocess.Popen | None = None
+        self.port = 0
+
+    @property
+    def error_log(self) -> str:
+        path = self.folder / "error.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    async def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        # nginx cannot pick a port itself: one taken between free_port() and the bind is
+        # retried with another.
+        for _ in range(5):
+            self.port = free_port()
+            conf = self.folder / "nginx.conf"
+            conf.write_text(
+                NGINX_CONFIG.format(
+                    dir=self.folder, host=HOST, port=self.port, upstream_port=self.upstream_port
+                )
+            )
+            self.process = subprocess.Popen(
+                [self.binary, "-p", str(self.folder), "-c", str(conf), "-e",
+                 str(self.folder / "error.log")],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            deadline = time.monotonic() + 5
+            while self.process.poll() is None and time.monotonic() < deadline:
+                if await _accepts(self.port):
+                    return
+                await asyncio.sleep(0.02)
+            await self.stop()
+            if "Address already in use" not in self.error_log:
+                break
+        last = self.error_log.strip().splitlines()
+        raise DemoError(f"nginx did not start: {last[-1] if last else 'no error log'}")
+
+    async def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                await asyncio.to_thread(self.process.wait, 5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+async def _accepts(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection(HOST, port)
+    except OSError:
+        return False
+    await _close(writer)
+    return True
+
+
+# ----- clients -------------------------------------------------------------------------------
+
+
+class DemoClient:
+    """A wsproto WebSocket client that asks the regular listener for ws://hop/path."""
+
+    def __init__(self) -> None:
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.pending: list = []
+
+    async def __aenter__(self) -> DemoClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self.writer is not None:
+            await _close(self.writer)
+
+    async def open(self, proxy_port: int, hop_port: int, path: str):
+        """Connect; returns the AcceptConnection or RejectConnection event."""
+        self.reader, self.writer = await asyncio.open_connection(HOST, proxy_port)
+        authority = f"{HOST}:{hop_port}"
+        await self.send(Request(host=authority, target=f"http://{authority}{path}"))
+        return await self.next_event((AcceptConnection, RejectConnection))
+
+    async def send(self, event) -> None:
+        self.writer.write(self.ws.send(event))
+        await self.writer.drain()
+
+    async def next_event(self, wanted: tuple[type, ...]):
+        while True:
+            while self.pending:
+                event = self.pending.pop(0)
+                if isinstance(event, wanted):
+                    return event
+            data = await self.reader.read(65536)
+            if not data:
+                raise DemoError(f"the connection closed before a {wanted[0].__name__}")
+            self.ws.receive_data(data)
+            self.pending.extend(self.ws.events())
+
+    async def close(self) -> None:
+        """The closing handshake; the connection itself closes on leaving `async with`."""
+        await self.send(CloseConnection(code=1000, reason="done"))
+        await self.next_event((CloseConnection,))
+
+
+def price_update(seq: int) -> str:
+    symbols = ("ACME", "GLOBEX", "INITECH", "UMBRELLA")
+    return json.dumps(
+        {
+            "type": "tick",
+            "seq": seq,
+            "symbol": symbols[seq % len(symbols)],
+            "price": round(100 + (seq * 7919 % 1000) / 100, 2),
+            "book": {"bid": seq % 17, "ask": seq % 13},
+        }
+    )
+
+
+async def healthy_session(proxy_port: int, hop_port: int) -> None:
+    async with DemoClient() as client:
+        await client.open(proxy_port, hop_port, "/fixed/chat")
+        for event in (
+            TextMessage(data="hello through a correctly configured proxy"),
+            TextMessage(data=json.dumps({"op": "subscribe", "topics": ["prices", "news"]})),
+            BytesMessage(data=bytes(range(32))),
+        ):
+            await client.send(event)
+            await client.next_event((TextMessage, BytesMessage))
+        await client.send(Ping(payload=b"are you there"))
+        await client.next_event((Pong,))
+        await client.close()
+
+
+async def broken_session(proxy_port: int, hop_port: int) -> int:
+    """The upgrade through the misconfigured location; returns the status it got."""
+    async with DemoClient() as client:
+        answer = await client.open(proxy_port, hop_port, "/broken/chat")
+    return answer.status_code
+
+
+async def chatty_session(proxy_port: int, hop_port: int) -> None:
+    async with DemoClient() as client:
+        await client.open(proxy_port, hop_port, "/fixed/ticker")
+        for seq in range(CHATTY_MESSAGES):
+            await client.send(TextMessage(data=price_update(seq)))
+        for _ in range(CHATTY_MESSAGES):
+            await client.next_event((TextMessage,))
+        await client.close()
+
+
+# ----- the whole demo ------------------------------------------------------------------------
+
+
+class Demo:
+    """Backend, engine (regular and reverse listeners) and hop; `async with` cleans up."""
+
+    def __init__(self, *, hop: str = "auto", port: int | None = None,
+                 capture: Path | None = None) -> None:
+        self.hop_choice = hop
+        self.port = port
+        self.folder = Path(tempfile.mkdtemp(prefix="wsinspect-demo-"))
+        try:
+            self.store = SessionStore(capture or self.folder / "demo.db")
+        except BaseException:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
+        self.backend: EchoBackend | None = None
+        self.engine: Engine | None = None
+        self.hop: PythonHop | NginxHop | None = None
+        self.proxy_port = 0
+
+    async def __aenter__(self) -> Demo:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        nginx = find_nginx() if self.hop_choice != "python" else None
+        if self.hop_choice == "nginx" and nginx is None:
+            raise DemoError("--hop nginx: no nginx found (PATH or /usr/sbin/nginx)")
+        self.backend = EchoBackend()
+        await self.backend.start()
+        reverse_port = await self._start_engine(self.backend.port)
+        if nginx:
+            self.hop = NginxHop(nginx, self.folder / "nginx", reverse_port)
+        else:
+            self.hop = PythonHop(reverse_port)
+        await self.hop.start()
+
+    async def _start_engine(self, backend_port: int) -> int:
+        """Both listeners; the reverse one needs a known port for the hop's config, so ports
+        taken between free_port() and the bind are retried."""
+        for attempt in range(3):
+            front, back = self.port or free_port(), free_port()
+            self.engine = Engine(
+                self.store,
+                [f"regular@{front}", f"reverse:http://{HOST}:{backend_port}@{back}"],
+                listen_host=HOST,
+                confdir=str(self.folder / "mitmproxy"),
+            )
+            try:
+                await self.engine.start()
+            except EngineError:
+                self.engine = None
+                if attempt == 2 or self.port:
+                    raise
+                continue
+            self.proxy_port = front
+            return back
+        raise AssertionError("unreachable")
+
+    async def run_clients(self) -> None:
+        """The three sessions, one after another, then wait until the store has them whole."""
+        await healthy_session(self.proxy_port, self.hop.port)
+        await broken_session(self.proxy_port, self.hop.port)
+        await chatty_session(self.proxy_port, self.hop.port)
+        await self.settled()
+
+    def _settled(self) -> bool:
+        sessions = self.store.sessions()
+        return len(sessions) == 3 and all(
+            len(s.hops) == 2 and all(h.outcome is not Outcome.OPEN for h in s.hops)
+            for s in sessions
+        )
+
+    async def settled(self) -> None:
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while not self._settled():
+            if time.monotonic() > deadline:
+                raise DemoError("the demo's sessions were not all recorded in time")
+            await asyncio.sleep(0.05)
+        self.store.flush()
+
+    async def stop(self) -> None:
+        if self.hop is not None:
+            await self.hop.stop()
+            self.hop = None
+        if self.engine is not None:
+            await self.engine.stop()
+            self.engine = None
+        if self.backend is not None:
+            await self.backend.stop()
+            self.backend = None
+        self.store.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="wsinspect demo",
+        description="A healthy, a broken and a chatty WebSocket session through wsinspect on "
+        "both sides of an nginx-like hop, all on 127.0.0.1; opens the app on them.",
+    )
+    p.add_argument("--headless", action="store_true", help="no app: print the report and exit")
+    p.add_argument("--port", type=int, metavar="P", help="port of the regular listener")
+    p.add_argument(
+        "--hop", choices=["auto", "python", "nginx"], default="auto",
+        help="the proxy in the middle: real nginx when installed (auto), or the Python one",
+    )
+    p.add_argument("-w", dest="capture", metavar="FILE", help="keep the capture in FILE (new)")
+    return p
+
+
+async def run(args: argparse.Namespace) -> int:
+    from .cli import install_stop_handlers
+
+    stop = asyncio.Event()
+    install_stop_handlers(asyncio.get_running_loop(), stop)
+    try:
+        async with Demo(hop=args.hop, port=args.port,
+                        capture=Path(args.capture) if args.capture else None) as demo:
+            print(
+                f"wsinspect demo: clients -> wsinspect {HOST}:{demo.proxy_port} -> "
+                f"{demo.hop.kind} hop {HOST}:{demo.hop.port} -> wsinspect reverse -> echo backend",
+                flush=True,
+            )
+            clients = asyncio.ensure_future(demo.run_clients())
+            if args.headless:
+                stopped = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({clients, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                stopped.cancel()
+                if not clients.done():
+                    clients.cancel()
+                    await asyncio.gather(clients, return_exceptions=True)
+                    return 130
+                clients.result()
+                print(report.report_text(demo.store), flush=True)
+            else:
+                from .ui import run_live  # Textual loads only for the app
+
+                await run_live(demo.store, demo.engine, stop)
+                clients.cancel()
+                await asyncio.gather(clients, return_exceptions=True)
+    except (CaptureError, DemoError, EngineError, OSError) as e:
+        print(f"wsinspect demo: {e}", file=sys.stderr)
+        return 2
+    finally:
+        await _let_connections_end()
+    return 0
+
+
+async def _let_connections_end() -> None:
+    """Give the proxy's connection handlers, whose peers are all closed now, a moment to end:
+    asyncio.run would cancel them, and Python 3.11 logs each cancelled stream handler."""
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    if others:
+        await asyncio.wait(others, timeout=2)
+
+
+def main(argv: list[str]) -> int:
+    return asyncio.run(run(parser().parse_args(argv)))
