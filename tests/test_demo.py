@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +14,13 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.ui_helpers import screen_text
-from wsinspect.demo import CHATTY_MESSAGES, Demo
+from wsinspect.demo import CHATTY_MESSAGES, Demo, free_port
 from wsinspect.diagnosis import Severity, diagnose
 from wsinspect.model import MessageType, Outcome
 from wsinspect.store import SessionStore
 from wsinspect.ui import WsInspectApp
+from wsinspect.ui.payload import PayloadPane
+from wsinspect.ui.session_view import SessionScreen
 from wsinspect.ui.sessions import SessionsTable
 
 BROKEN_FINDINGS = [
@@ -45,12 +48,14 @@ def demo_command(hop: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "wsinspect", "demo", "--headless", "--hop", hop, *extra]
 
 
-def run_demo(tmp_path: Path, hop: str) -> tuple[subprocess.CompletedProcess, SessionStore]:
+def run_demo(
+    tmp_path: Path, hop: str, *extra: str
+) -> tuple[subprocess.CompletedProcess, SessionStore]:
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     capture = tmp_path / "demo.db"
     result = subprocess.run(
-        demo_command(hop, "-w", str(capture)),
+        demo_command(hop, "-w", str(capture), *extra),
         capture_output=True,
         text=True,
         timeout=90,
@@ -65,8 +70,9 @@ def run_demo(tmp_path: Path, hop: str) -> tuple[subprocess.CompletedProcess, Ses
 
 @pytest.mark.parametrize("hop", ["python", pytest.param("nginx", marks=pytest.mark.nginx)])
 def test_headless_demo_records_a_healthy_a_broken_and_a_chatty_session(tmp_path, hop):
-    result, store = run_demo(tmp_path, hop)
-    assert f"-> {hop} hop 127.0.0.1:" in result.stdout
+    port = free_port()
+    result, store = run_demo(tmp_path, hop, "--port", str(port))
+    assert f"clients -> wsinspect 127.0.0.1:{port} -> {hop} hop 127.0.0.1:" in result.stdout
     assert "error upgrade-dropped (hop 2)" in result.stdout
     assert result.stdout.rstrip().endswith("3 session(s)")
     healthy, broken, chatty = store.sessions()
@@ -110,6 +116,24 @@ def test_demo_stops_cleanly_on_sigterm(tmp_path):
     assert processes_mentioning(str(scratch)) == []
 
 
+def test_a_port_in_use_is_one_line(tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = subprocess.run(
+            demo_command("python", "--port", str(taken.getsockname()[1])),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "TMPDIR": str(scratch)},
+        )
+    assert result.returncode == 2
+    assert result.stderr.startswith("wsinspect demo: ") and result.stderr.count("\n") == 1
+    assert list(scratch.iterdir()) == []
+
+
 async def test_the_app_shows_the_demo_sessions():
     async with Demo(hop="python") as demo:
         app = WsInspectApp(demo.store, demo.engine)
@@ -121,4 +145,15 @@ async def test_the_app_shows_the_demo_sessions():
             text = screen_text(app)
             for path in ("/fixed/chat", "/broken/chat", "/fixed/ticker"):
                 assert path in text
-            assert "400" in text and "101" in text
+            assert "3 sessions (2 closed, 1 rejected)" in text
+
+            table.move_cursor(row=2)  # the chatty session
+            await pilot.press("enter")
+            await wait_for(lambda: isinstance(app.screen, SessionScreen), what="session view")
+            await pilot.press("home")
+            pane = app.screen.query_one(PayloadPane)
+            await wait_for(lambda: pane.message is not None and pane.message.index == 0)
+            await pilot.pause()
+            text = screen_text(app)
+            assert f"messages {2 * CHATTY_MESSAGES + 1}" in text
+            assert '"type": "tick",' in text and '"book": {' in text and "[json]" in text

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import shutil
 import socket
@@ -44,6 +45,7 @@ from .store import CaptureError, SessionStore
 
 HOST = "127.0.0.1"
 CHATTY_MESSAGES = 300
+log = logging.getLogger("wsinspect.demo")
 SETTLE_TIMEOUT = 15.0
 
 
@@ -64,7 +66,7 @@ def find_nginx() -> str | None:
     return "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
 
 
-# ----- loopback servers: the echo backend and the Python hop ----------------------------------------------------------------------
+# ----- loopback servers: the echo backend and the Python hop --------------------------------------
 
 
 class LoopbackServer:
@@ -278,8 +280,11 @@ class NginxHop:
                 )
             )
             self.process = subprocess.Popen(
-                [self.binary, "-p", str(self.folder), "-c", str(conf), "-e",
-                 str(self.folder / "error.log")],
+                [
+                    self.binary,
+                    *("-p", str(self.folder), "-c", str(conf)),
+                    *("-e", str(self.folder / "error.log")),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -393,11 +398,10 @@ async def healthy_session(proxy_port: int, hop_port: int) -> None:
         await client.close()
 
 
-async def broken_session(proxy_port: int, hop_port: int) -> int:
-    """The upgrade through the misconfigured location; returns the status it got."""
+async def broken_session(proxy_port: int, hop_port: int) -> None:
+    """The upgrade through the misconfigured location, which the backend refuses."""
     async with DemoClient() as client:
-        answer = await client.open(proxy_port, hop_port, "/broken/chat")
-    return answer.status_code
+        await client.open(proxy_port, hop_port, "/broken/chat")
 
 
 async def chatty_session(proxy_port: int, hop_port: int) -> None:
@@ -416,8 +420,9 @@ async def chatty_session(proxy_port: int, hop_port: int) -> None:
 class Demo:
     """Backend, engine (regular and reverse listeners) and hop; `async with` cleans up."""
 
-    def __init__(self, *, hop: str = "auto", port: int | None = None,
-                 capture: Path | None = None) -> None:
+    def __init__(
+        self, *, hop: str = "auto", port: int | None = None, capture: Path | None = None
+    ) -> None:
         self.hop_choice = hop
         self.port = port
         self.folder = Path(tempfile.mkdtemp(prefix="wsinspect-demo-"))
@@ -458,7 +463,8 @@ class Demo:
     async def _start_engine(self, backend_port: int) -> int:
         """Both listeners; the reverse one needs a known port for the hop's config, so ports
         taken between free_port() and the bind are retried."""
-        for attempt in range(3):
+        attempts = 1 if self.port else 3
+        for attempt in range(1, attempts + 1):
             front, back = self.port or free_port(), free_port()
             self.engine = Engine(
                 self.store,
@@ -470,12 +476,11 @@ class Demo:
                 await self.engine.start()
             except EngineError:
                 self.engine = None
-                if attempt == 2 or self.port:
+                if attempt == attempts:
                     raise
-                continue
-            self.proxy_port = front
-            return back
-        raise AssertionError("unreachable")
+            else:
+                self.proxy_port = front
+                return back
 
     async def run_clients(self) -> None:
         """The three sessions, one after another, then wait until the store has them whole."""
@@ -522,7 +527,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--headless", action="store_true", help="no app: print the report and exit")
     p.add_argument("--port", type=int, metavar="P", help="port of the regular listener")
     p.add_argument(
-        "--hop", choices=["auto", "python", "nginx"], default="auto",
+        "--hop",
+        choices=["auto", "python", "nginx"],
+        default="auto",
         help="the proxy in the middle: real nginx when installed (auto), or the Python one",
     )
     p.add_argument("-w", dest="capture", metavar="FILE", help="keep the capture in FILE (new)")
@@ -535,8 +542,8 @@ async def run(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     install_stop_handlers(asyncio.get_running_loop(), stop)
     try:
-        async with Demo(hop=args.hop, port=args.port,
-                        capture=Path(args.capture) if args.capture else None) as demo:
+        capture = Path(args.capture) if args.capture else None
+        async with Demo(hop=args.hop, port=args.port, capture=capture) as demo:
             print(
                 f"wsinspect demo: clients -> wsinspect {HOST}:{demo.proxy_port} -> "
                 f"{demo.hop.kind} hop {HOST}:{demo.hop.port} -> wsinspect reverse -> echo backend",
@@ -556,6 +563,7 @@ async def run(args: argparse.Namespace) -> int:
             else:
                 from .ui import run_live  # Textual loads only for the app
 
+                clients.add_done_callback(_log_failure)  # the app's log shows it
                 await run_live(demo.store, demo.engine, stop)
                 clients.cancel()
                 await asyncio.gather(clients, return_exceptions=True)
@@ -565,6 +573,11 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         await _let_connections_end()
     return 0
+
+
+def _log_failure(clients: asyncio.Future) -> None:
+    if not clients.cancelled() and clients.exception() is not None:
+        log.error("demo clients failed: %s", clients.exception())
 
 
 async def _let_connections_end() -> None:
