@@ -180,7 +180,9 @@ def forwarded_head(head: bytes, upstream_port: int) -> bytes | None:
     upgrade = next((value for name, value in headers if name.lower() == "upgrade"), "")
     if target.startswith("/fixed/"):
         version = "HTTP/1.1"
-        added = [("Upgrade", upgrade), ("Connection", "upgrade" if upgrade else "close")]
+        # nginx leaves out a header whose value is empty
+        added = [("Upgrade", upgrade)] if upgrade else []
+        added.append(("Connection", "upgrade" if upgrade else "close"))
     elif target.startswith("/broken/"):
         version, added = "HTTP/1.0", [("Connection", "close")]
     else:
