@@ -271,7 +271,9 @@ class SessionStore:
                     for idx, fc, typ, size, ts, inj, sha, payload in rows
                 ]
             except (sqlite3.DatabaseError, ValueError) as e:
-                raise CaptureError(f"{self.path}: damaged message records ({e})") from None
+                raise CaptureError(
+                    f"{self.path or 'the capture'}: damaged, its messages cannot be read ({e})"
+                ) from None
         if stop > committed:
             pending = self._pending.get(hop_id, [])
             result += pending[max(0, start - committed) : stop - committed]
