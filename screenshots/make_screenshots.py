@@ -35,7 +35,7 @@ from websockets.http11 import Response
 
 from wsinspect.cli import install_stop_handlers
 from wsinspect.demo import Demo, DemoError, broken_session
-from wsinspect.engine import Engine
+from wsinspect.engine import Engine, EngineError
 from wsinspect.model import MessageType, Outcome
 from wsinspect.store import SessionStore
 
@@ -44,7 +44,7 @@ SIZE = (120, 36)
 HERE = Path(__file__).resolve().parent
 SETTLE_TIMEOUT = 15.0
 PNG_ZOOM = 0.85  # 1260 pixels wide: readable, and each PNG stays under 300 KB
-# Tabs other engineers are adding to the session view, shown on the broken two-hop session.
+# Session view tabs shown on the broken two-hop session; skipped when the app has no such tab.
 EXTRA_TABS = {"findings": "findings", "hops": "hop diff"}  # tab id: what it shows
 REPLAY_DIALOG = "#comparison-dialog"  # what the app shows when a replay is done
 REPLAY_TIMEOUT = 15.0
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     time.tzset()
     try:
         pngs = asyncio.run(make(args.out, args.svg))
-    except (ScreenshotError, DemoError, OSError, subprocess.CalledProcessError) as e:
+    except (ScreenshotError, DemoError, EngineError, OSError, subprocess.CalledProcessError) as e:
         print(f"make_screenshots: {e}", file=sys.stderr)
         return 2
     if pngs is None:
