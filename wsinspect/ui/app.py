@@ -18,7 +18,11 @@ from textual.message import Message
 from textual.screen import Screen
 
 from ..engine import Engine, LogRecord
-from ..store import SessionStore, StoreChanges
+from ..formats import export
+from ..replay import ProxyRoute, ReplayError, ReplayPlan, replay
+from ..resend import Injection, ResendError, SessionClosedError
+from ..store import CaptureError, SessionStore, StoreChanges
+from .dialogs import ComparisonScreen, ExportRequest, ExportScreen
 from .format import printable
 from .logs import LogScreen
 from .session_view import SessionScreen
@@ -105,7 +109,7 @@ class WsInspectApp(App):
         for screen in self.screen_stack:
             if isinstance(screen, (SessionsScreen, SessionScreen)):
                 screen.store_changed(event.changes)
-        if event.changes.added or event.changes.updated:
+        if (event.changes.added or event.changes.updated) and self.screen_stack:
             for bar in self.screen.query(StatusBar):
                 bar.update_status()
 
@@ -180,7 +184,90 @@ class WsInspectApp(App):
         text.append("\nPress l for the proxy's log, ctrl+p for all commands, q to quit.")
         return text
 
+    # ----- resend, replay, export ----------------------------------------------------------
+
+    def notify_problem(self, text: str, title: str = "") -> None:
+        self.notify(printable(text), title=title, severity="error", markup=False, timeout=8)
+
+    def live_proxy_missing(self, what: str) -> bool:
+        """Without a running proxy (wsinspect open FILE), say so; True when missing."""
+        if self.engine is not None and self.engine.resender is not None:
+            return False
+        self.notify_problem(
+            f"{what} needs a live proxy; this is a capture file. Start wsinspect as a proxy, "
+            "or replay from the shell: wsinspect replay FILE SESSION_ID"
+        )
+        return True
+
+    def resend(
+        self, session_id: int, index: int, to: str | None, payload: bytes | None = None
+    ) -> Injection | None:
+        if self.live_proxy_missing("Resending"):
+            return None
+        try:
+            injection = self.engine.resender.inject(session_id, index, to, payload)
+        except SessionClosedError as e:
+            self.notify_problem(f"{e}. Press p to replay the session instead.", "cannot resend")
+            return None
+        except (ResendError, CaptureError) as e:
+            self.notify_problem(str(e), "cannot resend")
+            return None
+        self.notify(
+            f"sent {injection.type.value} message ({len(injection.payload)} bytes) to the "
+            f"{injection.to} of session #{session_id}",
+            timeout=3,
+        )
+        return injection
+
+    def replay_session(self, session_id: int) -> None:
+        if self.live_proxy_missing("Replaying"):
+            return
+        try:
+            plan = ReplayPlan.from_store(self.store, session_id)
+            route = ProxyRoute.for_engine(self.engine)
+        except (ReplayError, CaptureError) as e:
+            self.notify_problem(str(e), "cannot replay")
+            return
+        self.notify(f"replaying session #{session_id} through the proxy…", timeout=3)
+        self.run_worker(self._replay(plan, route), group="replay")
+
+    async def _replay(self, plan: ReplayPlan, route: ProxyRoute) -> None:
+        try:
+            result = await replay(plan, self.store, via=route)
+        except (ReplayError, CaptureError) as e:
+            self.notify_problem(str(e), f"replay of session #{plan.original.id} failed")
+            return
+        title = f"Replay of session #{plan.original.id}: new session #{result.session.id}"
+        self.push_screen(ComparisonScreen(title, result.comparison.lines()))
+
+    def export_sessions(self, session_id: int | None) -> None:
+        """Ask where to, then export `session_id` (or all sessions), redacted by default."""
+        stem = f"wsinspect-{session_id}" if session_id is not None else "wsinspect-sessions"
+
+        def write(request: ExportRequest | None) -> None:
+            if request is None:
+                return
+            ids = None if request.all_sessions else [session_id]
+            try:
+                result = export(self.store, request.path, request.fmt, redact=request.redact,
+                                session_ids=ids)
+            except (CaptureError, OSError) as e:
+                self.notify_problem(str(e), "export failed")
+                return
+            redacted = "redacted" if request.redact else "NOT redacted"
+            self.notify(
+                f"exported {result.sessions} session{'s' if result.sessions != 1 else ''} "
+                f"({result.messages} messages, {redacted}) "
+                f"to {printable(str(request.path))} as {request.fmt}",
+                markup=False,
+            )
+
+        self.push_screen(ExportScreen(stem, session_id), write)
+
     # ----- actions -------------------------------------------------------------------------
+
+    def action_export(self) -> None:
+        self.export_sessions(None)
 
     def open_session(self, session_id: int) -> None:
         self.push_screen(SessionScreen(session_id))
@@ -203,11 +290,28 @@ class WsInspectApp(App):
         if isinstance(screen, SessionsScreen):
             yield SystemCommand("Open session", "Open the selected session", screen.action_open_session)
             yield SystemCommand("Newest session", "Jump to the newest session", screen.action_follow)
+            yield SystemCommand("Export all sessions", "Write HAR, flows or JSON lines (redacted)",
+                                self.action_export)
         if isinstance(screen, SessionScreen):
             yield SystemCommand("Handshake", "Show the handshake of each hop",
                                 lambda: screen.action_show_tab("handshake"))
             yield SystemCommand("Messages", "Show the message list",
                                 lambda: screen.action_show_tab("messages"))
+            yield SystemCommand("Findings", "What went wrong and how to fix it",
+                                lambda: screen.action_show_tab("findings"))
+            yield SystemCommand("Hops", "Header changes at each proxy between hops",
+                                lambda: screen.action_show_tab("hops"))
+            yield SystemCommand("Resend message", "Send the selected message where it went",
+                                screen.action_resend)
+            yield SystemCommand("Resend to the other side",
+                                "Send the selected message to the other peer",
+                                screen.action_resend_other_side)
+            yield SystemCommand("Edit and resend", "Edit the selected payload, then send it",
+                                screen.action_edit_resend)
+            yield SystemCommand("Replay session", "Replay the session and compare the answers",
+                                screen.action_replay)
+            yield SystemCommand("Export session", "Write HAR, flows or JSON lines (redacted)",
+                                screen.action_export)
             yield SystemCommand("Filter messages", "Filter by text or /regex/", screen.action_focus_filter)
             yield SystemCommand("Next match", "Jump to the next matching message", screen.action_next_match)
             yield SystemCommand("Copy payload", "Copy the selected payload to the clipboard",

@@ -25,8 +25,8 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from ..model import Message, MessageType
-from ..store import SessionStore
-from .format import clock, format_size, preview
+from ..store import CaptureError, SessionStore
+from .format import clock, format_size, preview, printable
 
 SCAN_CHUNK = 5000
 CACHE_ROWS = 4000
@@ -85,6 +85,7 @@ class Row:
     timestamp: float
     preview: str
     hit: bool
+    injected: bool
 
 
 # Column titles lined up with MessageList.render_line.
@@ -109,6 +110,7 @@ class MessageList(ScrollView, can_focus=True):
         "messagelist--dim",
         "messagelist--cursor",
         "messagelist--hit",
+        "messagelist--injected",
     }
 
     class Highlighted(TextualMessage):
@@ -150,6 +152,7 @@ class MessageList(ScrollView, can_focus=True):
         self.virtual_size = Size(0, self.total)
         self._line_styles: dict[str, Style] = {}
         self._strips: OrderedDict[tuple, Strip] = OrderedDict()  # rendered rows, newest last
+        self._damage_reported = False
 
     # ----- rows and the store --------------------------------------------------------------
 
@@ -167,7 +170,15 @@ class MessageList(ScrollView, can_focus=True):
         return self.message_index(self.cursor)
 
     def _read(self, start: int, stop: int) -> list[Message]:
-        return self.store.messages(self.session_id, start, stop, self.hop_position)
+        """Messages start..stop; a damaged capture shows as one notification and no rows."""
+        try:
+            return self.store.messages(self.session_id, start, stop, self.hop_position)
+        except CaptureError as e:
+            if not self._damage_reported:
+                self._damage_reported = True
+                self.notify(printable(str(e)), title="damaged capture", severity="error",
+                            markup=False, timeout=8)
+            return []
 
     def _make_row(self, message: Message) -> Row:
         hit = self._pattern is not None and (
@@ -181,6 +192,7 @@ class MessageList(ScrollView, can_focus=True):
             message.timestamp,
             preview(message),
             hit,
+            message.injected,
         )
 
     def _prefetch(self, first_row: int, last_row: int) -> None:
@@ -255,6 +267,7 @@ class MessageList(ScrollView, can_focus=True):
             Segment("C→S " if info.from_client else "S→C ", direction),
             Segment(f"{info.type.value:<6} ", kind_style),
             Segment(f"{format_size(info.size):>10}  ", dim),
+            *([Segment("injected ", style("messagelist--injected"))] if info.injected else []),
             Segment(info.preview, base),
         ]
         if is_cursor:

@@ -1,5 +1,5 @@
-"""One session: its handshakes and its messages, in tabs (more tabs, such as findings, fit
-next to them)."""
+"""One session: its handshakes, messages, findings and hop boundaries, in tabs; resending
+messages, replaying and exporting the session."""
 
 from __future__ import annotations
 
@@ -12,9 +12,13 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Select, Static, TabbedContent, TabPane
 
-from ..model import MessageType
-from ..store import StoreChanges
-from .format import printable
+from ..diagnosis import diagnose
+from ..model import Message, MessageType
+from ..resend import ResendError, decode_payload
+from ..store import CaptureError, StoreChanges
+from .dialogs import EditedPayload, EditPayloadScreen
+from .findings import findings_text, hops_text
+from .format import is_text, printable
 from .handshake import session_handshakes
 from .messages import LIST_HEADER, FilterError, MessageFilter, MessageList
 from .payload import PayloadPane, SavePayloadScreen, payload_for_clipboard
@@ -26,14 +30,16 @@ TYPES = [("all types", "all")] + [(t.value, t.value) for t in MessageType]
 
 
 class SessionScreen(Screen):
-    """Tabs: Handshake and Messages."""
+    """Tabs: Handshake, Messages, Findings and Hops."""
 
     BINDINGS = [
         Binding("escape", "back", "Sessions"),
         Binding("h", "show_tab('handshake')", "Handshake", show=False),
         Binding("m", "show_tab('messages')", "Messages", show=False),
+        Binding("i", "show_tab('findings')", "Findings", show=False),
+        Binding("b", "show_tab('hops')", "Hops", show=False),
         Binding("slash", "focus_filter", "Filter"),
-        Binding("n", "next_match", "Next match"),
+        Binding("n", "next_match", "Next match", show=False),
         Binding("N", "previous_match", "Prev match", show=False),
         Binding("d", "cycle_direction", "Direction", show=False),
         Binding("y", "cycle_type", "Type", show=False),
@@ -41,6 +47,11 @@ class SessionScreen(Screen):
         Binding("c", "copy_payload", "Copy"),
         Binding("s", "save_payload", "Save"),
         Binding("v", "cycle_view", "Text/JSON/hex"),
+        Binding("r", "resend", "Resend"),
+        Binding("R", "resend_other_side", "Resend to other side", show=False),
+        Binding("e", "edit_resend", "Edit and send", show=False),
+        Binding("p", "replay", "Replay"),
+        Binding("x", "export", "Export"),
     ]
 
     def __init__(self, session_id: int) -> None:
@@ -70,6 +81,12 @@ class SessionScreen(Screen):
                 yield Static(Text(LIST_HEADER), id="message-header")
                 yield MessageList(self.store, self.session_id, id="message-list")
                 yield PayloadPane(session.timestamp_start, id="payload")
+            with TabPane("Findings", id="findings"):
+                with VerticalScroll(classes="tab-scroll"):
+                    yield Static(id="findings-text")
+            with TabPane("Hops", id="hops"):
+                with VerticalScroll(classes="tab-scroll"):
+                    yield Static(id="hops-text")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -92,12 +109,16 @@ class SessionScreen(Screen):
         self.query_one("#session-summary", Static).update(summary, layout=False)
         if handshakes:
             self.query_one("#handshake-text", Static).update(session_handshakes(session))
+            self.query_one("#findings-text", Static).update(findings_text(diagnose(session)))
+            self.query_one("#hops-text", Static).update(hops_text(session))
 
     loaded = False  # the widgets read the store when they mount; changes before are in it
 
     def store_changed(self, changes: StoreChanges) -> None:
-        # While the app shuts down, the widgets go before the screen does.
-        if not self.loaded or not self.query(MessageList):
+        # While the app shuts down, the widgets go before the screen does, one by one.
+        if not self.loaded or not all(
+            self.query(widget) for widget in ("#session-summary", MessageList, "#hops-text")
+        ):
             return
         if self.session_id in changes.messages:
             self.query_one(MessageList).messages_arrived()
@@ -194,7 +215,11 @@ class SessionScreen(Screen):
     def on_message_list_highlighted(self, event: MessageList.Highlighted) -> None:
         message = None
         if event.index is not None:
-            found = self.store.messages(self.session_id, event.index, event.index + 1)
+            try:
+                found = self.store.messages(self.session_id, event.index, event.index + 1)
+            except CaptureError as e:
+                self.app.notify_problem(str(e), "damaged capture")
+                found = []
             message = found[0] if found else None
         self.query_one(PayloadPane).show(message)
 
@@ -234,3 +259,47 @@ class SessionScreen(Screen):
             )
 
         self.app.push_screen(SavePayloadScreen(suggestion), save)
+
+    # ----- resend, replay, export ----------------------------------------------------------
+
+    def _resendable(self) -> Message | None:
+        if self.app.live_proxy_missing("Resending"):
+            return None
+        return self._selected_message()
+
+    def action_resend(self) -> None:
+        if (message := self._resendable()) is not None:
+            self.app.resend(self.session_id, message.index, None)
+
+    def action_resend_other_side(self) -> None:
+        if (message := self._resendable()) is not None:
+            self.app.resend(self.session_id, message.index,
+                            "client" if message.from_client else "server")
+
+    def action_edit_resend(self) -> None:
+        message = self._resendable()
+        if message is None:
+            return
+        if is_text(message):
+            initial, encoding = message.text(), "text"
+        else:
+            initial, encoding = message.payload.hex(" "), "hex"
+
+        def send(edited: EditedPayload | None) -> None:
+            if edited is None:
+                return
+            try:
+                payload = decode_payload(edited.text, edited.encoding)
+            except ResendError as e:
+                self.app.notify_problem(str(e), "cannot resend")
+                return
+            self.app.resend(self.session_id, message.index, edited.to, payload)
+
+        self.app.push_screen(EditPayloadScreen(initial, encoding, f"message #{message.index}"),
+                             send)
+
+    def action_replay(self) -> None:
+        self.app.replay_session(self.session_id)
+
+    def action_export(self) -> None:
+        self.app.export_sessions(self.session_id)

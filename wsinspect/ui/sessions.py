@@ -10,6 +10,7 @@ from textual.widgets import DataTable, Footer, Static
 
 from ..model import Outcome, Session
 from ..store import StoreChanges
+from .findings import findings_badge
 from .format import clock, duration, format_size, printable
 from .status import StatusBar, outcome_badge
 
@@ -20,6 +21,7 @@ MESSAGE_COUNTS_INTERVAL = 0.25
 COLUMNS = [
     ("id", "#"),
     ("state", "state"),
+    ("findings", "findings"),
     ("url", "URL"),
     ("status", "status"),
     ("hops", "hops"),
@@ -36,6 +38,7 @@ def session_cells(session: Session, now: float) -> dict[str, Text]:
     return {
         "id": Text(str(session.id), justify=right),
         "state": outcome_badge(session.outcome),
+        "findings": findings_badge(session),
         "url": Text(printable(session.url)),
         "status": Text(status, justify=right),
         "hops": Text(str(len(session.hops)), justify=right),
@@ -79,6 +82,7 @@ class SessionsScreen(Screen):
     BINDINGS = [
         Binding("enter", "open_session", "Open"),
         Binding("f", "follow", "Newest"),
+        Binding("x", "app.export", "Export all"),
         Binding("l", "app.show_log", "Log"),
         Binding("t", "app.toggle_theme", "Theme"),
         Binding("q", "app.quit", "Quit"),
