@@ -4,6 +4,7 @@ WebSocket peers."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import stat
 from http import HTTPStatus
 
@@ -13,6 +14,7 @@ from tests.conftest import echo_handler, wait_for
 from tests.test_diagnosis import BACK, FRONT, make_hop, request
 from tests.test_ui import SIZE, chat, chat_server, open_first_session
 from tests.ui_helpers import screen_text
+from wsinspect.model import Message, MessageType
 from wsinspect.store import SessionStore
 from wsinspect.ui import WsInspectApp
 from wsinspect.ui.dialogs import ComparisonScreen, EditPayloadScreen, ExportScreen
@@ -135,3 +137,20 @@ async def test_replay_shows_a_matching_comparison_and_export_writes_a_private_ha
             entries = json.loads(out.read_text())["log"]["entries"]
             assert len(entries) == 1 and entries[0]["request"]["url"].endswith("/chat")
             await wait_for(lambda: notified(app, "exported 1 session ("), what="the notice")
+
+
+async def test_a_damaged_message_record_is_a_notification_not_a_crash(tmp_path):
+    path = tmp_path / "capture.db"
+    store = SessionStore(path)
+    hop = make_hop(FRONT, request(), 101)
+    store.add_hop(hop)
+    store.add_message(hop, Message(True, MessageType.TEXT, 5, b"hello", timestamp=101.0))
+    store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE messages SET type='bogus'")
+    app = WsInspectApp(SessionStore.open(path))
+    async with app.run_test(size=SIZE) as pilot:
+        await open_first_session(app, pilot)
+        await pilot.press("m")
+        await wait_for(lambda: notified(app, "damaged"), what="the damage notice")
+        assert app.is_running
