@@ -9,6 +9,9 @@ import stat
 from http import HTTPStatus
 
 from textual.widgets import Input
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import serve
+from websockets.exceptions import InvalidStatus
 
 from tests.conftest import echo_handler, wait_for
 from tests.test_diagnosis import BACK, FRONT, make_hop, request
@@ -20,9 +23,6 @@ from wsinspect.ui import WsInspectApp
 from wsinspect.ui.dialogs import ComparisonScreen, EditPayloadScreen, ExportScreen
 from wsinspect.ui.payload import PayloadPane
 from wsinspect.ui.sessions import SessionsTable
-from websockets.asyncio.client import connect
-from websockets.asyncio.server import serve
-from websockets.exceptions import InvalidStatus
 
 
 def notified(app, words: str) -> bool:
@@ -117,6 +117,8 @@ async def test_replay_shows_a_matching_comparison_and_export_writes_a_private_ha
         app = WsInspectApp(proxy.store, proxy.engine)
         async with app.run_test(size=SIZE) as pilot:
             await open_first_session(app, pilot)
+            await pilot.press("home", "r")  # the session has ended: the app offers a replay
+            await wait_for(lambda: notified(app, "press p to replay it here"), what="the advice")
             await pilot.press("p")
             await wait_for(
                 lambda: isinstance(app.screen, ComparisonScreen), timeout=20, what="the comparison"

@@ -207,7 +207,7 @@ class WsInspectApp(App):
         try:
             injection = self.engine.resender.inject(session_id, index, to, payload)
         except SessionClosedError as e:
-            self.notify_problem(f"{e}. Press p to replay the session instead.", "cannot resend")
+            self.notify_problem(f"{e}; or press p to replay it here", "cannot resend")
             return None
         except (ResendError, CaptureError) as e:
             self.notify_problem(str(e), "cannot resend")
