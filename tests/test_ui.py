@@ -51,7 +51,10 @@ def message_list(app) -> MessageList:
 
 
 async def open_first_session(app, pilot) -> SessionScreen:
-    table = app.screen.query_one(SessionsTable)
+    # The table replaces the empty state once the first session arrives: wait for it to mount.
+    table = await wait_for(
+        lambda: next(iter(app.screen.query(SessionsTable)), None), what="the sessions table"
+    )
     await wait_for(lambda: table.row_count >= 1, what="a session row")
     table.move_cursor(row=0)
     await pilot.press("enter")
