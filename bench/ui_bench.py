@@ -306,7 +306,7 @@ async def main(quick: bool) -> None:
 
     count = 5_000 if quick else 20_000
     rates = await proxy_throughput(count, 2 if quick else 3)
-    print(f"\nproxy throughput, 1 KiB echoed messages, window 64, best of rounds on one session")
+    print("\nproxy throughput, 1 KiB echoed messages, window 64, best of rounds on one session")
     print(f"  headless {rates['headless']:.0f}/s  app {rates['app']:.0f}/s  "
           f"app/headless {rates['app'] / rates['headless']:.2f}")
 

@@ -7,7 +7,6 @@ import asyncio
 import json
 import signal
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from .engine import DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT, Engine, EngineErro
 from .formats import command as export_command
 from .formats import open_capture
 from .model import Outcome
-from .store import CaptureError, SessionStore, StoreChanges
+from .store import CaptureError, SessionStore, StoreChanges, temporary_capture_path
 
 
 def proxy_parser() -> argparse.ArgumentParser:
@@ -59,9 +58,7 @@ def report_parser() -> argparse.ArgumentParser:
 def _new_capture_path(path: str | None) -> Path:
     if path:
         return Path(path)
-    fd, name = tempfile.mkstemp(prefix="wsinspect-", suffix=".db")
-    Path(name).unlink()
-    return Path(name)
+    return temporary_capture_path()
 
 
 def install_stop_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:

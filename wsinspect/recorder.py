@@ -7,10 +7,8 @@ hands it to `mitmdump -s` / `mitmproxy -s`, where it opens its own capture file.
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import wsproto.events
 from mitmproxy import ctx, http
@@ -19,7 +17,7 @@ from wsproto.frame_protocol import Opcode
 
 from . import seams
 from .model import Close, Hop, Message, MessageType, Outcome, header_tokens
-from .store import DEFAULT_MAX_PAYLOAD, SessionStore
+from .store import DEFAULT_MAX_PAYLOAD, SessionStore, temporary_capture_path
 
 logger = logging.getLogger("wsinspect")
 
@@ -123,8 +121,7 @@ class Recorder:
         if self._owns_store and self.store is None:
             path = ctx.options.wsinspect_capture
             if not path:
-                fd, path = tempfile.mkstemp(prefix="wsinspect-", suffix=".db")
-                Path(path).unlink()
+                path = temporary_capture_path()
             self.store = SessionStore(path, max_payload=ctx.options.wsinspect_max_payload)
             logger.info(f"wsinspect: recording WebSocket sessions to {path}")
 

@@ -16,6 +16,7 @@ import logging
 import os
 import queue
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -65,6 +66,14 @@ class StoreChanges:
 
 
 Subscriber = Callable[[StoreChanges], None]
+
+
+def temporary_capture_path() -> Path:
+    """A fresh path in the temp folder for a capture nobody named."""
+    fd, name = tempfile.mkstemp(prefix="wsinspect-", suffix=".db")
+    os.close(fd)
+    os.unlink(name)  # SessionStore creates it, owner-only
+    return Path(name)
 
 
 def _create_private(path: Path) -> None:
@@ -394,7 +403,7 @@ class SessionStore:
             return
         try:
             loop = asyncio.get_running_loop()
-            on_done = lambda: loop.call_soon_threadsafe(self._apply_confirmations)  # noqa: E731
+            on_done = lambda: loop.call_soon_threadsafe(self._apply_confirmations)
         except RuntimeError:
             on_done = None
         self._writer.submit(rows, hop_rows, counts, on_done)
