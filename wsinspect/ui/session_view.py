@@ -91,6 +91,13 @@ class SessionScreen(Screen):
 
     def on_mount(self) -> None:
         self.loaded = True
+        # Kept, not queried per store batch: a query walks the whole screen's DOM, and batches
+        # come up to 50 times a second under load.
+        self._live_widgets = (
+            self.query_one("#session-summary", Static),
+            self.query_one(MessageList),
+            self.query_one("#hops-text", Static),
+        )
         self._show_session()
         self.set_interval(MESSAGE_COUNTS_INTERVAL, self._refresh_summary)
         message_list = self.query_one(MessageList)
@@ -99,7 +106,7 @@ class SessionScreen(Screen):
             message_list.focus()
 
     def _refresh_summary(self) -> None:
-        if self._summary_stale and self.query("#session-summary"):
+        if self._summary_stale and self._live_widgets[0].is_attached:
             self._show_session(handshakes=False)
 
     def _show_session(self, handshakes: bool = True) -> None:
@@ -116,12 +123,10 @@ class SessionScreen(Screen):
 
     def store_changed(self, changes: StoreChanges) -> None:
         # While the app shuts down, the widgets go before the screen does, one by one.
-        if not self.loaded or not all(
-            self.query(widget) for widget in ("#session-summary", MessageList, "#hops-text")
-        ):
+        if not self.loaded or not all(widget.is_attached for widget in self._live_widgets):
             return
         if self.session_id in changes.messages:
-            self.query_one(MessageList).messages_arrived()
+            self._live_widgets[1].messages_arrived()
         if self.session_id in changes.updated:
             self._show_session()
         elif self.session_id in changes.messages:
