@@ -18,7 +18,11 @@ from websockets.asyncio.client import connect
 from tests.conftest import wait_for
 from wsinspect.store import SessionStore
 
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+
+
+@pytest.fixture(autouse=True)
+def tmux_installed():
+    assert shutil.which("tmux"), "tmux is needed for this test (install.sh --test installs it)"
 
 WSINSPECT = Path(sys.executable).parent / "wsinspect"
 # The terminal's own size, not COLUMNS/LINES inherited from the test process.
