@@ -9,6 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from wsinspect.demo import nginx_config
+
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 # The location blocks of the three configurations the README's story is about.
@@ -20,24 +22,7 @@ FIXED = """
             proxy_set_header Connection $connection_upgrade;
 """
 
-CONFIG = """
-daemon off;
-master_process off;
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log info;
-events {{ worker_connections 1024; }}
-http {{
-    access_log {dir}/access.log;
-    client_body_temp_path {dir}/client_body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    map $http_upgrade $connection_upgrade {{
-        default upgrade;
-        ''      close;
-    }}
+SERVER = """
     server {{
         listen 127.0.0.1:{port};
         location / {{
@@ -46,7 +31,6 @@ http {{
             {location}
         }}
     }}
-}}
 """
 
 
@@ -94,12 +78,14 @@ class Nginx:
             self.port = free_port()
             conf = self.folder / "nginx.conf"
             conf.write_text(
-                CONFIG.format(
-                    dir=self.folder,
-                    port=self.port,
-                    upstream_port=self.upstream_port,
-                    location=self.location,
-                    read_timeout=self.read_timeout,
+                nginx_config(
+                    self.folder,
+                    SERVER.format(
+                        port=self.port,
+                        upstream_port=self.upstream_port,
+                        location=self.location,
+                        read_timeout=self.read_timeout,
+                    ),
                 )
             )
             self.process = subprocess.Popen(

@@ -11,6 +11,7 @@ a real nginx, and everything (nginx, servers, the temporary directory) goes away
 
 from __future__ import annotations
 
+import abc
 import argparse
 import asyncio
 import json
@@ -69,7 +70,7 @@ def find_nginx() -> str | None:
 # ----- loopback servers: the echo backend and the Python hop --------------------------------------
 
 
-class LoopbackServer:
+class LoopbackServer(abc.ABC):
     """A TCP server on an OS-chosen loopback port whose connections `stop()` closes and
     waits for, so nothing is left running when the demo ends."""
 
@@ -89,8 +90,9 @@ class LoopbackServer:
         finally:
             self.connections.pop(writer, None)
 
+    @abc.abstractmethod
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        raise NotImplementedError
+        """Handle one connection."""
 
     async def stop(self) -> None:
         if self.server is None:
@@ -218,13 +220,13 @@ class PythonHop(LoopbackServer):
 
 # ----- real nginx ----------------------------------------------------------------------------
 
-NGINX_CONFIG = """
+_NGINX_MAIN = """
 daemon off;
 master_process off;
 worker_processes 1;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log info;
-events {{ worker_connections 256; }}
+events {{ worker_connections 1024; }}
 http {{
     access_log {dir}/access.log;
     client_body_temp_path {dir}/client_body;
@@ -236,6 +238,18 @@ http {{
         default upgrade;
         ''      close;
     }}
+{server}
+}}
+"""
+
+
+def nginx_config(folder: Path, server: str) -> str:
+    """A config for nginx in the foreground, all its files in `folder`, with the map a
+    WebSocket location needs and one `server` block."""
+    return _NGINX_MAIN.format(dir=folder, server=server)
+
+
+DEMO_SERVER = """
     server {{
         listen {host}:{port};
         location /fixed/ {{
@@ -248,7 +262,6 @@ http {{
             proxy_pass http://{host}:{upstream_port};
         }}
     }}
-}}
 """
 
 
@@ -277,8 +290,9 @@ class NginxHop:
             self.port = free_port()
             conf = self.folder / "nginx.conf"
             conf.write_text(
-                NGINX_CONFIG.format(
-                    dir=self.folder, host=HOST, port=self.port, upstream_port=self.upstream_port
+                nginx_config(
+                    self.folder,
+                    DEMO_SERVER.format(host=HOST, port=self.port, upstream_port=self.upstream_port),
                 )
             )
             self.process = subprocess.Popen(
