@@ -23,7 +23,7 @@ from pathlib import Path
 from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).parent))
-from recorder_bench import BIN, ECHO_SERVER, free_port, wait_port  # noqa: E402
+from recorder_bench import ECHO_SERVER, free_port, start_proxy, wait_port  # noqa: E402
 
 
 def memory(pid: int) -> tuple[int, int]:
@@ -36,13 +36,7 @@ def memory(pid: int) -> tuple[int, int]:
 
 async def relay(kind: str, echo_port: int, size: int, tmp: str) -> None:
     port = free_port()
-    if kind == "mitmdump":
-        args = [str(BIN / "mitmdump"), "-q", "--listen-host", "127.0.0.1", "--listen-port",
-                str(port), "--set", f"confdir={tmp}"]
-    else:
-        args = [str(BIN / "wsinspect"), "--headless", "--listen-port", str(port), "--confdir",
-                tmp, "-w", f"{tmp}/large.db"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_proxy(kind, port, tmp, f"{tmp}/large.db")
     try:
         await wait_port(port)
         payload = "x" * size

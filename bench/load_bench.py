@@ -22,18 +22,12 @@ from pathlib import Path
 from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).parent))
-from recorder_bench import BIN, ECHO_SERVER, free_port, rss, wait_port  # noqa: E402
+from recorder_bench import ECHO_SERVER, free_port, start_proxy, rss, wait_port  # noqa: E402
 
 
 async def run(kind: str, echo_port: int, sessions: int, messages: int, tmp: str) -> None:
     port = free_port()
-    if kind == "mitmdump":
-        args = [str(BIN / "mitmdump"), "-q", "--listen-host", "127.0.0.1", "--listen-port",
-                str(port), "--set", f"confdir={tmp}"]
-    else:
-        args = [str(BIN / "wsinspect"), "--headless", "--listen-port", str(port), "--confdir",
-                tmp, "-w", f"{tmp}/load-{time.time()}.db"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_proxy(kind, port, tmp, f"{tmp}/load-{time.time()}.db")
     try:
         await wait_port(port)
         await asyncio.sleep(0.5)

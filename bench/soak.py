@@ -21,17 +21,7 @@ from pathlib import Path
 from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).parent))
-from recorder_bench import BIN, ECHO_SERVER, free_port, rss, wait_port  # noqa: E402
-
-
-def start(kind: str, port: int, tmp: str) -> subprocess.Popen:
-    if kind == "mitmdump":
-        args = [str(BIN / "mitmdump"), "-q", "--listen-host", "127.0.0.1", "--listen-port",
-                str(port), "--set", f"confdir={tmp}"]
-    else:
-        args = [str(BIN / "wsinspect"), "--headless", "--listen-port", str(port), "--confdir",
-                tmp, "-w", f"{tmp}/soak.db"]
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+from recorder_bench import ECHO_SERVER, free_port, rss, start_proxy, wait_port  # noqa: E402
 
 
 async def traffic(echo_port: int, ports: list[int], sessions: int, rate: float, stop: asyncio.Event):
@@ -58,7 +48,7 @@ async def main(minutes: float, sessions: int, rate: float) -> None:
     echo = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, str(echo_port)])
     kinds = ["mitmdump", "wsinspect"]
     ports = {k: free_port() for k in kinds}
-    procs = {k: start(k, ports[k], tmp) for k in kinds}
+    procs = {k: start_proxy(k, ports[k], tmp, f"{tmp}/soak.db") for k in kinds}
     stop = asyncio.Event()
     try:
         await wait_port(echo_port)
