@@ -20,7 +20,9 @@ from wsinspect.ui import WsInspectApp
 from wsinspect.ui.messages import MessageList
 from wsinspect.ui.payload import PayloadPane
 from wsinspect.ui.session_view import SessionScreen
-from wsinspect.ui.sessions import SessionsTable
+from wsinspect.ui.sessions import COLUMNS, SessionsTable
+
+COLUMN_KEYS = [key for key, _ in COLUMNS]
 
 SIZE = (140, 45)
 JSON_PAYLOAD = json.dumps({"op": "subscribe", "topics": ["prices", "news"]})
@@ -254,6 +256,37 @@ async def test_sessions_list_follows_new_sessions_unless_the_user_moved_away(sta
         assert table.cursor_row == 1, "stays where the user moved"
         await pilot.press("f")
         assert table.cursor_row == 3
+
+
+async def test_sessions_list_catches_up_after_the_session_view_closes(start_proxy, echo_server):
+    """Under the session view the list stands still (Textual would repaint the whole screen
+    above it for every change); going back shows every session and count that came meanwhile."""
+    proxy = await start_proxy()
+    app = WsInspectApp(proxy.store, proxy.engine)
+    async with app.run_test(size=SIZE) as pilot:
+        async with connect(f"ws://127.0.0.1:{echo_server}/first", proxy=proxy.url) as first:
+            await first.send("x")
+            await first.recv()
+            await open_first_session(app, pilot)
+            table = app.screen_stack[0].query_one(SessionsTable)
+            for path in ("/second", "/third"):
+                async with connect(f"ws://127.0.0.1:{echo_server}{path}", proxy=proxy.url) as ws:
+                    await ws.send("y")
+                    await ws.recv()
+            for _ in range(20):
+                await first.send("more")
+                await first.recv()
+            await wait_for(lambda: len(proxy.store.sessions()) == 3 and
+                           proxy.store.session(1).stats.count == 42, what="the traffic recorded")
+            await pilot.pause(0.3)
+            assert table.row_count == 1, "the hidden list did not repaint"
+            await pilot.press("escape")
+            await pilot.pause()
+            assert table.row_count == 3
+            assert table.cursor_row == 2, "still follows the newest session"
+            row = table.get_row("1")
+            assert str(row[COLUMN_KEYS.index("messages")]) == "42"
+            assert "/third" in screen_text(app)
 
 
 async def test_copy_save_theme_palette_and_log(start_proxy, tmp_path):

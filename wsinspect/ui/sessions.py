@@ -116,9 +116,15 @@ class SessionsScreen(Screen):
     def __init__(self) -> None:
         super().__init__()
         self._counts_stale: set[int] = set()  # sessions with new messages, shown in batches
+        self._changed_while_hidden: set[int] = set()
 
     def store_changed(self, changes: StoreChanges) -> None:
         if not self.loaded or not self.query(SessionsTable):  # not yet, or shutting down
+            return
+        if self.app.screen is not self:
+            # Under another screen, any change here repaints that whole screen (Textual counts
+            # the screen below as visible and forwards its updates): catch up on resume.
+            self._changed_while_hidden |= changes.added | changes.updated | changes.messages
             return
         table = self.query_one(SessionsTable)
         store, now = self.app.store, self.app.clock()
@@ -133,8 +139,22 @@ class SessionsScreen(Screen):
             if following:
                 table.move_cursor(row=table.row_count - 1)
 
+    def on_screen_resume(self) -> None:
+        for bar in self.query(StatusBar):
+            bar.update_status()
+        if not self._changed_while_hidden or not self.loaded:
+            return
+        table, now = self.query_one(SessionsTable), self.app.clock()
+        following = table.at_newest
+        for session_id in sorted(self._changed_while_hidden):
+            table.add_session(self.app.store.session(session_id), now)
+        self._changed_while_hidden.clear()
+        self._show_empty_state()
+        if following and table.row_count:
+            table.move_cursor(row=table.row_count - 1)
+
     def _update_message_counts(self) -> None:
-        if not self._counts_stale or not self.query(SessionsTable):
+        if not self._counts_stale or self.app.screen is not self or not self.query(SessionsTable):
             return
         table, now = self.query_one(SessionsTable), self.app.clock()
         for session_id in self._counts_stale:
@@ -142,6 +162,8 @@ class SessionsScreen(Screen):
         self._counts_stale.clear()
 
     def _tick_durations(self) -> None:
+        if self.app.screen is not self:
+            return
         table, now = self.query_one(SessionsTable), self.app.clock()
         for session in self.app.store.sessions():
             if session.outcome is Outcome.OPEN:

@@ -46,4 +46,5 @@ class StatusBar(Static):
         self.set_interval(1.0, self.update_status)
 
     def update_status(self) -> None:
-        self.update(self.app.status_text(), layout=False)
+        if self.app.screen is self.screen:  # see SessionsScreen.store_changed
+            self.update(self.app.status_text(), layout=False)
