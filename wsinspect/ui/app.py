@@ -26,6 +26,7 @@ from ..store import CaptureError, SessionStore, StoreChanges
 from .dialogs import ComparisonScreen, ExportRequest, ExportScreen
 from .format import printable
 from .logs import LogScreen
+from .pacing import SAMPLE_INTERVAL, LoopLoad
 from .session_view import SessionScreen
 from .sessions import SessionsScreen
 from .status import StatusBar
@@ -85,6 +86,7 @@ class WsInspectApp(App):
         self._counted_messages = self._message_total()
         self.messages_per_second = 0.0
         self.problems = 0
+        self.loop_load = LoopLoad()
 
     # ----- wiring to the core --------------------------------------------------------------
 
@@ -93,6 +95,7 @@ class WsInspectApp(App):
         if self.engine is not None:
             self.engine.logs.listeners.append(self._log_listener)
         self.set_interval(1.0, self._measure_rate)
+        self.set_interval(SAMPLE_INTERVAL, self.loop_load.sample)
         # What exists once the first screen is up (mitmproxy, Textual, the widgets) lives as
         # long as the app: keep it out of the collector's full passes, which otherwise walk
         # it all and stall the screen for 50-100 ms every few seconds under load.
@@ -159,6 +162,8 @@ class WsInspectApp(App):
         text.append(f"  │ {len(sessions)} sessions" + (f" ({counts})" if counts else ""))
         if self.engine is not None:
             text.append(f"  │ {self.messages_per_second:.0f} msg/s")
+            if self.loop_load.saturated:
+                text.append("  │ busy: screen paced to spare the proxy", style="bold")
         if self.problems:
             text.append(f"  │ {self.problems} problems, press l", style="bold red")
         return text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from bisect import bisect_left, bisect_right
 from array import array
 from collections import OrderedDict
@@ -23,10 +24,12 @@ from textual.geometry import Region, Size
 from textual.message import Message as TextualMessage
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+from textual.timer import Timer
 
 from ..model import Message, MessageType
 from ..store import CaptureError, SessionStore
 from .format import clock, format_size, preview, printable
+from .pacing import LoopLoad
 
 SCAN_CHUNK = 5000
 CACHE_ROWS = 4000
@@ -131,10 +134,14 @@ class MessageList(ScrollView, can_focus=True):
         session_id: int,
         hop_position: int = 0,
         *,
+        load: LoopLoad | None = None,
         id: str | None = None,
     ) -> None:
         super().__init__(id=id)
         self.store = store
+        self.load = load or LoopLoad()  # paces live repaints; one never sampled never does
+        self._last_growth = 0.0  # when live data last extended the view
+        self._catch_up: Timer | None = None
         self.session_id = session_id
         self.hop_position = hop_position
         self.session_start = store.session(session_id).timestamp_start
@@ -298,10 +305,22 @@ class MessageList(ScrollView, can_focus=True):
     # ----- live updates --------------------------------------------------------------------
 
     def messages_arrived(self) -> None:
-        """The store has more messages for this hop: extend the view, follow if following."""
+        """The store has more messages for this hop: extend the view and follow if following,
+        now or, while the event loop is saturated, once the paced interval has passed."""
+        if self._catch_up is not None:
+            return  # already due
+        wait = self._last_growth + self.load.repaint_interval - time.monotonic()
+        if wait > 0:
+            self._catch_up = self.set_timer(wait, self._take_arrivals)
+        else:
+            self._take_arrivals()
+
+    def _take_arrivals(self) -> None:
+        self._catch_up = None
         total = self.store.message_count(self.session_id, self.hop_position)
         if total == self.total:
             return
+        self._last_growth = time.monotonic()
         self.total = total
         if not self._filtering:
             self._scanned = total

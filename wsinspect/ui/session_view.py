@@ -3,6 +3,7 @@ messages, replaying and exporting the session."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from rich.text import Text
@@ -21,6 +22,7 @@ from .findings import findings_text, hops_text
 from .format import is_text, printable
 from .handshake import session_handshakes
 from .messages import LIST_HEADER, FilterError, MessageFilter, MessageList
+from .pacing import BUSY_SUMMARY_INTERVAL
 from .payload import PayloadPane, SavePayloadScreen, payload_for_clipboard
 from .sessions import MESSAGE_COUNTS_INTERVAL
 from .status import StatusBar, session_summary
@@ -59,6 +61,7 @@ class SessionScreen(Screen):
         self.session_id = session_id
         self.only_matches = True
         self._summary_stale = False
+        self._summary_shown = 0.0
 
     @property
     def store(self):
@@ -79,7 +82,8 @@ class SessionScreen(Screen):
                     yield Select(DIRECTIONS, value="both", allow_blank=False, id="filter-direction")
                     yield Select(TYPES, value="all", allow_blank=False, id="filter-type")
                 yield Static(Text(LIST_HEADER), id="message-header")
-                yield MessageList(self.store, self.session_id, id="message-list")
+                yield MessageList(self.store, self.session_id, load=self.app.loop_load,
+                                  id="message-list")
                 yield PayloadPane(session.timestamp_start, id="payload")
             with TabPane("Findings", id="findings"):
                 with VerticalScroll(classes="tab-scroll"):
@@ -106,11 +110,17 @@ class SessionScreen(Screen):
             message_list.focus()
 
     def _refresh_summary(self) -> None:
-        if self._summary_stale and self._live_widgets[0].is_attached:
-            self._show_session(handshakes=False)
+        if not self._summary_stale or not self._live_widgets[0].is_attached:
+            return
+        if self.app.loop_load.saturated and (
+            time.monotonic() - self._summary_shown < BUSY_SUMMARY_INTERVAL
+        ):
+            return  # each repaint is taken from the proxy: see pacing
+        self._show_session(handshakes=False)
 
     def _show_session(self, handshakes: bool = True) -> None:
         self._summary_stale = False
+        self._summary_shown = time.monotonic()
         session = self.store.session(self.session_id)
         summary = session_summary(session, self.app.clock())
         self.query_one("#session-summary", Static).update(summary, layout=False)

@@ -1,0 +1,49 @@
+"""How often live traffic repaints the screen.
+
+The app and the proxy share one event loop. Repainting the message list costs several
+milliseconds of compositing; at the store's 50 batches a second that is a third of the loop,
+taken from the proxy. So live data repaints at once while the loop has time to spare, and at
+most every `BUSY_REPAINT_INTERVAL` while it is saturated: the screen gives way to the traffic
+it shows. What the user does (scrolling, moving the cursor) is never paced.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+SAMPLE_INTERVAL = 0.25
+BUSY_ENTER = 0.9  # share of wall time the loop's thread spends on the CPU
+BUSY_LEAVE = 0.75
+BUSY_REPAINT_INTERVAL = 0.15
+BUSY_SUMMARY_INTERVAL = 1.0
+
+
+class LoopLoad:
+    """How busy the event loop is: the share of wall time its thread spent on the CPU since
+    the previous sample. `sample()` must run on the loop's thread (a timer of the app)."""
+
+    def __init__(
+        self,
+        cpu_clock: Callable[[], float] = time.thread_time,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._cpu_clock, self._clock = cpu_clock, clock
+        self._last = (clock(), cpu_clock())
+        self.busy = 0.0
+        self.saturated = False
+
+    def sample(self) -> None:
+        now, cpu = self._clock(), self._cpu_clock()
+        wall = now - self._last[0]
+        if wall <= 0:
+            return
+        self.busy = (cpu - self._last[1]) / wall
+        self._last = (now, cpu)
+        # Two thresholds, so that the pace does not flip on every sample near the limit.
+        self.saturated = self.busy >= (BUSY_LEAVE if self.saturated else BUSY_ENTER)
+
+    @property
+    def repaint_interval(self) -> float:
+        """Seconds live data waits after the previous live repaint."""
+        return BUSY_REPAINT_INTERVAL if self.saturated else 0.0
