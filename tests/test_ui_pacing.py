@@ -6,12 +6,20 @@ from __future__ import annotations
 import asyncio
 import time
 
+from tests.conftest import wait_for
 from tests.ui_helpers import handshake_hop, screen_text
 from wsinspect.model import Message, MessageType
 from wsinspect.store import SessionStore
 from wsinspect.ui import WsInspectApp
 from wsinspect.ui.messages import MessageList
-from wsinspect.ui.pacing import BUSY_REPAINT_INTERVAL, LoopLoad
+from wsinspect.ui.pacing import (
+    BUSY_ENTER_SAMPLES,
+    BUSY_NOTIFY_INTERVAL,
+    BUSY_REPAINT_INTERVAL,
+    LIVE_NOTIFY_INTERVAL,
+    SAMPLE_INTERVAL,
+    LoopLoad,
+)
 from wsinspect.ui.session_view import SessionScreen
 
 
@@ -29,6 +37,13 @@ class LoopClocks:
         self.wall += seconds
         self.cpu += seconds * busy
 
+    def saturate(self, load: LoopLoad) -> None:
+        """A second of a fully busy loop, sampled as the app does."""
+        for _ in range(BUSY_ENTER_SAMPLES):
+            self.advance(SAMPLE_INTERVAL, busy=1.0)
+            load.sample()
+        assert load.saturated
+
 
 def test_loop_load_enters_and_leaves_saturation_with_hysteresis():
     clocks = LoopClocks()
@@ -37,15 +52,24 @@ def test_loop_load_enters_and_leaves_saturation_with_hysteresis():
     clocks.advance(1.0, busy=0.85)
     load.sample()
     assert load.busy == 0.85 and not load.saturated, "below the threshold to enter"
-    clocks.advance(1.0, busy=0.95)
+    for _ in range(BUSY_ENTER_SAMPLES - 1):
+        clocks.advance(SAMPLE_INTERVAL, busy=0.95)
+        load.sample()
+    assert not load.saturated, "a short burst (building a screen) does not count"
+    clocks.advance(SAMPLE_INTERVAL, busy=0.5)
     load.sample()
+    for _ in range(BUSY_ENTER_SAMPLES):
+        clocks.advance(SAMPLE_INTERVAL, busy=0.95)
+        load.sample()
     assert load.saturated and load.repaint_interval == BUSY_REPAINT_INTERVAL
+    assert load.notify_interval == BUSY_NOTIFY_INTERVAL
     clocks.advance(1.0, busy=0.8)
     load.sample()
     assert load.saturated, "stays until the load falls clearly"
     clocks.advance(1.0, busy=0.5)
     load.sample()
     assert not load.saturated and load.repaint_interval == 0.0
+    assert load.notify_interval == LIVE_NOTIFY_INTERVAL
     load.sample()  # no wall time passed: nothing to measure, nothing changes
     assert load.busy == 0.5
 
@@ -80,13 +104,14 @@ async def test_saturated_loop_paces_live_repaints_and_loses_nothing():
     async with app.run_test(size=(120, 30)) as pilot:
         listing = await live_session_view(app, pilot)
 
-        # A loop with time to spare: every store batch (20 ms) extends the list.
+        # A loop with time to spare: the store reports every 10 ms, each report extends the list.
+        assert store.notify_interval == LIVE_NOTIFY_INTERVAL
         idle_counts = await feed(store, hop, 1.0, listing)
         assert len(idle_counts) >= 15
 
-        clocks.advance(1.0, busy=1.0)
-        app.loop_load.sample()
-        assert app.loop_load.saturated
+        clocks.saturate(app.loop_load)
+        await wait_for(lambda: store.notify_interval == BUSY_NOTIFY_INTERVAL,
+                       what="the app to slow the store's reports")
         busy_counts = await feed(store, hop, 1.0, listing)
         assert len(busy_counts) <= 1 / BUSY_REPAINT_INTERVAL + 2, sorted(busy_counts)
         await pilot.pause(BUSY_REPAINT_INTERVAL + 0.1)
@@ -109,8 +134,7 @@ async def test_status_bar_says_when_the_screen_is_paced(start_proxy):
     async with app.run_test(size=(160, 30)) as pilot:
         await pilot.pause()
         assert "paced" not in screen_text(app)
-        clocks.advance(1.0, busy=1.0)
-        app.loop_load.sample()
+        clocks.saturate(app.loop_load)
         app.screen.query_one("StatusBar").update_status()
         await pilot.pause()
         assert "busy: screen paced to spare the proxy" in screen_text(app)

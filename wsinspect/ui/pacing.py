@@ -14,9 +14,14 @@ from collections.abc import Callable
 
 SAMPLE_INTERVAL = 0.25
 BUSY_ENTER = 0.9  # share of wall time the loop's thread spends on the CPU
+BUSY_ENTER_SAMPLES = 4  # for a second: building a screen or a short burst does not count
 BUSY_LEAVE = 0.75
-BUSY_REPAINT_INTERVAL = 0.15
+BUSY_REPAINT_INTERVAL = 0.2
 BUSY_SUMMARY_INTERVAL = 1.0
+# How often the store reports changes to the app: often enough that a message is on screen
+# well within 50 ms while there is time to spare; rarely when nothing would be painted anyway.
+LIVE_NOTIFY_INTERVAL = 0.01
+BUSY_NOTIFY_INTERVAL = 0.1
 
 
 class LoopLoad:
@@ -32,6 +37,7 @@ class LoopLoad:
         self._last = (clock(), cpu_clock())
         self.busy = 0.0
         self.saturated = False
+        self._busy_samples = 0  # consecutive samples at or above BUSY_ENTER
 
     def sample(self) -> None:
         now, cpu = self._clock(), self._cpu_clock()
@@ -40,10 +46,19 @@ class LoopLoad:
             return
         self.busy = (cpu - self._last[1]) / wall
         self._last = (now, cpu)
-        # Two thresholds, so that the pace does not flip on every sample near the limit.
-        self.saturated = self.busy >= (BUSY_LEAVE if self.saturated else BUSY_ENTER)
+        self._busy_samples = self._busy_samples + 1 if self.busy >= BUSY_ENTER else 0
+        if self.saturated:
+            # A lower threshold to leave, so that the pace does not flip near the limit.
+            self.saturated = self.busy >= BUSY_LEAVE
+        else:
+            self.saturated = self._busy_samples >= BUSY_ENTER_SAMPLES
 
     @property
     def repaint_interval(self) -> float:
         """Seconds live data waits after the previous live repaint."""
         return BUSY_REPAINT_INTERVAL if self.saturated else 0.0
+
+    @property
+    def notify_interval(self) -> float:
+        """Seconds between the store's change reports to the app."""
+        return BUSY_NOTIFY_INTERVAL if self.saturated else LIVE_NOTIFY_INTERVAL
