@@ -19,7 +19,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,7 +97,17 @@ def _connect(path: Path | None) -> sqlite3.Connection:
     return db
 
 
-def _write_batch(db: sqlite3.Connection, rows: list[tuple], hop_rows: list[tuple]) -> None:
+def _message_rows(batches: list[tuple[int, list[Message]]]) -> Iterator[tuple]:
+    """Rows for the messages table, made as SQLite takes them: on the writer thread, and
+    interleaved with the inserts, which release the GIL. Made up front on the event loop, a
+    0.5 s batch at 20,000 messages a second held the loop for 10-16 ms."""
+    for hop_id, messages in batches:
+        for m in messages:
+            yield (hop_id, m.index, int(m.from_client), m.type.value, m.size, m.timestamp,
+                   int(m.injected), m.sha256, m.payload)
+
+
+def _write_batch(db: sqlite3.Connection, rows: Iterable[tuple], hop_rows: list[tuple]) -> None:
     with db:
         db.executemany(_INSERT_MESSAGE, rows)
         db.executemany(_UPSERT_HOP, hop_rows)
@@ -379,16 +389,13 @@ class SessionStore:
         if not self._dirty_hops:
             return
         counts: dict[int, int] = {}
-        rows = []
+        batches: list[tuple[int, list[Message]]] = []
         for hop_id, messages in self._pending.items():
             fresh = messages[self._in_flight[hop_id] :]
             if fresh:
                 counts[hop_id] = len(fresh)
-                rows += [
-                    (hop_id, m.index, int(m.from_client), m.type.value, m.size, m.timestamp,
-                     int(m.injected), m.sha256, m.payload)
-                    for m in fresh
-                ]
+                batches.append((hop_id, fresh))
+        rows = _message_rows(batches)
         hop_rows = [
             (h.id, h.session_id, json.dumps(h.to_json()))
             for h in (self._hops[i] for i in self._dirty_hops)

@@ -21,7 +21,7 @@ BUSY_REPAINT_INTERVAL = 0.2
 BUSY_SUMMARY_INTERVAL = 1.0
 # How often the store reports changes to the app: often enough that a message is on screen
 # well within 50 ms while there is time to spare; rarely when nothing would be painted anyway.
-LIVE_NOTIFY_INTERVAL = 0.01
+LIVE_NOTIFY_INTERVAL = 0.005
 BUSY_NOTIFY_INTERVAL = 0.1
 
 
