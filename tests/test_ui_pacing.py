@@ -104,7 +104,7 @@ async def test_saturated_loop_paces_live_repaints_and_loses_nothing():
     async with app.run_test(size=(120, 30)) as pilot:
         listing = await live_session_view(app, pilot)
 
-        # A loop with time to spare: the store reports every 10 ms, each report extends the list.
+        # A loop with time to spare: each of the store's frequent reports extends the list.
         assert store.notify_interval == LIVE_NOTIFY_INTERVAL
         idle_counts = await feed(store, hop, 1.0, listing)
         assert len(idle_counts) >= 15
