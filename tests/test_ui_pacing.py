@@ -63,7 +63,7 @@ def test_loop_load_enters_and_leaves_saturation_with_hysteresis():
         load.sample()
     assert load.saturated and load.repaint_interval == BUSY_REPAINT_INTERVAL
     assert load.notify_interval == BUSY_NOTIFY_INTERVAL
-    clocks.advance(1.0, busy=0.8)
+    clocks.advance(1.0, busy=0.7)
     load.sample()
     assert load.saturated, "stays until the load falls clearly"
     clocks.advance(1.0, busy=0.5)

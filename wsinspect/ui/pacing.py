@@ -16,7 +16,7 @@ from collections.abc import Callable
 SAMPLE_INTERVAL = 0.25
 BUSY_ENTER = 0.9  # share of wall time the loop's thread spends on the CPU
 BUSY_ENTER_SAMPLES = 4  # for a second: building a screen or a short burst does not count
-BUSY_LEAVE = 0.75
+BUSY_LEAVE = 0.6
 BUSY_REPAINT_INTERVAL = 0.2
 BUSY_SUMMARY_INTERVAL = 1.0
 # How often the store reports changes to the app: often enough that a message is on screen
