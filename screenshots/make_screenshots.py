@@ -232,6 +232,11 @@ async def shoot(store: SessionStore, engine: Engine, out: Path) -> list[Path]:
 
 
 def to_png(svg: Path) -> Path:
+    # Rich writes spaces as no-break spaces, one <text> per run of a style; without
+    # xml:space="preserve", rsvg-convert drops those at the start of a run ("Hop 1regular").
+    source = svg.read_text()
+    if 'xml:space="preserve"' not in source:
+        svg.write_text(source.replace("<svg ", '<svg xml:space="preserve" ', 1))
     png = svg.with_suffix(".png")
     subprocess.run(["rsvg-convert", "--zoom", str(PNG_ZOOM), "-o", str(png), str(svg)], check=True)
     return png

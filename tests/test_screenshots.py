@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import struct
 import subprocess
 import sys
 from pathlib import Path
+
+from rich.console import Console
+from rich.text import Text
 
 SCRIPT = Path(__file__).resolve().parent.parent / "screenshots" / "make_screenshots.py"
 ALWAYS = ("sessions", "handshake", "messages")  # the screens every version of the app has
@@ -38,3 +43,19 @@ def test_the_script_makes_a_png_of_each_main_screen(tmp_path):
     for screen in ("findings", "hops", "replay"):  # made once the app has them
         assert screen in pngs or f"note: no {screen}.png: " in done.stdout, done.stdout
 
+
+
+def test_png_conversion_keeps_spaces_at_the_start_of_a_styled_run(tmp_path):
+    """Rich writes one <text> per styled run with spaces as no-break spaces; rsvg-convert
+    drops those at the start of a run ("Hop 1regular") unless the SVG preserves spaces."""
+    spec = importlib.util.spec_from_file_location("make_screenshots", SCRIPT)
+    make_screenshots = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_screenshots)
+    console = Console(record=True, width=30, file=io.StringIO())
+    console.print(Text("Hop 1") + Text("  regular", style="bold"))
+    svg = tmp_path / "run.svg"
+    svg.write_text(console.export_svg(title="t"))
+    png = make_screenshots.to_png(svg)
+    assert png_size(png)[0] > 0
+    root = svg.read_text().split("<svg ", 1)[1].split(">", 1)[0]
+    assert 'xml:space="preserve"' in root

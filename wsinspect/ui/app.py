@@ -35,6 +35,14 @@ THEMES = ("textual-dark", "textual-light")
 PROBLEM_LEVELS = ("warning", "error")
 
 
+def listener_label(spec: str, addrs: list[tuple[str, int]]) -> str:
+    """A listener's mode without its `@port` when the address beside it shows the port."""
+    mode, at, port = spec.rpartition("@")
+    if at and port.isdigit() and any(p == int(port) for _, p in addrs):
+        return mode
+    return spec
+
+
 def settle_heap() -> None:
     """Keep the garbage collector's full passes from stalling the screen.
 
@@ -165,7 +173,7 @@ class WsInspectApp(App):
         if self.engine is not None:
             for spec, addrs in self.engine.servers():
                 listening = ", ".join(f"{h}:{p}" for h, p in addrs)
-                text.append(f" {printable(spec)} {listening}")
+                text.append(f" {printable(listener_label(spec, addrs))} {listening}")
         else:
             where = printable(str(self.store.path)) if self.store.path else "(in memory)"
             text.append(f" capture {where}")
@@ -178,7 +186,7 @@ class WsInspectApp(App):
         if self.engine is not None:
             text.append(f"  │ {self.messages_per_second:.0f} msg/s")
             if self.loop_load.saturated:
-                text.append("  │ busy: screen paced to spare the proxy", style="bold")
+                text.append("  │ proxy busy, screen paced", style="bold")
         if self.problems:
             text.append(f"  │ {self.problems} problems, press l", style="bold red")
         return text
@@ -191,7 +199,8 @@ class WsInspectApp(App):
         text.append("No WebSocket sessions yet.\n\n", style="bold")
         for spec, addrs in self.engine.servers():
             for host, port in addrs:
-                text.append(f"The {printable(spec)} proxy listens at {host}:{port}.\n")
+                label = printable(listener_label(spec, addrs))
+                text.append(f"The {label} proxy listens at {host}:{port}.\n")
                 example = client_example(spec, host, port)
                 if example:
                     text.append("Send a WebSocket through it, for example:\n  ")
