@@ -12,7 +12,7 @@ from ..model import Outcome, Session
 from ..store import StoreChanges
 from .findings import findings_badge
 from .format import clock, duration, format_size, printable
-from .status import StatusBar, outcome_badge
+from .status import StatusBar, is_covered, outcome_badge
 
 # A busy session's counters change with every batch of messages; the list shows them at this
 # pace rather than redrawing rows fifty times a second.
@@ -121,9 +121,7 @@ class SessionsScreen(Screen):
     def store_changed(self, changes: StoreChanges) -> None:
         if not self.loaded or not self.query(SessionsTable):  # not yet, or shutting down
             return
-        if self.app.screen is not self:
-            # Under another screen, any change here repaints that whole screen (Textual counts
-            # the screen below as visible and forwards its updates): catch up on resume.
+        if is_covered(self):  # catch up on resume
             self._changed_while_hidden |= changes.added | changes.updated | changes.messages
             return
         table = self.query_one(SessionsTable)
@@ -154,7 +152,7 @@ class SessionsScreen(Screen):
             table.move_cursor(row=table.row_count - 1)
 
     def _update_message_counts(self) -> None:
-        if not self._counts_stale or self.app.screen is not self or not self.query(SessionsTable):
+        if not self._counts_stale or is_covered(self) or not self.query(SessionsTable):
             return
         table, now = self.query_one(SessionsTable), self.app.clock()
         for session_id in self._counts_stale:
@@ -162,7 +160,7 @@ class SessionsScreen(Screen):
         self._counts_stale.clear()
 
     def _tick_durations(self) -> None:
-        if self.app.screen is not self:
+        if is_covered(self):
             return
         table, now = self.query_one(SessionsTable), self.app.clock()
         for session in self.app.store.sessions():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.text import Text
+from textual.screen import Screen
 from textual.widgets import Static
 
 from ..model import Outcome, Session
@@ -15,6 +16,13 @@ OUTCOME_STYLES = {
     Outcome.REJECTED: "bold black on yellow",
     Outcome.FAILED: "bold white on red",
 }
+
+
+def is_covered(screen: Screen) -> bool:
+    """Whether another screen is on top of `screen`. Textual still counts it as visible and
+    turns each of its updates into a repaint of the whole screen on top, so live widgets of a
+    covered screen wait until it is resumed. (A screen being pushed is not covered.)"""
+    return screen is not screen.app.screen and screen in screen.app.screen_stack
 
 
 def outcome_badge(outcome: Outcome) -> Text:
@@ -46,5 +54,5 @@ class StatusBar(Static):
         self.set_interval(1.0, self.update_status)
 
     def update_status(self) -> None:
-        if self.app.screen is self.screen:  # see SessionsScreen.store_changed
+        if not is_covered(self.screen):
             self.update(self.app.status_text(), layout=False)
