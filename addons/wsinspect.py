@@ -3,21 +3,29 @@
     mitmdump -s addons/wsinspect.py --set wsinspect_capture=cap.db
     wsinspect report cap.db
 
-It records with the same code as `wsinspect` itself, and adds the commands `wsinspect.resend`
-and `wsinspect.inject` (see wsinspect/resend.py). When the wsinspect package is not
-installed, it is imported from the checkout this file lives in.
+It records with the same code as `wsinspect` itself, adds the commands `wsinspect.resend`
+and `wsinspect.inject` (see wsinspect/resend.py), and refuses connections that would make the
+proxy connect to itself (wsinspect/loopguard.py; a transparent listener on 0.0.0.0 otherwise
+loops). When the wsinspect package is not installed, it is imported from the checkout this
+file lives in.
+
+In reverse mode, mitmproxy rewrites Host to the target before any addon sees the request;
+add `--set keep_host_header=true` to record (and pass on) the Host the client sent. The
+recorder warns when it is missing.
 """
 
 import sys
 from pathlib import Path
 
 try:
+    from wsinspect.loopguard import LoopGuard
     from wsinspect.recorder import Recorder
     from wsinspect.resend import Resender
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from wsinspect.loopguard import LoopGuard
     from wsinspect.recorder import Recorder
     from wsinspect.resend import Resender
 
 recorder = Recorder()
-addons = [recorder, Resender(recorder)]
+addons = [LoopGuard(), recorder, Resender(recorder)]

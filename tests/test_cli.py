@@ -189,6 +189,39 @@ async def test_standalone_addon_in_a_real_mitmdump(tmp_path, confdir, echo_serve
     assert session.stats.by_type == {"text": 2, "binary": 2, "ping": 1, "pong": 1, "close": 1}
 
 
+async def test_standalone_addon_in_reverse_mode_asks_for_keep_host_header(
+    tmp_path, confdir, echo_server
+):
+    """mitmproxy rewrites Host for reverse listeners before any addon runs; the script says
+    so, and with keep_host_header records the Host the client sent."""
+    recorded = {}
+    for keep in (False, True):
+        capture = tmp_path / f"reverse-{keep}.db"
+        process, port = await start_process(
+            str(BIN / "mitmdump"), "-s", "addons/wsinspect.py", "--listen-host", "127.0.0.1",
+            "--listen-port", "0", "--mode", f"reverse:http://127.0.0.1:{echo_server}",
+            "--set", f"confdir={confdir}", "--set", f"wsinspect_capture={capture}",
+            *(["--set", "keep_host_header=true"] if keep else []),
+            listening=r"listening at 127\.0\.0\.1:(\d+)",
+        )  # fmt: skip
+        try:
+            async with connect(f"ws://127.0.0.1:{port}/reverse") as ws:
+                await ws.send("x")
+                assert await ws.recv() == "x"
+            await asyncio.sleep(0.3)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            out, _ = await asyncio.wait_for(process.communicate(), 20)
+        output = process.early_output + out.decode()
+        assert ("--set keep_host_header=true" in output) is not keep, output
+        store = SessionStore.open(capture)
+        (session,) = store.sessions()
+        recorded[keep] = dict(session.first_hop.request_headers)["Host"], port
+        store.close()
+    assert recorded[False][0] == f"127.0.0.1:{echo_server}", "rewritten to the target"
+    assert recorded[True][0] == f"127.0.0.1:{recorded[True][1]}", "what the client sent"
+
+
 def test_domain_modules_import_without_textual():
     code = (
         "import sys\n"

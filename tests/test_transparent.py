@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +28,7 @@ from wsinspect.store import SessionStore
 pytestmark = pytest.mark.netns
 
 LISTEN_PORT = 8080
+ADDON = Path(__file__).resolve().parent.parent / "addons" / "wsinspect.py"
 
 # Echoes messages; answers "whoami" with the address the connection came from, which tells
 # whether the connection went through the proxy (the gateway's address) or past it.
@@ -235,3 +238,20 @@ def test_preflight_reports_the_missing_rule_and_its_printed_fix_works(lab, serve
     recorded = SessionStore.open(tmp_path / "cap.db")
     assert [s.url for s in recorded.sessions()] == ["ws://10.231.2.2/through"]
     recorded.close()
+
+
+def test_standalone_addon_refuses_to_connect_to_itself(lab, tmp_path):
+    """`mitmdump -s addons/wsinspect.py` carries the same guard: a listener on every address,
+    asked to connect to itself at the gateway's own address, answers 502 instead of looping."""
+    mitmdump = lab.start(
+        lab.gateway, str(Path(sys.executable).parent / "mitmdump"), "-s", str(ADDON),
+        "--mode", "regular@8082", "--listen-host", "0.0.0.0",
+        "--set", f"confdir={tmp_path / 'conf'}", "--set", f"wsinspect_capture={tmp_path / 'c.db'}",
+    )  # fmt: skip
+    mitmdump.wait_line(r"listening at .*8082")
+    direct = lab.python(
+        lab.client, "-c", DIRECT, GATEWAY_CLIENT_ADDR, "8082", f"http://{GATEWAY_CLIENT_ADDR}:8082/"
+    )
+    assert direct.stdout.strip() == "HTTP/1.1 502 Bad Gateway", mitmdump.output()
+    assert "which is this proxy itself" in mitmdump.output()
+    assert mitmdump.stop() == 0, mitmdump.output()

@@ -117,15 +117,15 @@ class Engine:
             self.resender,
         )
         try:
+            # A reverse listener otherwise rewrites Host to its target before any hook runs:
+            # wsinspect would record, and diff, a Host no proxy sent. `--set` can undo this.
             opts.update(
                 confdir=self.confdir,
                 mode=self.modes,
+                keep_host_header=any(m.startswith("reverse:") for m in self.modes),
                 listen_host=self.listen_host,
                 **({"listen_port": self.listen_port} if self.listen_port is not None else {}),
             )
-            # A reverse listener otherwise rewrites Host to its target before any hook runs:
-            # wsinspect would record, and diff, a Host no proxy sent. `--set` can undo this.
-            opts.update(keep_host_header=any(m.startswith("reverse:") for m in self.modes))
             if self.settings:
                 opts.set(*self.settings)
         except exceptions.OptionsError as e:

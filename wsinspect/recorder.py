@@ -116,6 +116,14 @@ class Recorder:
         )
 
     def configure(self, updated) -> None:
+        if {"mode", "keep_host_header"} & updated and not ctx.options.keep_host_header and any(
+            spec.startswith("reverse:") for spec in ctx.options.mode
+        ):
+            logger.warning(
+                "wsinspect: reverse listeners rewrite Host to their target before the request is "
+                "recorded, so recorded Host headers are not what clients sent: "
+                "--set keep_host_header=true keeps (and passes on) the client's"
+            )
         if self.store is not None and "wsinspect_max_payload" in updated:
             self.store.max_payload = ctx.options.wsinspect_max_payload
         if self._owns_store and self.store is None:
