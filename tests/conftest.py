@@ -7,6 +7,7 @@ import asyncio
 import datetime
 import ipaddress
 import ssl
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -87,6 +88,25 @@ async def tls_echo_server(server_cert):
     context.load_cert_chain(*server_cert)
     async with serve(echo_handler, "127.0.0.1", 0, ssl=context) as server:
         yield server.sockets[0].getsockname()[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_mitmproxy_home_left_behind():
+    """The suite never makes ~/.mitmproxy (a machine that had one before is not judged)."""
+    home = Path.home() / ".mitmproxy"
+    existed = home.exists()
+    yield
+    assert existed or not home.exists(), f"the tests created {home}"
+
+
+def mitmdump(confdir: Path) -> list[str]:
+    """A mitmdump command line using `confdir`, with a HOME of its own: mitmdump makes a CA in
+    ~/.mitmproxy before it reads `--set confdir` (its TLS addon is configured with the default
+    when it is added, before the command line is parsed)."""
+    home = confdir.parent / "mitmdump-home"
+    home.mkdir(exist_ok=True)
+    mitmdump = Path(sys.executable).parent / "mitmdump"
+    return ["env", f"HOME={home}", str(mitmdump), "--set", f"confdir={confdir}"]
 
 
 @pytest.fixture

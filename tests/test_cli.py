@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
+from tests.conftest import mitmdump
 from wsinspect.store import SessionStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,9 +173,8 @@ def test_report_on_unreadable_files_is_one_line(tmp_path):
 async def test_standalone_addon_in_a_real_mitmdump(tmp_path, confdir, echo_server):
     capture = tmp_path / "mitmdump.db"
     process, port = await start_process(
-        str(BIN / "mitmdump"), "-s", "addons/wsinspect.py", "--listen-host", "127.0.0.1",
-        "--listen-port", "0", "--set", f"confdir={confdir}",
-        "--set", f"wsinspect_capture={capture}",
+        *mitmdump(confdir), "-s", "addons/wsinspect.py", "--listen-host", "127.0.0.1",
+        "--listen-port", "0", "--set", f"wsinspect_capture={capture}",
         listening=r"listening at 127\.0\.0\.1:(\d+)",
     )
     try:
@@ -198,9 +198,9 @@ async def test_standalone_addon_in_reverse_mode_asks_for_keep_host_header(
     for keep in (False, True):
         capture = tmp_path / f"reverse-{keep}.db"
         process, port = await start_process(
-            str(BIN / "mitmdump"), "-s", "addons/wsinspect.py", "--listen-host", "127.0.0.1",
+            *mitmdump(confdir), "-s", "addons/wsinspect.py", "--listen-host", "127.0.0.1",
             "--listen-port", "0", "--mode", f"reverse:http://127.0.0.1:{echo_server}",
-            "--set", f"confdir={confdir}", "--set", f"wsinspect_capture={capture}",
+            "--set", f"wsinspect_capture={capture}",
             *(["--set", "keep_host_header=true"] if keep else []),
             listening=r"listening at 127\.0\.0\.1:(\d+)",
         )  # fmt: skip

@@ -32,7 +32,7 @@ from wsinspect.formats.redact import MASK, redact_url
 from wsinspect.model import Close, Hop, Message, MessageType, Outcome
 from wsinspect.store import CaptureError, SessionStore
 
-from .conftest import wait_for
+from .conftest import mitmdump, wait_for
 from .test_cli import start_process
 
 BIN = Path(sys.executable).parent
@@ -212,8 +212,8 @@ async def test_flow_and_har_files_written_by_a_real_mitmdump(tmp_path, backend):
     confdir = tmp_path / "conf"
     confdir.mkdir()
     process, port = await start_process(
-        str(BIN / "mitmdump"), "--listen-host", "127.0.0.1", "-p", "0",
-        "--set", f"confdir={confdir}", "-w", str(flows_file), "--set", f"hardump={har_file}",
+        *mitmdump(confdir), "--listen-host", "127.0.0.1", "-p", "0",
+        "-w", str(flows_file), "--set", f"hardump={har_file}",
         listening=r"listening at .*:(\d+)",
     )
     try:
@@ -247,7 +247,7 @@ async def test_exported_flows_open_in_mitmproxy(recorded, tmp_path):
     confdir = tmp_path / "conf"
     confdir.mkdir()
     result = subprocess.run(
-        [str(BIN / "mitmdump"), "-n", "-r", str(out), "--set", f"confdir={confdir}"],
+        [*mitmdump(confdir), "-n", "-r", str(out)],
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr

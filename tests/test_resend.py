@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,10 +17,9 @@ from wsinspect.model import Outcome
 from wsinspect.resend import ResendError, SessionClosedError, decode_payload
 from wsinspect.store import SessionStore
 
-from .conftest import wait_for
+from .conftest import mitmdump, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
@@ -165,8 +163,8 @@ async def test_resend_from_a_script_in_a_real_mitmdump(tmp_path, confdir, record
     )
     capture = tmp_path / "mitmdump.db"
     process = await asyncio.create_subprocess_exec(
-        str(BIN / "mitmdump"), "-s", "addons/wsinspect.py", "-s", str(script),
-        "--listen-host", "127.0.0.1", "--listen-port", "0", "--set", f"confdir={confdir}",
+        *mitmdump(confdir), "-s", "addons/wsinspect.py", "-s", str(script),
+        "--listen-host", "127.0.0.1", "--listen-port", "0",
         "--set", f"wsinspect_capture={capture}",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=ROOT,
     )

@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import mitmdump
 from tests.netns_lab import (
     CLIENT_ADDR,
     GATEWAY_CLIENT_ADDR,
@@ -243,15 +243,15 @@ def test_preflight_reports_the_missing_rule_and_its_printed_fix_works(lab, serve
 def test_standalone_addon_refuses_to_connect_to_itself(lab, tmp_path):
     """`mitmdump -s addons/wsinspect.py` carries the same guard: a listener on every address,
     asked to connect to itself at the gateway's own address, answers 502 instead of looping."""
-    mitmdump = lab.start(
-        lab.gateway, str(Path(sys.executable).parent / "mitmdump"), "-s", str(ADDON),
+    proxy = lab.start(
+        lab.gateway, *mitmdump(tmp_path / "conf"), "-s", str(ADDON),
         "--mode", "regular@8082", "--listen-host", "0.0.0.0",
-        "--set", f"confdir={tmp_path / 'conf'}", "--set", f"wsinspect_capture={tmp_path / 'c.db'}",
+        "--set", f"wsinspect_capture={tmp_path / 'c.db'}",
     )  # fmt: skip
-    mitmdump.wait_line(r"listening at .*8082")
+    proxy.wait_line(r"listening at .*8082")
     direct = lab.python(
         lab.client, "-c", DIRECT, GATEWAY_CLIENT_ADDR, "8082", f"http://{GATEWAY_CLIENT_ADDR}:8082/"
     )
-    assert direct.stdout.strip() == "HTTP/1.1 502 Bad Gateway", mitmdump.output()
-    assert "which is this proxy itself" in mitmdump.output()
-    assert mitmdump.stop() == 0, mitmdump.output()
+    assert direct.stdout.strip() == "HTTP/1.1 502 Bad Gateway", proxy.output()
+    assert "which is this proxy itself" in proxy.output()
+    assert proxy.stop() == 0, proxy.output()

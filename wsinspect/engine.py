@@ -117,10 +117,12 @@ class Engine:
             self.resender,
         )
         try:
+            # On its own: an update that fails (a bad mode) is rolled back whole, and mitmproxy
+            # would then make its CA in the default ~/.mitmproxy while shutting down.
+            opts.update(confdir=self.confdir)
             # A reverse listener otherwise rewrites Host to its target before any hook runs:
             # wsinspect would record, and diff, a Host no proxy sent. `--set` can undo this.
             opts.update(
-                confdir=self.confdir,
                 mode=self.modes,
                 keep_host_header=any(m.startswith("reverse:") for m in self.modes),
                 listen_host=self.listen_host,
