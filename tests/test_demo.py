@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,28 @@ def test_demo_stops_cleanly_on_sigterm(tmp_path):
     assert process.returncode in (0, 130)  # 0 when the scenario had already finished
     assert "Traceback" not in stderr
     assert list(scratch.iterdir()) == []
+    assert processes_mentioning(str(scratch)) == []
+
+
+def test_nginx_goes_with_the_demo_even_when_it_is_killed(tmp_path):
+    """SIGKILL gives the demo no chance to stop nginx: nginx is told to end with its parent.
+    (Its temporary directory stays: nothing can remove it then.)"""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    process = subprocess.Popen(
+        demo_command("nginx"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(scratch)},
+    )
+    assert "wsinspect demo: clients ->" in process.stdout.readline()
+    assert any("nginx" in p for p in processes_mentioning(str(scratch))), "nginx is running"
+    process.kill()
+    process.communicate(timeout=30)
+    deadline = time.monotonic() + 10
+    while processes_mentioning(str(scratch)) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert processes_mentioning(str(scratch)) == []
 
 

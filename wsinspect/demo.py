@@ -14,15 +14,18 @@ from __future__ import annotations
 import abc
 import argparse
 import asyncio
+import ctypes
 import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from wsproto import ConnectionType, WSConnection
@@ -265,6 +268,20 @@ DEMO_SERVER = """
 """
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _ends_with_parent() -> Callable[[], None] | None:
+    """For Popen's preexec_fn: the child gets SIGTERM when the demo dies, even by SIGKILL,
+    which leaves no chance to stop it otherwise (Linux; elsewhere, None). The libc function is
+    looked up here, before the fork."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class NginxHop:
     """A real nginx from a config written to `folder`, in the foreground as a child."""
 
@@ -304,6 +321,7 @@ class NginxHop:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                preexec_fn=_ends_with_parent(),
             )
             deadline = time.monotonic() + 5
             while self.process.poll() is None and time.monotonic() < deadline:
