@@ -86,13 +86,16 @@ async def throughput(target: int, proxy: str | None, size: int, count: int, wind
 
 
 def start_proxy(kind: str, port: int, confdir: str, capture: str) -> subprocess.Popen:
+    env = None
     if kind == "mitmdump":
         args = [str(BIN / "mitmdump"), "-q", "--listen-host", "127.0.0.1", "--listen-port",
                 str(port), "--set", f"confdir={confdir}"]
+        # mitmdump makes ~/.mitmproxy before it reads --set confdir: keep it in the temp dir.
+        env = {**os.environ, "HOME": confdir}
     else:
         args = [str(BIN / "wsinspect"), "--headless", "--listen-port", str(port), "--confdir",
                 confdir, "-w", capture]
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
 
 
 async def growth(target: int, proxy_port: int, pid: int, steps: list[int], size: int) -> list[tuple[int, int]]:
