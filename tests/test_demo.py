@@ -98,17 +98,23 @@ def test_headless_demo_records_a_healthy_a_broken_and_a_chatty_session(tmp_path,
     store.close()
 
 
-def test_demo_stops_cleanly_on_sigterm(tmp_path):
-    scratch = tmp_path / "tmp"
+def start_demo(hop: str, scratch: Path) -> subprocess.Popen:
+    """The headless demo with `scratch` as its TMPDIR, once its clients are under way."""
     scratch.mkdir()
     process = subprocess.Popen(
-        demo_command("auto"),
+        demo_command(hop),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "TMPDIR": str(scratch)},
     )
     assert "wsinspect demo: clients ->" in process.stdout.readline()
+    return process
+
+
+def test_demo_stops_cleanly_on_sigterm(tmp_path):
+    scratch = tmp_path / "tmp"
+    process = start_demo("auto", scratch)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=30)
     assert process.returncode in (0, 130)  # 0 when the scenario had already finished
@@ -121,15 +127,7 @@ def test_nginx_goes_with_the_demo_even_when_it_is_killed(tmp_path):
     """SIGKILL gives the demo no chance to stop nginx: nginx is told to end with its parent.
     (Its temporary directory stays: nothing can remove it then.)"""
     scratch = tmp_path / "tmp"
-    scratch.mkdir()
-    process = subprocess.Popen(
-        demo_command("nginx"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "TMPDIR": str(scratch)},
-    )
-    assert "wsinspect demo: clients ->" in process.stdout.readline()
+    process = start_demo("nginx", scratch)
     assert any("nginx" in p for p in processes_mentioning(str(scratch))), "nginx is running"
     process.kill()
     process.communicate(timeout=30)

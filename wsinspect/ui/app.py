@@ -49,7 +49,7 @@ def settle_heap() -> None:
     What exists once the first screen is up (mitmproxy, Textual, the widgets: ~130,000
     objects) lives as long as the app, so it is frozen out of collection. Under live traffic
     a full pass still walks everything made since (20-40 ms), and by default runs about once
-    a second at 20,000 messages a second: one every 100 young-generation passes instead.
+    a second at 20,000 messages a second: one per 100 middle-generation passes instead.
     Reference counting frees almost everything anyway; full passes only find cycles."""
     gc.freeze()
     young, middle, _ = gc.get_threshold()
