@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -32,21 +34,30 @@ COLUMNS = [
 ]
 
 
-def session_cells(session: Session, now: float) -> dict[str, Text]:
+# What new messages change in a row: no need to diagnose the session again for them
+# (37 ms for 1,000 two-hop sessions, each refresh of the counts).
+COUNT_COLUMNS = ("messages", "bytes", "duration", "last")
+
+
+def session_cells(
+    session: Session, now: float, columns: Iterable[str] | None = None
+) -> dict[str, Text]:
     right = "right"
-    status = str(session.status) if session.status is not None else "-"
-    return {
-        "id": Text(str(session.id), justify=right),
-        "state": outcome_badge(session.outcome),
-        "findings": findings_badge(session),
-        "url": Text(printable(session.url)),
-        "status": Text(status, justify=right),
-        "hops": Text(str(len(session.hops)), justify=right),
-        "messages": Text(str(session.stats.count), justify=right),
-        "bytes": Text(format_size(session.stats.bytes), justify=right),
-        "duration": Text(duration(session.duration(now)), justify=right),
-        "last": Text(clock(session.last_activity, millis=False)),
+    cells: dict[str, Callable[[], Text]] = {
+        "id": lambda: Text(str(session.id), justify=right),
+        "state": lambda: outcome_badge(session.outcome),
+        "findings": lambda: findings_badge(session),
+        "url": lambda: Text(printable(session.url)),
+        "status": lambda: Text(
+            str(session.status) if session.status is not None else "-", justify=right
+        ),
+        "hops": lambda: Text(str(len(session.hops)), justify=right),
+        "messages": lambda: Text(str(session.stats.count), justify=right),
+        "bytes": lambda: Text(format_size(session.stats.bytes), justify=right),
+        "duration": lambda: Text(duration(session.duration(now)), justify=right),
+        "last": lambda: Text(clock(session.last_activity, millis=False)),
     }
+    return {key: cells[key]() for key in (columns or cells)}
 
 
 class SessionsTable(DataTable):
@@ -68,10 +79,11 @@ class SessionsTable(DataTable):
         cells = session_cells(session, now)
         self.add_row(*(cells[key] for key, _ in COLUMNS), key=str(session.id))
 
-    def update_session(self, session: Session, now: float, columns=None) -> None:
-        cells = session_cells(session, now)
-        for key in columns or cells:
-            self.update_cell(str(session.id), key, cells[key])
+    def update_session(
+        self, session: Session, now: float, columns: Iterable[str] | None = None
+    ) -> None:
+        for key, cell in session_cells(session, now, columns).items():
+            self.update_cell(str(session.id), key, cell)
 
 
 class EmptyState(Static):
@@ -156,7 +168,7 @@ class SessionsScreen(Screen):
             return
         table, now = self.query_one(SessionsTable), self.app.clock()
         for session_id in self._counts_stale:
-            table.update_session(self.app.store.session(session_id), now)
+            table.update_session(self.app.store.session(session_id), now, COUNT_COLUMNS)
         self._counts_stale.clear()
 
     def _tick_durations(self) -> None:
