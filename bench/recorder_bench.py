@@ -63,26 +63,31 @@ async def wait_port(port: int, timeout: float = 20.0) -> None:
             await asyncio.sleep(0.05)
 
 
+async def echo_rate(ws, payload: bytes, count: int, window: int = 64) -> float:
+    """Messages per second echoed on an open connection, at most `window` in flight (each
+    message counted once: there and back)."""
+    in_flight = asyncio.Semaphore(window)
+
+    async def send():
+        for _ in range(count):
+            await in_flight.acquire()
+            await ws.send(payload)
+
+    start = time.perf_counter()
+    sender = asyncio.create_task(send())
+    for _ in range(count):
+        await ws.recv()
+        in_flight.release()
+    await sender
+    return count / (time.perf_counter() - start)
+
+
 async def throughput(target: int, proxy: str | None, size: int, count: int, window: int = 64) -> float:
-    """Echoed messages per second (each message counted once: there and back)."""
-    payload = os.urandom(size)
+    """Echoed messages per second on a new connection."""
     async with connect(
         f"ws://127.0.0.1:{target}/", proxy=proxy, max_size=None, compression=None
     ) as ws:
-        in_flight = asyncio.Semaphore(window)
-
-        async def send():
-            for _ in range(count):
-                await in_flight.acquire()
-                await ws.send(payload)
-
-        start = time.perf_counter()
-        sender = asyncio.create_task(send())
-        for _ in range(count):
-            await ws.recv()
-            in_flight.release()
-        await sender
-        return count / (time.perf_counter() - start)
+        return await echo_rate(ws, os.urandom(size), count, window)
 
 
 def start_proxy(kind: str, port: int, confdir: str, capture: str) -> subprocess.Popen:

@@ -39,7 +39,7 @@ from websockets.asyncio.client import connect
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from recorder_bench import ECHO_SERVER, free_port, wait_port  # noqa: E402
+from recorder_bench import ECHO_SERVER, echo_rate, free_port, wait_port  # noqa: E402
 
 from wsinspect.model import Hop, Message, MessageType  # noqa: E402
 from wsinspect.store import SessionStore  # noqa: E402
@@ -236,23 +236,7 @@ async def rounds(port: int, echo_port: int, size: int, count: int, n: int, maste
             await asyncio.sleep(1.0)  # the session is listed: open it, so the list follows it
             os.write(master, b"\r")
             await asyncio.sleep(1.0)
-        best = 0.0
-        for _ in range(n):
-            in_flight = asyncio.Semaphore(window)
-
-            async def send():
-                for _ in range(count):
-                    await in_flight.acquire()
-                    await ws.send(payload)
-
-            start = time.perf_counter()
-            sender = asyncio.create_task(send())
-            for _ in range(count):
-                await ws.recv()
-                in_flight.release()
-            await sender
-            best = max(best, count / (time.perf_counter() - start))
-        return best
+        return max([await echo_rate(ws, payload, count, window) for _ in range(n)])
 
 
 async def proxy_throughput(count: int, n: int, pairs: int = 3) -> dict[str, float]:
