@@ -258,6 +258,29 @@ async def test_sessions_list_follows_new_sessions_unless_the_user_moved_away(sta
         assert table.cursor_row == 3
 
 
+async def test_sessions_list_cells_widen_as_a_live_session_grows(start_proxy, echo_server):
+    """A row listed while its session is open and small keeps up when it closes and grows:
+    no cell is cut to the width it had when the row was added."""
+    proxy = await start_proxy()
+    app = WsInspectApp(proxy.store, proxy.engine)
+    async with app.run_test(size=SIZE) as pilot:
+        async with connect(f"ws://127.0.0.1:{echo_server}/grows", proxy=proxy.url) as ws:
+            await ws.send("x")
+            await ws.recv()
+            table = await wait_for(
+                lambda: next(iter(app.screen.query(SessionsTable)), None), what="the table"
+            )
+            await wait_for(lambda: table.row_count == 1, what="the session row")
+            await pilot.pause(0.3)
+            for _ in range(40):
+                await ws.send("y" * 1000)
+                await ws.recv()
+        await wait_for(lambda: proxy.store.session(1).outcome.value == "closed")
+        await pilot.pause(0.5)
+        row = next(line for line in screen_text(app).splitlines() if "/grows" in line)
+        assert " closed " in row and " 78.1 KiB " in row, row
+
+
 async def test_sessions_list_catches_up_after_the_session_view_closes(start_proxy, echo_server):
     """Under the session view the list stands still (Textual would repaint the whole screen
     above it for every change); going back shows every session and count that came meanwhile."""

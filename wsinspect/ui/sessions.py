@@ -83,7 +83,7 @@ class SessionsTable(DataTable):
         self, session: Session, now: float, columns: Iterable[str] | None = None
     ) -> None:
         for key, cell in session_cells(session, now, columns).items():
-            self.update_cell(str(session.id), key, cell)
+            self.update_cell(str(session.id), key, cell, update_width=True)
 
 
 class EmptyState(Static):
