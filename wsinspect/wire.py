@@ -252,7 +252,7 @@ class FrameParser:
 
     __slots__ = (
         "from_client", "deflate", "max_payload", "offset", "in_sync",
-        "_events", "_ts", "_head", "_remaining",
+        "_events", "_ts", "_head", "_head_ts", "_frame_ts", "_remaining",
         "_fin", "_rsv1", "_opcode", "_key", "_frame_pos", "_kind", "_faults", "_closed", "_ctl",
         "_msg_open", "_msg_type", "_msg_compressed", "_msg_tail", "_msg_failed", "_msg_frames",
         "_msg_start", "_msg_end", "_msg_faults", "_buf", "_size", "_hash", "_utf8", "_utf8_bad",
@@ -269,6 +269,7 @@ class FrameParser:
         self._events: list[WireEvent] = []
         self._ts = 0.0
         self._head = b""  # the start of a frame header split across feeds
+        self._head_ts = self._frame_ts = 0.0  # when that start, and the current frame, arrived
         self._remaining = 0  # payload bytes of the current frame still to come; 0: a header next
         self._fin = self._rsv1 = False
         self._opcode = 0
@@ -281,18 +282,17 @@ class FrameParser:
         self._msg_open = False
         self._reset_message()
         self._inflater = None
-        if deflate is not None:
-            # zlib cannot deflate with an 8-bit window and uses 9 instead (so do the peers built
-            # on it), so an 8-bit inflater could refuse their output: inflate with 9 at least.
-            if from_client:
-                bits, self._no_takeover = (deflate.client_max_window_bits,
-                                           deflate.client_no_context_takeover)
-            else:
-                bits, self._no_takeover = (deflate.server_max_window_bits,
-                                           deflate.server_no_context_takeover)
-            self._wbits = -max(bits, 9)
-        else:
+        # Inflate with the window the peer agreed to, as its receiver does. (zlib cannot deflate
+        # raw with an 8-bit window, so zlib-based peers agree to 9 at least, and its 9-bit
+        # deflate keeps distances under 251 bytes, which an 8-bit inflater takes.)
+        if deflate is None:
             self._wbits, self._no_takeover = -15, False
+        elif from_client:
+            self._wbits = -deflate.client_max_window_bits
+            self._no_takeover = deflate.client_no_context_takeover
+        else:
+            self._wbits = -deflate.server_max_window_bits
+            self._no_takeover = deflate.server_no_context_takeover
 
     @property
     def at_message_boundary(self) -> bool:
@@ -328,16 +328,16 @@ class FrameParser:
                         return
                     pos += need - len(head)
                     self._head = b""
+                    self._frame_ts = self._head_ts
                     self._header(buf, 0, base + pos)
                 else:
-                    if n - pos < 2:
-                        self._head = data[pos:]
-                        return
-                    need = _header_length(data[pos + 1])
+                    need = _header_length(data[pos + 1]) if n - pos > 1 else 2
                     if n - pos < need:
                         self._head = data[pos:]
+                        self._head_ts = self._ts
                         return
                     pos += need
+                    self._frame_ts = self._ts
                     self._header(data, pos - need, base + pos)
                 if not self.in_sync:
                     return
@@ -540,7 +540,7 @@ class FrameParser:
         self._msg_open = True
         self._msg_type = type_name
         self._msg_compressed = compressed
-        self._msg_start = self._ts
+        self._msg_start = self._frame_ts
         if compressed and self._inflater is None:
             self._inflater = zlib.decompressobj(wbits=self._wbits)
 
@@ -592,7 +592,8 @@ class FrameParser:
                                                  "before it")]
 
     def _finish_message(self, end: int, boundary: bool = True) -> None:
-        """Emit the message; boundary=False: a new data frame cut it short (reported as is)."""
+        """Emit the message; boundary=False: a new data frame cut it short (reported as is, with
+        the end of its last frame, so it is the one event whose end precedes an earlier one's)."""
         unfinished = not boundary
         faults = self._msg_faults
         if self._msg_compressed:
