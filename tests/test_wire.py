@@ -270,9 +270,11 @@ def test_window_bits_8_takes_zlib_9_bit_output_and_refuses_a_wider_window():
 
 def test_unmask_matches_bytewise_xor_and_encode_frame_is_read_by_wsproto():
     rng = random.Random(1)
-    for n in (0, 1, 3, 4, 5, 63, 64, 1000, 65537):
+    for n in (0, 1, 3, 4, 5, 63, 64, 511, 512, 513, 1000, 65537):
         data, key = rng.randbytes(n), rng.randbytes(4)
-        assert unmask(data, key) == bytes(b ^ key[i % 4] for i, b in enumerate(data))
+        expected = bytes(b ^ key[i % 4] for i, b in enumerate(data))
+        assert unmask(data, key) == wire.unmask_python(data, key) == expected
+    assert wire.unmask_c is not None  # the test environment has websockets' C extension
     server = WSConnection(ConnectionType.SERVER)
     client = WSConnection(ConnectionType.CLIENT)
     server.receive_data(client.send(wse.Request(host="h", target="/")))
