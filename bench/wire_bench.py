@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/wire_bench.py [--quick] [--gib 1]
 
-Unmasking: MB/s of `wire.unmask` at 64 B, 1 KiB and 1 MiB, beside wsproto's masker (what
-mitmproxy's WebSocket layer runs) and websockets' C extension when it is built.
+Unmasking: MB/s of `wire.unmask` (websockets' C extension when installed) and of its
+pure-Python fallback at 64 B, 1 KiB and 1 MiB, beside wsproto's masker (what mitmproxy's
+WebSocket layer runs).
 Parsing: one direction of a session (client frames masked, server frames not; deflate on or
 off) is built by wsproto's own sender and fed in 64 KiB reads, as the relay reads it, to a
 `FrameParser` and to a wsproto receiver: µs per message at 64 B and 1 KiB, MB/s at 1 MiB.
@@ -28,12 +29,8 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import XorMaskerSimple
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
+from wsinspect import wire  # noqa: E402
 from wsinspect.wire import Deflate, FrameParser, negotiated_deflate, unmask  # noqa: E402
-
-try:
-    from websockets.speedups import apply_mask
-except ImportError:
-    apply_mask = None
 
 READ = 64 * 1024
 
@@ -49,34 +46,26 @@ def best_of(fn, repeat: int = 5) -> float:
 
 
 def bench_unmask(quick: bool) -> None:
-    print("unmask, MB/s (ratio against wsproto's masker)")
+    print("unmask, MB/s (ratio: wire.unmask against wsproto's masker)")
+    print(f"  wire.unmask is {'websockets C extension' if wire.unmask_c else 'pure Python'}")
     rng = random.Random(1)
     key = rng.randbytes(4)
     for size, label in ((64, "64 B"), (1024, "1 KiB"), (1 << 20, "1 MiB")):
         data = rng.randbytes(size)
         loops = max(1, (4 << 20 if quick else 32 << 20) // size)
-        assert unmask(data, key) == XorMaskerSimple(key).process(data)
-
-        def ours():
-            for _ in range(loops):
-                unmask(data, key)
-
-        def wsproto_masker():
-            for _ in range(loops):
-                XorMaskerSimple(key).process(data)
-
-        rates = {name: size * loops / best_of(fn) / 1e6
-                 for name, fn in (("wire", ours), ("wsproto", wsproto_masker))}
-        line = (f"  {label:>6}: wire {rates['wire']:8.0f}   wsproto {rates['wsproto']:8.0f}"
-                f"   ratio {rates['wire'] / rates['wsproto']:5.2f}x")
-        if apply_mask is not None:
-            def c_mask():
+        assert wire.unmask(data, key) == wire.unmask_python(data, key) == XorMaskerSimple(
+            key).process(data)
+        rates = {}
+        for name, fn in (("wire", wire.unmask), ("python", wire.unmask_python),
+                         ("wsproto", lambda d, k: XorMaskerSimple(k).process(d))):
+            def run(fn=fn):
                 for _ in range(loops):
-                    apply_mask(data, key)
+                    fn(data, key)
 
-            c_rate = size * loops / best_of(c_mask) / 1e6
-            line += f"   (websockets' C extension {c_rate:8.0f})"
-        print(line)
+            rates[name] = size * loops / best_of(run) / 1e6
+        print(f"  {label:>6}: wire {rates['wire']:8.0f}   pure-Python fallback "
+              f"{rates['python']:6.0f}   wsproto {rates['wsproto']:6.0f}   "
+              f"ratio {rates['wire'] / rates['wsproto']:6.1f}x")
 
 
 def wsproto_pair(deflate: bool) -> tuple[WSConnection, WSConnection, Deflate | None]:
@@ -101,7 +90,8 @@ def json_like(size: int, rng: random.Random) -> str:
     """Text that compresses like typical JSON traffic (about 3:1)."""
     parts, n = [], 0
     while n < size:
-        part = f'{{"id":{rng.randint(0, 10**6)},"px":{rng.random():.6f},"sym":"S{rng.randint(0, 99)}"}}'
+        part = (f'{{"id":{rng.randint(0, 10**6)},"px":{rng.random():.6f},'
+                f'"sym":"S{rng.randint(0, 99)}"}}')
         parts.append(part)
         n += len(part)
     return "".join(parts)[:size]

@@ -274,9 +274,10 @@ class FrameParser:
     __slots__ = (
         "from_client", "deflate", "max_payload", "offset", "in_sync",
         "_events", "_ts", "_head", "_head_ts", "_frame_ts", "_remaining",
-        "_fin", "_rsv1", "_opcode", "_key", "_frame_pos", "_kind", "_faults", "_closed", "_ctl",
+        "_fin", "_opcode", "_key", "_frame_pos", "_kind", "_faults", "_closed", "_ctl",
         "_msg_open", "_msg_type", "_msg_compressed", "_msg_tail", "_msg_failed", "_msg_frames",
-        "_msg_start", "_msg_end", "_msg_faults", "_first", "_buf", "_size", "_hash", "_utf8", "_utf8_bad",
+        "_msg_start", "_msg_end", "_msg_faults", "_msg_wire", "_first", "_buf", "_size", "_hash", "_utf8",
+        "_utf8_bad",
         "_inflater", "_wbits", "_no_takeover",
     )  # fmt: skip
 
@@ -292,7 +293,7 @@ class FrameParser:
         self._head = b""  # the start of a frame header split across feeds
         self._head_ts = self._frame_ts = 0.0  # when that start, and the current frame, arrived
         self._remaining = 0  # payload bytes of the current frame still to come; 0: a header next
-        self._fin = self._rsv1 = False
+        self._fin = False
         self._opcode = 0
         self._key: bytes | None = None
         self._frame_pos = 0
@@ -300,7 +301,6 @@ class FrameParser:
         self._faults: list[tuple[str, str]] | None = None
         self._closed = False
         self._ctl = bytearray()
-        self._msg_open = False
         self._reset_message()
         self._inflater = None
         # Inflate with the window the peer agreed to, as its receiver does. (zlib cannot deflate
@@ -398,7 +398,8 @@ class FrameParser:
     def _whole_frames(self, data: bytes, pos: int, n: int, base: int) -> int:
         """Parse the frames at data[pos:] that are whole, rule-abiding, unfragmented messages
         or pings and pongs within the cap: the common case, without the per-frame state of
-        `_header`; returns where it stopped, at anything else."""
+        `_header` (a compressed one may still report an inflate failure, or inflate past the
+        cap); returns where it stopped, at anything else."""
         if self._msg_open or self._closed:
             return pos
         events = self._events
@@ -444,6 +445,17 @@ class FrameParser:
                     kind = "binary"
                 events.append(DataMessage(from_client, ts, base + end, True, kind, length,
                                           payload, None, False, 1, ts))
+            elif (b0 == 0xC1 or b0 == 0xC2) and self.deflate is not None:
+                payload = data[start:end]
+                if mask_bit:
+                    payload = unmask(payload, key)
+                self._frame_ts = ts
+                self._start_message("text" if b0 == 0xC1 else "binary", True)
+                self._msg_wire = length
+                self._msg_tail = True
+                self._inflate(payload + DEFLATE_TAIL)
+                self._msg_frames = 1
+                self._finish_message(base + end)
             elif (b0 == 0x89 or b0 == 0x8A) and length < 126:
                 payload = data[start:end]
                 if mask_bit:
@@ -489,7 +501,8 @@ class FrameParser:
                 faults = (faults or []) + [(CLIENT_UNMASKED, "mask bit clear on a client frame")]
         fin = bool(b0 & 0x80)
         rsv = b0 & 0x70
-        if rsv or opcode not in KNOWN_OPCODES or (opcode & 8 and (not fin or length > 125)):
+        if ((rsv and (rsv != 0x40 or self.deflate is None or opcode not in (TEXT, BINARY)))
+                or opcode not in KNOWN_OPCODES or (opcode & 8 and (not fin or length > 125))):
             faults = self._header_faults(faults or [], fin, rsv, opcode, length)
             if len(faults) >= GARBAGE_FAULTS:
                 self._emit_faults(faults, opcode, end, False)
@@ -525,6 +538,8 @@ class FrameParser:
                 self._start_message("binary", False)
         else:
             self._kind = _SKIP
+        if self._kind == _DATA:
+            self._msg_wire += length
         self._faults = faults
         if not length:
             self._frame_end(end)
@@ -610,6 +625,7 @@ class FrameParser:
         self._msg_type = "binary"
         self._msg_compressed = self._msg_tail = self._msg_failed = False
         self._msg_frames = 0
+        self._msg_wire = 0  # payload bytes of its frames as sent (compressed, if it is)
         self._msg_start = 0.0
         self._msg_end = 0
         self._msg_faults: list[tuple[str, str]] | None = None
@@ -696,8 +712,7 @@ class FrameParser:
                     return
         except zlib.error as exc:
             self._msg_failed = True
-            self._msg_faults = [(INFLATE_FAILED, f"zlib: {exc}; {self._size} bytes inflated "
-                                                 "before it")]
+            self._msg_faults = [(INFLATE_FAILED, f"zlib: {exc}")]
 
     def _finish_message(self, end: int, boundary: bool = True) -> None:
         """Emit the message; boundary=False: a new data frame cut it short (reported as is, with
@@ -709,6 +724,13 @@ class FrameParser:
                 self._inflate(DEFLATE_TAIL)
             if self._no_takeover or self._msg_failed or unfinished or self._inflater.eof:
                 self._inflater = None  # a fresh window for the next message
+        if self._msg_failed:
+            # How much inflated before the error depends on how the bytes were split into
+            # reads; report none of it, so the record does not depend on that.
+            faults = [(rule, f"{detail}; {self._msg_wire} compressed bytes in "
+                             f"{self._msg_frames} frames, reported with no payload")
+                      for rule, detail in faults]
+            self._first, self._buf, self._size, self._hash = b"", None, 0, None
         payload = self._kept()
         digest = self._hash
         if self._msg_type == "text" and not unfinished and not self._msg_failed:
