@@ -593,6 +593,10 @@ def test_feed_never_raises_and_chunking_never_matters(parts, cuts, from_client, 
     assert not [e for e in events if isinstance(e, SyncLost) and "parser error" in e.detail]
     ends = [e.end for e in events if e.boundary or not isinstance(e, DataMessage)]
     assert ends == sorted(ends) and all(0 < e.end <= len(data) for e in events)
+    for end in {e.end for e in events if e.boundary}:  # where the relay may inject
+        prefix = FrameParser(from_client, deflate, max_payload=cap)
+        prefix.feed(data[:end], T)
+        assert prefix.at_message_boundary
 
 
 def test_compressed_random_messages_in_random_chunks():
