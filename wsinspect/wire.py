@@ -49,7 +49,7 @@ FRAME_AFTER_CLOSE = "RFC 6455 §5.5.1: frame sent after a Close frame"
 
 # A header breaking this many framing rules at once is taken for garbage, not a frame.
 GARBAGE_FAULTS = 3
-INFLATE_CHUNK = 64 * 1024  # most bytes one zlib call may produce (deflate-bomb bound)
+INFLATE_CHUNK = 256 * 1024  # most bytes one zlib call may produce (deflate-bomb bound)
 UTF8_CHUNK = 64 * 1024  # most bytes decoded at once to validate UTF-8
 DEFLATE_TAIL = b"\x00\x00\xff\xff"  # RFC 7692 §7.2.2: appended before inflating a message
 
