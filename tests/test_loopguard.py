@@ -19,6 +19,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.conftest import mitmdump, wait_for
+from tests.netns_lab import GATEWAY_CLIENT_ADDR, SERVER_ADDR, make_lab
 from wsinspect.engine import Engine
 from wsinspect.loopguard import landing_address
 from wsinspect.store import SessionStore
@@ -80,7 +81,8 @@ def refuse_every_spelling(port: int, spellings: list[str], listener: str = "127.
 
 
 async def echo_through(proxy_port: int, echo_port: int, text: str) -> str:
-    async with connect(f"ws://127.0.0.1:{echo_port}/", proxy=f"http://127.0.0.1:{proxy_port}") as ws:
+    url, proxy = f"ws://127.0.0.1:{echo_port}/", f"http://127.0.0.1:{proxy_port}"
+    async with connect(url, proxy=proxy) as ws:
         await ws.send(text)
         return await ws.recv()
 
@@ -144,7 +146,8 @@ async def test_a_listener_on_every_ipv6_address_refuses_its_own_addresses(tmp_pa
         # The IPv6-only listener does not take IPv4: 127.0.0.1 at its port is not the proxy, and
         # the connection fails as any unreachable server does.
         authority = f"127.0.0.1:{port}"
-        answer = await asyncio.to_thread(ask, port, upgrade(f"http://{authority}/", authority), "::1")
+        head = upgrade(f"http://{authority}/", authority)
+        answer = await asyncio.to_thread(ask, port, head, "::1")
         assert answer.startswith("HTTP/1.1 502") and "this proxy itself" not in answer, answer
     finally:
         await engine.stop()
@@ -183,7 +186,9 @@ def run_and_refuse(argv: list[str], ready: str, port: int, echo_port: int, captu
     store.close()
 
 
-def test_wsinspect_headless_refuses_itself_and_stops_cleanly(tmp_path, confdir, echo_server_thread):
+def test_wsinspect_headless_refuses_itself_and_stops_cleanly(
+    tmp_path, confdir, echo_server_thread
+):
     port = free_port()
     argv = [
         sys.executable, "-m", "wsinspect", "--headless", "-w", str(tmp_path / "cap.db"),
@@ -215,3 +220,50 @@ def echo_server_thread():
         thread.start()
         yield server.socket.getsockname()[1]
         server.shutdown()
+
+
+LOOP_CLIENT = """
+import socket, sys
+port, target = sys.argv[1:]
+with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as s:
+    s.sendall(
+        f"GET http://{target}/ HTTP/1.1\\r\\nHost: {target}\\r\\nUpgrade: websocket\\r\\n"
+        "Connection: Upgrade\\r\\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\n"
+        "Sec-WebSocket-Version: 13\\r\\n\\r\\n".encode()
+    )
+    print((s.recv(1000).decode() or "closed").splitlines()[0])
+"""
+
+
+@pytest.mark.netns
+def test_a_loop_through_a_nat_rule_ends_at_its_first_turn(request, tmp_path):
+    """A destination that is not the proxy by any address, sent back to it by a NAT rule on
+    the proxy's host: resolving beforehand cannot see it; the connection arriving from the
+    proxy's own outgoing end is closed, so the loop ends after one turn."""
+    lab = make_lab(request)
+    port = 8083
+    lab.exec(
+        lab.gateway, "iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", SERVER_ADDR,
+        "--dport", "9999", "-j", "DNAT", "--to-destination", f"{GATEWAY_CLIENT_ADDR}:{port}",
+    )  # fmt: skip
+    proxy = lab.start(
+        lab.gateway, *lab.wsinspect(
+            "--headless", "-w", str(tmp_path / "cap.db"), "--listen-host", "0.0.0.0",
+            "--listen-port", str(port), "--confdir", str(tmp_path / "conf"),
+        ),
+    )  # fmt: skip
+    proxy.wait_line("recording to")
+    for _ in range(3):
+        answer = lab.python(
+            lab.gateway, "-c", LOOP_CLIENT, str(port), f"{SERVER_ADDR}:9999", check=False
+        )
+        assert answer.stdout.strip().startswith("HTTP/1.1 502"), answer.stderr + proxy.output()
+    assert proxy.stop() == 0, proxy.output()
+    assert "Traceback" not in proxy.output(), proxy.output()
+    store = SessionStore.open(tmp_path / "cap.db")
+    # Three requests, three failed sessions: each looped once (the proxy's own request was cut
+    # before the proxy read it, so it is no session) and ended there.
+    sessions = store.sessions()
+    assert [s.url for s in sessions] == [f"ws://{SERVER_ADDR}:9999/"] * 3
+    assert all(s.first_hop.error for s in sessions)
+    store.close()

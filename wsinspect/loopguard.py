@@ -23,6 +23,7 @@ import asyncio
 import ipaddress
 import logging
 import socket
+import time
 
 from mitmproxy import connection, ctx
 from mitmproxy.proxy import server_hooks
@@ -30,6 +31,7 @@ from mitmproxy.proxy import server_hooks
 logger = logging.getLogger("wsinspect")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_CONNECT_SETTLE = 0.1  # seconds a connection from this host waits for a server connection
 
 
 def landing_address(host: str) -> IPAddress | None:
@@ -71,11 +73,14 @@ class LoopGuard:
         # one of them is this proxy connecting to itself. Not the peer's end: after a NAT rule
         # on this host, the server connection names the destination before translation.
         self._outgoing: set[tuple[IPAddress | None, int]] = set()
+        # Server connections being opened (id -> (connection, when)). Their own end is known
+        # once the connection is made, which may be just after the other end is accepted.
+        self._connecting: dict[str, tuple[connection.Server, float]] = {}
 
-    def client_connected(self, client: connection.Client) -> None:
+    async def client_connected(self, client: connection.Client) -> None:
         """Close a connection that this proxy made to itself, or a transparent one whose
         original destination is the proxy (it was not redirected)."""
-        if _endpoint(client.peername) in self._outgoing:
+        if await self._from_this_proxy(client.peername):
             client.error = "this proxy connected to itself"
             logger.warning(
                 f"wsinspect: closed a connection from this proxy to its own listener "
@@ -92,11 +97,30 @@ class LoopGuard:
                 f"listener {_format(client.sockname)}: it was not redirected"
             )
 
+    async def _from_this_proxy(self, peername: tuple | None) -> bool:
+        """Whether `peername` is the own end of one of this proxy's server connections. One
+        that is still being made is waited for a moment: the kernel completes both ends of a
+        connection to this host at once, the event loop sees them in either order."""
+        peer = _endpoint(peername)
+        if peer[0] is None or not is_own_address(peer[0]):
+            return False
+        deadline = time.monotonic() + _CONNECT_SETTLE
+        while peer not in self._outgoing:
+            now = time.monotonic()
+            connecting = [s for s, since in self._connecting.values() if now - since < 1.0]
+            if any(_endpoint(s.sockname) == peer for s in connecting):
+                return True
+            if not connecting or now > deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         """Refuse a destination that is one of the proxy's listeners, however it is spelled.
         mitmproxy's guard may have refused it already, in words that do not say why."""
         if not data.server.address:
             return
+        self._connecting[data.server.id] = (data.server, time.monotonic())
         host, port = data.server.address[:2]
         protocol = data.server.transport_protocol
         if not self._listener_at([], port, protocol, any_address=True):
@@ -112,8 +136,12 @@ class LoopGuard:
         logger.warning(f"wsinspect: {data.server.error}")
 
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        self._connecting.pop(data.server.id, None)
         if data.server.sockname:
             self._outgoing.add(_endpoint(data.server.sockname))
+
+    def server_connect_error(self, data: server_hooks.ServerConnectionHookData) -> None:
+        self._connecting.pop(data.server.id, None)
 
     def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
         if data.server.sockname:
