@@ -87,6 +87,11 @@ async def echo_through(proxy_port: int, echo_port: int, text: str) -> str:
         return await ws.recv()
 
 
+def refusals(store: SessionStore) -> list:
+    """The recorded sessions the loop guard refused."""
+    return [s for s in store.sessions() if "this proxy itself" in (s.first_hop.error or "")]
+
+
 def open_fds(pid: int | None = None) -> int:
     return len(os.listdir(f"/proc/{pid or 'self'}/fd"))
 
@@ -120,9 +125,7 @@ async def test_every_spelling_of_the_proxy_is_refused_and_others_are_served(
         assert answer in ("", "reset")
         assert await echo_through(port, echo_server, "after") == "after"
         await wait_for(lambda: open_fds() <= fds + 2, 5, "the refused connections' fds closed")
-        refused = await wait_for(
-            lambda: [s for s in store.sessions() if "this proxy itself" in (s.first_hop.error or "")]
-        )
+        refused = await wait_for(lambda: refusals(store))
         assert len(refused) == len(IPV4_SPELLINGS)  # each upgrade request
         assert {s.first_hop.url.split("/")[2] for s in refused} >= {
             f"{spelling}:{port}" for spelling in IPV4_SPELLINGS if ":" not in spelling
@@ -181,8 +184,7 @@ def run_and_refuse(argv: list[str], ready: str, port: int, echo_port: int, captu
     assert process.returncode == 0, output
     assert "Traceback" not in output and "closed database" not in output, output
     store = SessionStore.open(capture)
-    refused = [s for s in store.sessions() if "this proxy itself" in (s.first_hop.error or "")]
-    assert len(refused) == len(IPV4_SPELLINGS), output
+    assert len(refusals(store)) == len(IPV4_SPELLINGS), output
     store.close()
 
 
