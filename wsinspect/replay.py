@@ -549,14 +549,14 @@ class _Replayer:
         try:
             self.ws.receive_data(head + b"\r\n\r\n" + rest)
             events = list(self.ws.events())
-        except (RemoteProtocolError, ValueError) as e:
-            raise ReplayError(f"{self._peer} answered the upgrade wrongly: {e}") from None
         except UnicodeError:  # wsproto reads the subprotocol and extensions as ASCII
             bad = next(((k, v) for k, v in headers if not v.isascii()), ("a header", ""))
             raise ReplayError(
                 f"{self._peer} answered the upgrade with a header that is not ASCII: "
                 f"{bad[0]}: {bad[1]}"
             ) from None
+        except (RemoteProtocolError, ValueError) as e:
+            raise ReplayError(f"{self._peer} answered the upgrade wrongly: {e}") from None
         if self.via and self.hop.outcome is Outcome.FAILED:
             # mitmproxy answered for a server it could not reach; its recorder kept why.
             error = self.hop.error or "no answer"
@@ -645,7 +645,8 @@ class _Replayer:
                 self.activity.set()
             elif isinstance(event, ws_events.Ping):
                 self._record(False, MessageType.PING, bytes(event.payload))
-                self._send(event.response())
+                if self.ws.state is ConnectionState.OPEN:  # not once a close was sent
+                    self._send(event.response())
             elif isinstance(event, ws_events.Pong):
                 self._record(False, MessageType.PONG, bytes(event.payload))
             elif isinstance(event, ws_events.CloseConnection):
