@@ -132,8 +132,8 @@ async def test_every_spelling_of_the_proxy_is_refused_and_others_are_served(
         }
         sessions = store.sessions()
         assert len(sessions) == len(refused) + 2  # the two echoes, and nothing looped
-        refusals = [r for r in engine.logs.records if r.message.startswith("wsinspect: refused")]
-        assert len(refusals) == len(IPV4_SPELLINGS) * 2 + 1  # absolute form, CONNECT; reverse
+        logged = [r for r in engine.logs.records if r.message.startswith("wsinspect: refused")]
+        assert len(logged) == len(IPV4_SPELLINGS) * 2 + 1  # absolute form, CONNECT; reverse
     finally:
         await engine.stop()
         store.close()
