@@ -550,10 +550,11 @@ class _Replayer:
             self.ws.receive_data(head + b"\r\n\r\n" + rest)
             events = list(self.ws.events())
         except UnicodeError:  # wsproto reads the subprotocol and extensions as ASCII
-            bad = next(((k, v) for k, v in headers if not v.isascii()), ("a header", ""))
+            name, value = next(((k, v) for k, v in headers if not v.isascii()), ("a header", ""))
+            shown = value.encode("latin-1").decode("utf-8", "replace")
             raise ReplayError(
                 f"{self._peer} answered the upgrade with a header that is not ASCII: "
-                f"{bad[0]}: {bad[1]}"
+                f"{name}: {shown}"
             ) from None
         except (RemoteProtocolError, ValueError) as e:
             raise ReplayError(f"{self._peer} answered the upgrade wrongly: {e}") from None
