@@ -32,6 +32,7 @@ logger = logging.getLogger("wsinspect")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _CONNECT_SETTLE = 0.1  # seconds a connection from this host waits for a server connection
+_CONNECT_AGE = 1.0  # a server connection still being made after this is not one to itself
 
 
 def landing_address(host: str) -> IPAddress | None:
@@ -107,7 +108,7 @@ class LoopGuard:
         deadline = time.monotonic() + _CONNECT_SETTLE
         while peer not in self._outgoing:
             now = time.monotonic()
-            connecting = [s for s, since in self._connecting.values() if now - since < 1.0]
+            connecting = [s for s, t in self._connecting.values() if now - t < _CONNECT_AGE]
             if any(_endpoint(s.sockname) == peer for s in connecting):
                 return True
             if not connecting or now > deadline:
@@ -120,7 +121,10 @@ class LoopGuard:
         mitmproxy's guard may have refused it already, in words that do not say why."""
         if not data.server.address:
             return
-        self._connecting[data.server.id] = (data.server, time.monotonic())
+        now = time.monotonic()
+        for key in [k for k, (_, t) in self._connecting.items() if now - t > _CONNECT_AGE]:
+            del self._connecting[key]  # also drops a connect that was cancelled
+        self._connecting[data.server.id] = (data.server, now)
         host, port = data.server.address[:2]
         protocol = data.server.transport_protocol
         if not self._listener_at([], port, protocol, any_address=True):
