@@ -4,6 +4,8 @@ removes exactly what setup added."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.netns_lab import GATEWAY_CLIENT_ADDR, GATEWAY_SERVER_ADDR, Lab, make_lab
@@ -52,9 +54,13 @@ def check(lab: Lab, *args: str):
 
 @pytest.mark.netns
 def test_setup_then_teardown_leaves_the_gateway_exactly_as_it_was(lab):
-    # Someone's own rule, which teardown must leave alone.
+    # Someone's own rules, which teardown must leave alone, one even commented "wsinspect".
     iptables(lab, "-A", "PREROUTING", "-p", "tcp", "--dport", "9999", "-j", "REDIRECT",
              "--to-ports", "9998")  # fmt: skip
+    iptables(lab, "-A", "PREROUTING", "-i", lab.gateway_client_if, "-p", "tcp", "--dport", "80",
+             "-m", "comment", "--comment", "wsinspect", "-j", "REDIRECT", "--to-ports", "8081")
+    iptables(lab, "-A", "OUTPUT", "-p", "tcp", "--dport", "7000", "-m", "comment",
+             "--comment", "wsinspect", "-j", "REDIRECT", "--to-ports", "7001")  # fmt: skip
     before_rules, before_sysctls = nat(lab), sysctls(lab)
     assert before_sysctls["net/ipv4/ip_forward"] == "0"
 
@@ -65,8 +71,9 @@ def test_setup_then_teardown_leaves_the_gateway_exactly_as_it_was(lab):
         )  # fmt: skip
     assert "+ sysctl" not in setup.stdout and "+ iptables" not in setup.stdout
     rules = nat(lab)
+    tag = re.search(r'--comment "?rules=(wsinspect:[0-9a-f]{8})', rules).group(1)
     for port in ("80", "443", "8000:8100"):
-        assert rules.count(f"--dport {port} -m comment --comment wsinspect") == 1
+        assert rules.count(f'--dport {port} -m comment --comment "{tag}" ') == 1
     assert set(sysctls(lab).values()) == {"1", "0"} and sysctls(lab)["net/ipv4/ip_forward"] == "1"
     result = check(lab, "--listen-port", "8081")
     assert result.returncode == 0, result.stdout
@@ -77,8 +84,66 @@ def test_setup_then_teardown_leaves_the_gateway_exactly_as_it_was(lab):
     assert "+ sysctl -w net.ipv4.ip_forward=0" in teardown.stdout
     assert nat(lab) == before_rules
     assert sysctls(lab) == before_sysctls
+    assert "left 2 nat rule(s) commented 'wsinspect' that setup did not record" in teardown.stdout
     again = lab.run_wsinspect(lab.gateway, "gateway", "teardown")
     assert again.stdout.startswith("nothing to remove")
+
+
+@pytest.mark.netns
+def test_setup_on_a_vlan_interface_uses_its_sysctl_and_teardown_undoes_it(lab):
+    """sysctl names write the dot in `eth0.100` as a slash; /proc/sys has the dot. The name,
+    not the link type, decides the path: the interface is a veth named as VLANs are (the
+    lab's kernels need not have 802.1Q)."""
+    vlan = f"{lab.gateway_client_if}.100"
+    lab.exec(lab.gateway, "ip", "link", "add", "name", vlan, "type", "veth", "peer", "name",
+             f"{lab.gateway_client_if}.101")  # fmt: skip
+    lab.exec(lab.gateway, "ip", "link", "set", vlan, "up")
+    redirects = f"/proc/sys/net/ipv4/conf/{vlan}/send_redirects"
+    before_rules = nat(lab)
+    assert lab.exec(lab.gateway, "cat", redirects).stdout.strip() == "1"
+
+    setup = lab.run_wsinspect(
+        lab.gateway, "gateway", "setup", "--interface", vlan, "--listen-port", "8081"
+    )
+    name = f"net.ipv4.conf.{lab.gateway_client_if}/100.send_redirects"
+    assert f"+ sysctl -w {name}=0" in setup.stdout
+    assert lab.exec(lab.gateway, "cat", redirects).stdout.strip() == "0"
+    assert re.search(
+        rf'-A PREROUTING -i {re.escape(vlan)} -p tcp -m tcp --dport 80 -m comment '
+        r'--comment "wsinspect:[0-9a-f]{8}" -j REDIRECT --to-ports 8081', nat(lab),
+    )
+    result = check(lab, "--listen-port", "8081")
+    assert result.returncode == 0, result.stdout
+    # The name sysctl(8) takes, as the preflight prints it in its fixes.
+    assert lab.exec(lab.gateway, "sysctl", "-n", name).stdout.strip() == "0"
+
+    lab.run_wsinspect(lab.gateway, "gateway", "teardown")
+    assert lab.exec(lab.gateway, "cat", redirects).stdout.strip() == "1"
+    assert nat(lab) == before_rules
+
+
+@pytest.mark.netns
+def test_a_setup_that_fails_half_way_leaves_nothing_changed(lab):
+    """The client side's send_redirects is read-only (a bind mount in a mount namespace of the
+    setup's own): setup fails after turning forwarding on and the `all` redirects off, and
+    takes both back."""
+    before = nat(lab), sysctls(lab)
+    assert before[1]["net/ipv4/ip_forward"] == "0"
+    readonly = f"/proc/sys/net/ipv4/conf/{lab.gateway_client_if}/send_redirects"
+    script = (
+        f"mount --bind {readonly} {readonly} && mount -o remount,bind,ro {readonly} && "
+        f"exec {' '.join(lab.wsinspect('gateway', 'setup'))} "
+        f"--interface {lab.gateway_client_if} --listen-port 8081"
+    )
+    result = lab.exec(lab.gateway, "unshare", "-m", "sh", "-c", script, check=False)
+    assert result.returncode == 1
+    assert "+ sysctl -w net.ipv4.ip_forward=1" in result.stdout
+    assert "+ sysctl -w net.ipv4.ip_forward=0" in result.stdout  # taken back
+    assert result.stderr == (
+        f"wsinspect gateway: cannot set net.ipv4.conf.{lab.gateway_client_if}.send_redirects: "
+        "Read-only file system (run as root); nothing was changed\n"
+    )
+    assert (nat(lab), sysctls(lab)) == before
 
 
 @pytest.mark.netns

@@ -4,16 +4,19 @@ real websockets servers (an echo server, a stateful counter, one that refuses th
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import http
 import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 
-from wsinspect.model import Message, MessageType, Outcome, header_value
+from wsinspect.model import Hop, Message, MessageType, Outcome, header_value
 from wsinspect.replay import ProxyRoute, ReplayPlan, compare, rebuilt_headers, replay
 from wsinspect.resend import SessionClosedError
 from wsinspect.store import SessionStore
@@ -312,3 +315,201 @@ def test_hop_by_hop_headers_are_rebuilt():
         ("Cookie", "c=1"), ("Authorization", "Bearer t"), ("Origin", "http://o")
     ]
     assert rebuilt_headers(headers, ["cookie", "Authorization"]) == [("Origin", "http://o")]
+
+
+# ----- hostile servers (raw sockets) --------------------------------------------------------
+
+
+def server_frame(opcode: int, payload: bytes) -> bytes:
+    """One unmasked, final frame from a server."""
+    size = len(payload)
+    if size < 126:
+        length = bytes([size])
+    elif size < 65536:
+        length = bytes([126]) + size.to_bytes(2, "big")
+    else:
+        length = bytes([127]) + size.to_bytes(8, "big")
+    return bytes([0x80 | opcode]) + length + payload
+
+
+class RawServer:
+    """A server on a raw socket that accepts any upgrade (with `extra_headers`, raw bytes) and
+    then runs `behave(reader, writer)`."""
+
+    def __init__(self, behave, extra_headers: bytes = b"") -> None:
+        self.behave = behave
+        self.extra_headers = extra_headers
+
+    async def _handle(self, reader, writer) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = re.search(rb"(?i)sec-websocket-key: *(\S+)", head).group(1)
+        accept = base64.b64encode(
+            hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+        )
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n" + self.extra_headers + b"\r\n"
+        )
+        try:
+            await self.behave(reader, writer)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def __aenter__(self) -> RawServer:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._server.close()
+
+
+def crafted_capture(path: Path, url: str, messages: list[Message]) -> int:
+    """A capture holding one closed session to `url` with `messages`, as a file handed to the
+    user would."""
+    store = SessionStore(path)
+    hop = Hop(
+        mode="regular", url=url, request_line="GET / HTTP/1.1", http_version="HTTP/1.1",
+        request_headers=[("Host", "127.0.0.1")], timestamp_start=1.0, response_status=101,
+        timestamp_response=1.0, outcome=Outcome.CLOSED,
+    )  # fmt: skip
+    store.add_hop(hop)
+    for m in messages:
+        store.add_message(hop, m)
+    store.close()
+    return hop.session_id
+
+
+async def test_a_server_that_keeps_the_connection_busy_is_stopped_at_the_deadline(tmp_path):
+    async def pings_only(reader, writer):
+        while not writer.is_closing():
+            writer.write(server_frame(0x9, b"still here"))
+            await asyncio.sleep(0.05)
+
+    async def chatters(reader, writer):
+        while not writer.is_closing():
+            writer.write(server_frame(0x1, b"tick") + server_frame(0x9, b""))
+            await asyncio.sleep(0.05)
+
+    capture = tmp_path / "original.db"
+    for extra in ([], ["--direct"]):
+        async with RawServer(pings_only) as server:
+            url = f"ws://127.0.0.1:{server.port}/"
+            session_id = crafted_capture(capture, url, [message("hi", True), message("hi")])
+            # Pings are not answers: the missing one is reported as soon as the server has
+            # been quiet for --wait, the deadline is not needed.
+            code, out, err = await wsinspect_replay(
+                str(capture), str(session_id), "--wait", "0.5", "--deadline", "20", *extra
+            )
+            assert code == 1, out + err
+            assert "- missing: original #1 text \"hi\"" in out
+        capture.unlink()
+        async with RawServer(chatters) as server:
+            url = f"ws://127.0.0.1:{server.port}/"
+            session_id = crafted_capture(capture, url, [message("hi", True), message("hi")])
+            started = time.monotonic()
+            code, out, err = await wsinspect_replay(
+                str(capture), str(session_id), "--deadline", "1.5", *extra
+            )
+            assert time.monotonic() - started < 15
+            assert code == 2, out + err
+            assert "Traceback" not in err
+            assert re.search(
+                r"^wsinspect: replay failed: the replay did not finish within its 1\.5s "
+                rf"deadline \(--deadline SECONDS\): 127\.0\.0\.1:{server.port} kept the connection "
+                r"busy \(\d+ answers, 1 expected\)$", err, re.MULTILINE,
+            ), err
+        capture.unlink()
+
+
+async def test_a_huge_answer_is_kept_capped_and_hashed(tmp_path):
+    size = 40 * 1024 * 1024
+    huge = bytes(range(256)) * (size // 256)
+
+    async def sends_huge(reader, writer):
+        await reader.read(100)  # the client's message
+        writer.write(server_frame(0x2, huge))
+        await writer.drain()
+        await reader.read()
+
+    capture = tmp_path / "original.db"
+    for extra in ([], ["--direct"]):
+        async with RawServer(sends_huge) as server:
+            url = f"ws://127.0.0.1:{server.port}/"
+            original = Message(
+                from_client=False, type=MessageType.BINARY, size=size, payload=huge[:10],
+                timestamp=2.0, sha256=hashlib.sha256(huge).hexdigest(),
+            )  # fmt: skip
+            session_id = crafted_capture(capture, url, [message("go", True), original])
+            replayed = tmp_path / "replay.db"
+            code, out, err = await wsinspect_replay(
+                str(capture), str(session_id), "-w", str(replayed), "--wait", "5", *extra
+            )
+            assert code == 0, out + err  # identified by size and SHA-256, as the original
+            store = SessionStore.open(replayed)
+            answer = next(
+                m for m in store.messages(store.sessions()[0].id, 0, 10)
+                if not m.from_client and m.type is MessageType.BINARY
+            )
+            assert answer.size == size and answer.truncated
+            assert len(answer.payload) == store.max_payload
+            assert answer.payload == huge[: store.max_payload]
+            assert answer.sha256 == original.sha256
+            store.close()
+        capture.unlink()
+        replayed.unlink()
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"Sec-WebSocket-Protocol: ch\xc3\xa9\x1b]0;owned\x07\r\n",
+        b"Sec-WebSocket-Extensions: permessage-deflate; x=\xe9\x1b[2J\r\n",
+    ],
+)
+async def test_a_non_ascii_handshake_answer_is_one_line_and_exit_2(tmp_path, header):
+    async def idle(reader, writer):
+        await reader.read()
+
+    capture = tmp_path / "original.db"
+    for extra in ([], ["--direct"]):
+        async with RawServer(idle, extra_headers=header) as server:
+            url = f"ws://127.0.0.1:{server.port}/"
+            session_id = crafted_capture(capture, url, [message("hi", True), message("hi")])
+            code, out, err = await wsinspect_replay(str(capture), str(session_id), *extra)
+        assert code == 2, out + err
+        assert "Traceback" not in err and "\x1b" not in err + out, err
+        name, value = header.decode("utf-8", "replace").strip().split(": ")
+        shown = value.replace("\x1b", "\\x1b").replace("\x07", "\\x07")
+        assert err.splitlines()[0] == (
+            f"wsinspect: replay failed: 127.0.0.1:{server.port} answered the upgrade with a "
+            f"header that is not ASCII: {name}: {shown}"
+        ), err
+        capture.unlink()
+
+
+async def test_the_recorded_url_is_printed_escaped(tmp_path):
+    async with Server(echo) as server:
+        capture = tmp_path / "original.db"
+        url = f"ws://127.0.0.1:{server.port}/\x1b]0;owned\x07\x1b[2J"
+        session_id = crafted_capture(capture, url, [message("hi", True), message("hi")])
+        code, out, err = await wsinspect_replay(str(capture), str(session_id), "--direct")
+    assert "\x1b" not in out + err and "\x07" not in out + err
+    shown = f"ws://127.0.0.1:{server.port}/\\x1b]0;owned\\x07\\x1b[2J"
+    assert f"replaying session #{session_id} to {shown}" in out
+
+
+async def test_injected_messages_are_not_expected_as_answers(tmp_path):
+    async with Server(echo) as server:
+        capture = tmp_path / "original.db"
+        injected = message("from wsinspect")
+        injected.injected = True
+        session_id = crafted_capture(
+            capture, f"ws://127.0.0.1:{server.port}/",
+            [message("hi", True), message("hi"), injected],
+        )  # fmt: skip
+        code, out, err = await wsinspect_replay(str(capture), str(session_id), "--direct")
+    assert code == 0, out + err
+    assert "1 match, 0 differ, 0 missing, 0 extra" in out

@@ -1,27 +1,31 @@
 """`wsinspect gateway setup|teardown|check`: make this Linux host a lab gateway for
 transparent mode, and later remove exactly what was added.
 
-Setup turns IP forwarding on, ICMP redirects off and adds one nat REDIRECT rule per port, each
-tagged with the comment "wsinspect". The sysctl values it changed are remembered in the
-network namespace they belong to: as comments of an nat chain nothing jumps to (so no packet
-ever passes it), which is gone when the namespace is, or at reboot like the values themselves.
-Teardown deletes the tagged rules, puts those values back and deletes the chain.
+Setup turns IP forwarding on, ICMP redirects off and adds one nat REDIRECT rule per port. What
+it did is recorded in the network namespace it belongs to, as comments of an nat chain nothing
+jumps to (so no packet ever passes it), which is gone when the namespace is, or at reboot like
+what it records: the sysctl values before setup changed them, and the tag its rules carry as
+their comment, "wsinspect:" and an id chosen at the first setup. Teardown deletes the rules
+with that tag only (a rule of someone else's commented "wsinspect" stays), puts those values
+back and deletes the chain. A setup that fails half-way undoes what it did before failing.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import secrets
 import shlex
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import preflight
 from .engine import DEFAULT_LISTEN_PORT
 
 RESTORE_CHAIN = "wsinspect-restore"  # rules: -m comment --comment NAME=VALUE-before-setup
+TAG_KEY = "rules"  # the restore chain's comment "rules=TAG" names the tag of setup's rules
 
 
 class GatewayError(Exception):
@@ -44,14 +48,37 @@ def _iptables(action: str, *rule: str, quiet: bool = False) -> bool:
     return result.returncode == 0
 
 
-def _saved_sysctls(nat: str) -> dict[str, str]:
-    """sysctl name -> its value before setup, from the restore chain of `iptables -t nat -S`."""
-    saved = {}
+def _recorded(nat: str) -> tuple[str | None, dict[str, str]]:
+    """What setup recorded in the restore chain (from `iptables -t nat -S`): the tag of the
+    rules it added, and each sysctl name -> its value before setup."""
+    tag, saved = None, {}
     for chain, options, _ in preflight.parse_rules(nat):
-        name, _, value = options.get("--comment", "").partition("=")
-        if chain == RESTORE_CHAIN and value:
-            saved.setdefault(name, value)
-    return saved
+        key, _, value = options.get("--comment", "").partition("=")
+        if chain != RESTORE_CHAIN or not value:
+            continue
+        if key == TAG_KEY:
+            tag = tag or value
+        else:
+            saved.setdefault(key, value)
+    return tag, saved
+
+
+def _remember(comment: str, undo: list[Callable[[], object]]) -> None:
+    """Add a comment to the restore chain (and to `undo`, how to take it out again)."""
+    entry = (RESTORE_CHAIN, "-m", "comment", "--comment", comment)
+    _iptables("-A", *entry)
+    undo.append(lambda: _iptables("-D", *entry))
+
+
+def _roll_back(undo: list[Callable[[], object]]) -> list[str]:
+    """Undo the steps of a failed setup, newest first; the errors of those that failed."""
+    failed = []
+    for step in reversed(undo):
+        try:
+            step()
+        except GatewayError as e:
+            failed.append(str(e))
+    return failed
 
 
 def _write_sysctl(name: str, value: str) -> None:
@@ -79,23 +106,17 @@ def setup(interface: str, ports: Sequence[str], listen_port: int) -> None:
     if not named_well or not Path("/sys/class/net", interface).exists():
         raise GatewayError(f"no network interface {interface!r} on this host (see `ip link`)")
     nat = preflight.nat_rules()
-    saved = _saved_sysctls(nat)
-    if f"-N {RESTORE_CHAIN}" not in nat.splitlines():
-        _iptables("-N", RESTORE_CHAIN)
-    wanted = {preflight.IP_FORWARD: "1"}
-    wanted |= {name: "0" for name in preflight.send_redirects_names(interface)}
-    for name, value in wanted.items():
-        current = preflight.read_sysctl(name)
-        if current is None:
-            raise GatewayError(f"cannot read {preflight.sysctl_path(name)}")
-        if current != value:
-            if name not in saved:  # remembered before the change: a failure later is undone too
-                _iptables("-A", RESTORE_CHAIN, "-m", "comment", "--comment", f"{name}={current}")
-            _write_sysctl(name, value)
-    for port in ports:
-        rule = preflight.redirect_rule(interface, port, listen_port)
-        if not _iptables("-C", *rule, quiet=True):
-            _iptables("-A", *rule)
+    undo: list[Callable[[], object]] = []  # how to take back each step done so far
+    try:
+        _set_up(interface, ports, listen_port, nat, undo)
+    except BaseException as e:
+        if undo:
+            print("setup failed; undoing what it did:", flush=True)
+        failed = _roll_back(undo)
+        if not isinstance(e, GatewayError):
+            raise
+        outcome = f"could not undo everything: {failed[0]}" if failed else "nothing was changed"
+        raise GatewayError(f"{e}; {outcome}") from None
     print(
         f"gateway ready: run `wsinspect --mode transparent --listen-host 0.0.0.0 "
         f"--listen-port {listen_port}`; undo with `wsinspect gateway teardown`",
@@ -103,17 +124,47 @@ def setup(interface: str, ports: Sequence[str], listen_port: int) -> None:
     )
 
 
+def _set_up(
+    interface: str, ports: Sequence[str], listen_port: int, nat: str,
+    undo: list[Callable[[], object]],
+) -> None:
+    tag, saved = _recorded(nat)
+    if f"-N {RESTORE_CHAIN}" not in nat.splitlines():
+        _iptables("-N", RESTORE_CHAIN)
+        undo.append(lambda: _iptables("-X", RESTORE_CHAIN))
+    if tag is None:
+        tag = f"{preflight.RULE_COMMENT}:{secrets.token_hex(4)}"
+        _remember(f"{TAG_KEY}={tag}", undo)
+    wanted = {preflight.IP_FORWARD: "1"}
+    wanted |= {name: "0" for name in preflight.send_redirects_names(interface)}
+    for name, value in wanted.items():
+        current = preflight.read_sysctl(name)
+        if current is None:
+            raise GatewayError(f"cannot read {preflight.sysctl_path(name)}")
+        if current != value:
+            if name not in saved:  # remembered before the change
+                _remember(f"{name}={current}", undo)
+            _write_sysctl(name, value)
+            undo.append(lambda name=name, current=current: _write_sysctl(name, current))
+    for port in ports:
+        rule = preflight.redirect_rule(interface, port, listen_port, comment=tag)
+        if not _iptables("-C", *rule, quiet=True):
+            _iptables("-A", *rule)
+            undo.append(lambda rule=rule: _iptables("-D", *rule))
+
+
 def teardown() -> None:
-    """Delete the rules tagged "wsinspect", restore the sysctl values setup changed and delete
-    the chain that remembered them."""
+    """Delete the rules setup added (those with its recorded tag), restore the sysctl values
+    it changed and delete the chain that recorded them."""
     nat = preflight.nat_rules()
+    tag, saved = _recorded(nat)
     tagged = [
         line for _, options, line in preflight.parse_rules(nat)
-        if options.get("--comment") == preflight.RULE_COMMENT
+        if tag is not None and options.get("--comment") == tag
     ]  # fmt: skip
     for line in tagged:
         _iptables("-D", *shlex.split(line)[1:])
-    for name, value in _saved_sysctls(nat).items():
+    for name, value in saved.items():
         if preflight.sysctl_path(name).exists():  # an interface may be gone since
             _write_sysctl(name, value)
     has_chain = f"-N {RESTORE_CHAIN}" in nat.splitlines()
@@ -121,7 +172,13 @@ def teardown() -> None:
         _iptables("-F", RESTORE_CHAIN)
         _iptables("-X", RESTORE_CHAIN)
     if not tagged and not has_chain:
-        print("nothing to remove: no rule tagged 'wsinspect' and no sysctl changed by setup")
+        print("nothing to remove: no rule or sysctl change recorded by setup")
+    others = [o for _, o, _ in preflight.parse_rules(nat) if o.get("--comment") == "wsinspect"]
+    if others:
+        print(
+            f"left {len(others)} nat rule(s) commented 'wsinspect' that setup did not record "
+            "(added by hand, or by an older wsinspect): `iptables -t nat -S` lists them"
+        )
 
 
 def check(listen_host: str, listen_port: int) -> bool:
@@ -138,7 +195,7 @@ def parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     setup_parser = commands.add_parser(
-        "setup", help="IP forwarding on, ICMP redirects off, REDIRECT rules tagged 'wsinspect'"
+        "setup", help="IP forwarding on, ICMP redirects off, REDIRECT rules tagged 'wsinspect:ID'"
     )
     setup_parser.add_argument("--interface", required=True, metavar="IF", help="the clients' side")
     setup_parser.add_argument("--ports", default="80,443", help="ports to redirect (80,443)")

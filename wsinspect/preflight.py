@@ -24,13 +24,20 @@ logger = logging.getLogger("wsinspect")
 
 SYSCTL_ROOT = Path("/proc/sys")
 IP_FORWARD = "net.ipv4.ip_forward"
-RULE_COMMENT = "wsinspect"  # tags the nat rules `wsinspect gateway setup` adds
+RULE_COMMENT = "wsinspect"  # tags the nat rules the preflight suggests
 DEFAULT_PORTS = ("80", "443")
 WILDCARD_HOSTS = ("", "0.0.0.0", "::", "*")
 
 
+def sysctl_name(*parts: str) -> str:
+    """A sysctl name as sysctl(8) writes it: dots separate the parts, and a dot within a part
+    (a VLAN interface such as eth0.100) is written as a slash."""
+    return ".".join(part.replace(".", "/") for part in parts)
+
+
 def sysctl_path(name: str) -> Path:
-    return SYSCTL_ROOT / name.replace(".", "/")
+    """The /proc/sys file of a sysctl name (see `sysctl_name`)."""
+    return SYSCTL_ROOT.joinpath(*(part.replace("/", ".") for part in name.split(".")))
 
 
 def read_sysctl(name: str) -> str | None:
@@ -44,16 +51,18 @@ def send_redirects_names(interface: str | None) -> list[str]:
     """The kernel sends ICMP redirects on an interface when `all` or the interface says so."""
     names = ["net.ipv4.conf.all.send_redirects"]
     if interface:
-        names.append(f"net.ipv4.conf.{interface}.send_redirects")
+        names.append(sysctl_name("net", "ipv4", "conf", interface, "send_redirects"))
     return names
 
 
-def redirect_rule(interface: str, port: str, listen_port: int) -> list[str]:
+def redirect_rule(
+    interface: str, port: str, listen_port: int, comment: str = RULE_COMMENT
+) -> list[str]:
     """iptables arguments (after `-t nat -A|-D`) of the rule that sends clients' TCP to one
     port, arriving on `interface`, to the proxy. `port` is a number or a range `N:M`."""
     return [
         "PREROUTING", "-i", interface, "-p", "tcp", "--dport", port,
-        "-m", "comment", "--comment", RULE_COMMENT,
+        "-m", "comment", "--comment", comment,
         "-j", "REDIRECT", "--to-ports", str(listen_port),
     ]  # fmt: skip
 

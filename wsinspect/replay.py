@@ -16,15 +16,23 @@ The Python API, for the app and scripts:
   regular-mode listener), whose recorder records it into `store` like any session; None
   connects straight to the server and the replay records itself (hop mode "direct").
 - `timing`: "fast" sends the messages back to back; "original" keeps their recorded spacing.
-- Errors (server gone, TLS failure, timeout, upgrade refused) raise `ReplayError` with a
-  one-line message. A refused upgrade is still recorded as a rejected session.
+- `deadline`: seconds the whole replay may take (connecting, sending, listening); a server
+  that keeps the connection busy (pings forever, answers endlessly) cannot keep it running.
+  Default `DEFAULT_DEADLINE`, plus the recorded span of the client's messages for
+  `timing="original"`.
+- Errors (server gone, TLS failure, timeout, upgrade refused, the deadline passed) raise
+  `ReplayError` with a one-line message. A refused upgrade is still recorded as a rejected
+  session.
+- An answer larger than the store's `max_payload` is kept as the proxy keeps it: the first
+  `max_payload` bytes, its size and the SHA-256 of the whole, never buffered whole.
 
 The request repeats the original's headers: a fresh Sec-WebSocket-Key, the hop-by-hop headers
 (Connection, Upgrade, Proxy-*, …) rebuilt, cookies and authorization kept unless dropped
 (`drop_headers`, `CREDENTIAL_HEADERS`).
 
 How original and replay are compared (`compare`): only the server's text and binary messages
-count (ping, pong and close frames do not), each taken as its type plus payload. The two
+count (ping, pong and close frames do not, nor messages wsinspect injected), each taken as its
+type plus payload (its size and SHA-256 when it was stored capped). The two
 sequences are aligned in order by their longest runs of identical messages (Python's difflib);
 between two runs, messages are paired in order as "differ", and the ones left over are "missing"
 (only in the original) or "extra" (only in the replay). The answers match when every entry does.
@@ -60,6 +68,7 @@ CREDENTIAL_HEADERS = ("Cookie", "Authorization")
 TIMINGS = ("fast", "original")
 DEFAULT_TIMEOUT = 10.0  # connecting and the upgrade
 DEFAULT_ANSWER_WAIT = 3.0  # silence after which no more answers are expected
+DEFAULT_DEADLINE = 60.0  # the whole replay, plus the recorded span with timing "original"
 
 # Rebuilt for each connection: hop-by-hop headers (RFC 9110 7.6.1) and the handshake's own.
 _REBUILT_HEADERS = {
@@ -142,6 +151,13 @@ class ReplayPlan:
     client_close: tuple[int, str] | None  # the close frame the original client sent, if any
     original_answers: list[Message]  # the original server's text and binary messages
     time_origin: float  # the moment the original messages' spacing is measured from
+
+    def span(self) -> float:
+        """Seconds from `time_origin` to the last client message: how long sending takes with
+        the original timing."""
+        if not self.client_messages:
+            return 0.0
+        return max(0.0, self.client_messages[-1].timestamp - self.time_origin)
 
     @classmethod
     def from_store(
@@ -276,10 +292,12 @@ def _identity(message: Message) -> tuple:
 
 
 def server_answers(store: SessionStore, session_id: int) -> list[Message]:
-    """A session's text and binary messages from the server (its first hop's)."""
+    """A session's text and binary messages from the server (its first hop's); not those
+    wsinspect injected towards the client, which no server sent."""
     hop = store.session(session_id).first_hop
     return [
-        m for m in store.iter_messages(hop.id) if not m.from_client and m.type in _DATA_TYPES
+        m for m in store.iter_messages(hop.id)
+        if not m.from_client and m.type in _DATA_TYPES and not m.injected
     ]
 
 
@@ -354,6 +372,7 @@ class _Replayer:
         server_tls: ssl.SSLContext | None,
         timeout: float,
         answer_wait: float,
+        deadline: float,
     ) -> None:
         if timing not in TIMINGS:
             raise ReplayError(f"unknown timing {timing!r}; use fast or original")
@@ -364,6 +383,7 @@ class _Replayer:
         self.server_tls = server_tls
         self.timeout = timeout
         self.answer_wait = answer_wait
+        self.deadline = deadline
         self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
         self.hop: Hop | None = None  # the replay's first hop, once it exists in the store
         self.answers = 0
@@ -371,7 +391,7 @@ class _Replayer:
         self.closed = asyncio.Event()
         self.close_by: str | None = None
         self.writer: asyncio.StreamWriter | None = None
-        self._parts: list[str | bytes] = []
+        self._incoming: _Incoming | None = None  # the server's message being received
 
     # Where the replay connects to, in words, for error messages.
     @property
@@ -380,6 +400,22 @@ class _Replayer:
         return f"{target.host}:{target.port}"
 
     async def run(self) -> Session:
+        try:
+            async with asyncio.timeout(self.deadline):
+                await self._converse()
+        except TimeoutError:
+            if not self.closed.is_set():
+                passed = f"the replay's {self.deadline:g}s deadline passed"
+                self._record_end(None, "", abnormal=passed)
+            expected = len(self.plan.original_answers)
+            raise ReplayError(
+                f"the replay did not finish within its {self.deadline:g}s deadline "
+                f"(--deadline SECONDS): {self._peer} kept the connection busy "
+                f"({self.answers} answers, {expected} expected)"
+            ) from None
+        return await self._finished_session()
+
+    async def _converse(self) -> None:
         reader, writer = await self._connect()
         self.writer = writer
         try:
@@ -403,7 +439,6 @@ class _Replayer:
                 await writer.wait_closed()
             except (OSError, ssl.SSLError):
                 pass
-        return await self._finished_session()
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         target = self.plan.target
@@ -514,7 +549,14 @@ class _Replayer:
         try:
             self.ws.receive_data(head + b"\r\n\r\n" + rest)
             events = list(self.ws.events())
-        except RemoteProtocolError as e:
+        except UnicodeError:  # wsproto reads the subprotocol and extensions as ASCII
+            name, value = next(((k, v) for k, v in headers if not v.isascii()), ("a header", ""))
+            shown = value.encode("latin-1").decode("utf-8", "replace")
+            raise ReplayError(
+                f"{self._peer} answered the upgrade with a header that is not ASCII: "
+                f"{name}: {shown}"
+            ) from None
+        except (RemoteProtocolError, ValueError) as e:
             raise ReplayError(f"{self._peer} answered the upgrade wrongly: {e}") from None
         if self.via and self.hop.outcome is Outcome.FAILED:
             # mitmproxy answered for a server it could not reach; its recorder kept why.
@@ -592,16 +634,20 @@ class _Replayer:
     def _handle(self, events: list[ws_events.Event]) -> None:
         for event in events:
             if isinstance(event, (ws_events.TextMessage, ws_events.BytesMessage)):
-                self._parts.append(event.data)
+                text = isinstance(event, ws_events.TextMessage)
+                if self._incoming is None:
+                    kind = MessageType.TEXT if text else MessageType.BINARY
+                    self._incoming = _Incoming(kind, self.store.max_payload)
+                self._incoming.add(event.data.encode() if text else bytes(event.data))
                 if event.message_finished:
-                    text = isinstance(event, ws_events.TextMessage)
-                    joined = "".join(self._parts).encode() if text else b"".join(self._parts)
-                    self._parts = []
                     self.answers += 1
-                    self._record(False, MessageType.TEXT if text else MessageType.BINARY, joined)
+                    self._record_message(self._incoming.message())
+                    self._incoming = None
+                self.activity.set()
             elif isinstance(event, ws_events.Ping):
                 self._record(False, MessageType.PING, bytes(event.payload))
-                self._send(event.response())
+                if self.ws.state is ConnectionState.OPEN:  # not once a close was sent
+                    self._send(event.response())
             elif isinstance(event, ws_events.Pong):
                 self._record(False, MessageType.PONG, bytes(event.payload))
             elif isinstance(event, ws_events.CloseConnection):
@@ -612,7 +658,7 @@ class _Replayer:
                     self._send(event.response())
                 self._record_end(event.code, event.reason or "")
                 self.closed.set()
-            self.activity.set()
+                self.activity.set()
 
     # ----- recording -----
     # Through the proxy, its recorder records the replay and only the link is set here; a
@@ -679,13 +725,15 @@ class _Replayer:
             self._record(True, MessageType.CLOSE, _close_payload(event))
 
     def _record(self, from_client: bool, kind: MessageType, payload: bytes) -> None:
+        self._record_message(
+            Message(from_client=from_client, type=kind, size=len(payload), payload=payload,
+                    timestamp=time.time())
+        )
+
+    def _record_message(self, message: Message) -> None:
         if self.via or self.hop is None:
             return
-        self.store.add_message(
-            self.hop,
-            Message(from_client=from_client, type=kind, size=len(payload), payload=payload,
-                    timestamp=time.time()),
-        )
+        self.store.add_message(self.hop, message)
 
     def _record_end(self, code: int | None, reason: str, abnormal: str | None = None) -> None:
         if self.via or self.hop is None:
@@ -710,6 +758,31 @@ class _Replayer:
         return session
 
 
+class _Incoming:
+    """A server message arriving in fragments, kept as the proxy keeps one: its first `keep`
+    bytes, its size and the SHA-256 of the whole."""
+
+    def __init__(self, kind: MessageType, keep: int) -> None:
+        self.kind = kind
+        self.keep = keep
+        self.prefix = bytearray()
+        self.size = 0
+        self.sha256 = hashlib.sha256()
+
+    def add(self, data: bytes) -> None:
+        self.size += len(data)
+        self.sha256.update(data)
+        if len(self.prefix) < self.keep:
+            self.prefix += data[: self.keep - len(self.prefix)]
+
+    def message(self) -> Message:
+        capped = self.size > len(self.prefix)
+        return Message(
+            from_client=False, type=self.kind, size=self.size, payload=bytes(self.prefix),
+            timestamp=time.time(), sha256=self.sha256.hexdigest() if capped else None,
+        )
+
+
 def _close_payload(event: ws_events.CloseConnection) -> bytes:
     return int(event.code).to_bytes(2, "big") + (event.reason or "").encode()
 
@@ -723,10 +796,15 @@ async def replay(
     server_tls: ssl.SSLContext | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     answer_wait: float = DEFAULT_ANSWER_WAIT,
+    deadline: float | None = None,
 ) -> ReplayResult:
     """Replay `plan` and record it into `store`; `server_tls` verifies the server on a direct
-    wss replay (default: the system's CAs)."""
-    session = await _Replayer(plan, store, via, timing, server_tls, timeout, answer_wait).run()
+    wss replay (default: the system's CAs). `deadline`: see the module docstring."""
+    if deadline is None:
+        deadline = DEFAULT_DEADLINE + (plan.span() if timing == "original" else 0.0)
+    session = await _Replayer(
+        plan, store, via, timing, server_tls, timeout, answer_wait, deadline
+    ).run()
     return ReplayResult(session, compare(plan.original_answers, server_answers(store, session.id)))
 
 
@@ -762,6 +840,11 @@ def replay_parser() -> argparse.ArgumentParser:
     parser.add_argument("--wait", type=float, default=DEFAULT_ANSWER_WAIT, metavar="SECONDS",
                         help="silence after which no more answers are expected "
                         f"(default {DEFAULT_ANSWER_WAIT:g})")
+    parser.add_argument(
+        "--deadline", type=float, metavar="SECONDS",
+        help=f"the most the whole replay may take (default {DEFAULT_DEADLINE:g}, plus the "
+        "recorded session's length with --timing original)",
+    )
     parser.add_argument("--confdir", metavar="DIR",
                         help="the proxy's mitmproxy confdir (default: a temporary one)")
     return parser
@@ -790,7 +873,7 @@ async def _run(args: argparse.Namespace, plan: ReplayPlan, store: SessionStore) 
     if args.direct:
         return await replay(
             plan, store, via=None, timing=args.timing, server_tls=_server_tls(args),
-            timeout=args.timeout, answer_wait=args.wait,
+            timeout=args.timeout, answer_wait=args.wait, deadline=args.deadline,
         )
     from .engine import Engine, EngineError
 
@@ -806,7 +889,7 @@ async def _run(args: argparse.Namespace, plan: ReplayPlan, store: SessionStore) 
         try:
             return await replay(
                 plan, store, via=ProxyRoute.for_engine(engine), timing=args.timing,
-                timeout=args.timeout, answer_wait=args.wait,
+                timeout=args.timeout, answer_wait=args.wait, deadline=args.deadline,
             )
         finally:
             await _connections_closed(engine)
@@ -825,26 +908,30 @@ async def _connections_closed(engine, timeout: float = _CLOSE_WAIT) -> None:
 async def _main(args: argparse.Namespace) -> int:
     from .cli import _new_capture_path, install_stop_handlers
 
+    if args.deadline is not None and not args.deadline > 0:
+        print("wsinspect: --deadline must be a positive number of seconds", file=sys.stderr)
+        return 2
     if args.cafile and not Path(args.cafile).is_file():
-        print(f"wsinspect: {args.cafile}: no such CA file", file=sys.stderr)
+        print(f"wsinspect: {printable(args.cafile)}: no such CA file", file=sys.stderr)
         return 2
     try:
         source = SessionStore.open(args.file)
     except CaptureError as e:
-        print(f"wsinspect: {e}", file=sys.stderr)
+        print(f"wsinspect: {printable(str(e))}", file=sys.stderr)
         return 2
     try:
         drop = [*args.drop_header, *(CREDENTIAL_HEADERS if args.drop_credentials else ())]
         plan = ReplayPlan.from_store(source, args.session_id, to=args.to, drop_headers=drop)
         store = SessionStore(_new_capture_path(args.capture))
     except (ReplayError, CaptureError, OSError) as e:
-        print(f"wsinspect: {e}", file=sys.stderr)
+        print(f"wsinspect: {printable(str(e))}", file=sys.stderr)
         source.close()
         return 2
     stop = asyncio.Event()
     install_stop_handlers(asyncio.get_running_loop(), stop)
     route = "directly" if args.direct else "through a wsinspect proxy"
-    print(f"wsinspect: replaying session #{args.session_id} to {plan.target.url} {route}")
+    shown = printable(plan.target.url)
+    print(f"wsinspect: replaying session #{args.session_id} to {shown} {route}")
     running = asyncio.create_task(_run(args, plan, store))
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait([running, stopping], return_when=asyncio.FIRST_COMPLETED)
@@ -866,7 +953,7 @@ async def _main(args: argparse.Namespace) -> int:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{store.path}{suffix}").unlink(missing_ok=True)
     if result is None:
-        print(f"wsinspect: replay failed: {error}", file=sys.stderr)
+        print(f"wsinspect: replay failed: {printable(error)}", file=sys.stderr)
         if error.startswith("TLS failure") and "certificate" in error.lower():
             print("wsinspect: --cafile FILE trusts the server's CA; --insecure skips the check",
                   file=sys.stderr)
