@@ -16,11 +16,11 @@ from wsinspect.engine import EngineError
 from wsinspect.model import Outcome, header_value
 
 from .conftest import wait_for
-from .nginx_server import BROKEN, FIXED, HALF_FIXED, Nginx, free_port
+from .proxy_servers import NGINX_BROKEN, NGINX_FIXED, NGINX_HALF_FIXED, Nginx, free_port
 
 pytestmark = pytest.mark.nginx
 
-FIXED_WITH_HOST = FIXED + "proxy_set_header Host $http_host;"
+FIXED_WITH_HOST = NGINX_FIXED + "proxy_set_header Host $http_host;"
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def answered(hop_count: int):
     "location, status, expected",
     [
         (
-            BROKEN,
+            NGINX_BROKEN,
             505,  # the backend refuses HTTP/1.0
             [
                 ("upgrade-dropped", "error", 2),
@@ -95,7 +95,7 @@ def answered(hop_count: int):
             ],
         ),
         (
-            HALF_FIXED,
+            NGINX_HALF_FIXED,
             426,
             [
                 ("upgrade-dropped", "error", 2),
@@ -129,7 +129,7 @@ async def test_both_sides_of_a_misconfigured_nginx(
 
 @pytest.mark.parametrize(
     "location, expected",
-    [(FIXED, [("host-changed", "info", 2)]), (FIXED_WITH_HOST, [])],
+    [(NGINX_FIXED, [("host-changed", "info", 2)]), (FIXED_WITH_HOST, [])],
     ids=["fixed", "fixed-with-host"],
 )
 async def test_both_sides_of_a_correctly_configured_nginx(both_sides, location, expected):
@@ -151,7 +151,7 @@ async def test_both_sides_of_a_correctly_configured_nginx(both_sides, location, 
     "location, expected",
     [
         (
-            BROKEN,
+            NGINX_BROKEN,
             [
                 ("stripped-before-capture", "error", 1),
                 ("http10-upstream", "error", 1),
@@ -159,10 +159,10 @@ async def test_both_sides_of_a_correctly_configured_nginx(both_sides, location, 
             ],
         ),
         (
-            HALF_FIXED,
+            NGINX_HALF_FIXED,
             [("stripped-before-capture", "error", 1), ("handshake-rejected", "error", 1)],
         ),
-        (FIXED, []),
+        (NGINX_FIXED, []),
     ],
     ids=["broken", "half-fixed", "fixed"],
 )
@@ -223,7 +223,7 @@ def assert_sessions_line_up(proxy, count: int) -> None:
 
 
 async def test_fifty_concurrent_handshakes_through_nginx_are_never_mixed_up(both_sides):
-    proxy, nginx, _ = await both_sides(FIXED)
+    proxy, nginx, _ = await both_sides(NGINX_FIXED)
     await run_clients(nginx, proxy.url, 50)
     await wait_for(
         lambda: sum(answered(2)(s) for s in proxy.store.sessions()) == 50, 15, "50 sessions"
@@ -235,7 +235,7 @@ async def test_fifty_concurrent_handshakes_through_nginx_are_never_mixed_up(both
 async def test_clients_reusing_one_key_are_told_apart_by_path(both_sides, monkeypatch):
     """Some clients send a constant Sec-WebSocket-Key; correlation must not merge them."""
     monkeypatch.setattr(websockets.client, "generate_key", lambda: "dGhlIHNhbXBsZSBub25jZQ==")
-    proxy, nginx, _ = await both_sides(FIXED)
+    proxy, nginx, _ = await both_sides(NGINX_FIXED)
     await run_clients(nginx, proxy.url, 20)
     await wait_for(
         lambda: sum(answered(2)(s) for s in proxy.store.sessions()) == 20, 15, "20 sessions"
@@ -246,7 +246,7 @@ async def test_clients_reusing_one_key_are_told_apart_by_path(both_sides, monkey
 async def test_a_keyless_handshake_through_nginx_lines_up_by_elimination(both_sides, echo_server):
     """A client that sends no Sec-WebSocket-Key: the only handshake under way is its own, so
     the two hops are still one session, and the backend's refusal is diagnosed."""
-    proxy, nginx, _ = await both_sides(FIXED)
+    proxy, nginx, _ = await both_sides(NGINX_FIXED)
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     try:
         writer.write(f"CONNECT 127.0.0.1:{nginx.port} HTTP/1.1\r\n\r\n".encode())
@@ -281,7 +281,7 @@ async def test_mitmproxys_host_rewrite_comes_back_with_keep_host_header_false(
         lambda _, back: [f"reverse:http://127.0.0.1:{echo_server}@{back}"],
         name="rewriting",
     )
-    nginx = start_nginx(reverse_port, FIXED)
+    nginx = start_nginx(reverse_port, NGINX_FIXED)
     async with connect(f"ws://127.0.0.1:{nginx.port}/chat") as ws:
         await ws.send("hi")
         await ws.recv()
