@@ -345,3 +345,20 @@ class Squid(ProxyServer):
 
     def command(self, conf: Path) -> list[str]:
         return [binary("squid"), "-N", "-f", str(conf)]
+
+
+async def start_on_free_ports(start_proxy, tmp_path, modes_for, name: str = "wsinspect"):
+    """Start wsinspect with `modes_for(front_port, back_port)`: a proxy in the middle must
+    know the reverse listener's port, so the specs name their ports; one taken by another
+    process between free_port() and the bind is retried with new ones. Returns the proxy and
+    the back port."""
+    from wsinspect.engine import EngineError
+
+    for attempt in range(3):
+        ports = free_port(), free_port()
+        try:
+            capture = tmp_path / f"{name}{attempt}.db"
+            return await start_proxy(modes=modes_for(*ports), capture=capture), ports[1]
+        except EngineError:
+            if attempt == 2:
+                raise

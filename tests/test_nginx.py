@@ -11,12 +11,17 @@ import websockets.client
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from wsinspect.diagnosis import Severity, diagnose
-from wsinspect.engine import EngineError
+from wsinspect.diagnosis import Severity, diagnose, identify_proxy
 from wsinspect.model import Outcome, header_value
 
 from .conftest import wait_for
-from .proxy_servers import NGINX_BROKEN, NGINX_FIXED, NGINX_HALF_FIXED, Nginx, free_port
+from .proxy_servers import (
+    NGINX_BROKEN,
+    NGINX_FIXED,
+    NGINX_HALF_FIXED,
+    Nginx,
+    start_on_free_ports,
+)
 
 pytestmark = pytest.mark.nginx
 
@@ -35,20 +40,6 @@ def start_nginx(tmp_path):
     yield start
     for nginx in started:
         nginx.stop()
-
-
-async def start_on_free_ports(start_proxy, tmp_path, modes_for, name: str = "wsinspect"):
-    """Start wsinspect with `modes_for(front_port, reverse_port)`: nginx must know the reverse
-    listener's port, so the specs name their ports; one taken by another process between
-    free_port() and the bind is retried with new ones."""
-    for attempt in range(3):
-        ports = free_port(), free_port()
-        try:
-            capture = tmp_path / f"{name}{attempt}.db"
-            return await start_proxy(modes=modes_for(*ports), capture=capture), ports[1]
-        except EngineError:
-            if attempt == 2:
-                raise
 
 
 @pytest.fixture
@@ -125,6 +116,12 @@ async def test_both_sides_of_a_misconfigured_nginx(
     assert codes(session) == expected
     rejected_finding = diagnose(session)[-1]
     assert f"the server behind hop 2 at 127.0.0.1:{echo_server}" in rejected_finding.message
+    # nginx is named from its Server header on the answer it relayed, and the fixes are its.
+    identity = identify_proxy(session, 2)
+    assert identity.dialect.name == "nginx"
+    assert "Server: nginx/" in identity.evidence[0]
+    for finding in diagnose(session)[:2]:
+        assert finding.proxy == "nginx" and finding.fix.startswith("nginx: in the http block:")
 
 
 @pytest.mark.parametrize(
@@ -141,6 +138,7 @@ async def test_both_sides_of_a_correctly_configured_nginx(both_sides, location, 
     assert session.status == 101 and session.close.code == 1000
     assert codes(session) == expected
     assert all(f.severity is Severity.INFO for f in diagnose(session))
+    assert identify_proxy(session, 2).dialect.name == "nginx"
     proxy.store.flush()
     for position in range(2):
         payloads = [m.payload for m in proxy.store.messages(session.id, 0, 10, position)]
@@ -196,8 +194,12 @@ async def test_idle_timeout_of_nginx_is_diagnosed(both_sides):
     findings = diagnose(session)
     assert [(f.code, f.hop) for f in findings] == [("abnormal-close", 1), ("idle-timeout", 1)]
     assert "cut both sides" in findings[0].message
-    silence = float(findings[1].message.split("No frame passed for ")[1].split(" s")[0])
-    assert 2.9 <= silence <= 4.0
+    idle = findings[1]
+    silence = float(idle.message.split("No frame passed for ")[1].split(" s")[0])
+    assert 2.5 <= silence <= 3.5
+    assert "hop 1 lost its server, hop 2 its client" in idle.message
+    assert "Its idle timeout is proxy_read_timeout (60 s by default)." in idle.message
+    assert idle.proxy == "nginx" and "proxy_read_timeout 1h;" in idle.fix and "ping" in idle.fix
 
 
 async def run_clients(nginx: Nginx, proxy_url: str, count: int) -> None:

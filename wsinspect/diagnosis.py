@@ -238,6 +238,14 @@ def _proxy_at(hops: list[Hop], position: int) -> Identity:
     return _between(hops[position - 2], hops[position - 1])
 
 
+def identify_proxy(session: Session, position: int) -> Identity:
+    """The proxy in front of hop `position` (1-based: in front of hop 1, between hop
+    `position - 1` and it), or behind the last hop for `position = len(hops) + 1`."""
+    if position == len(session.hops) + 1:
+        return _behind(session.hops[-1])
+    return _proxy_at(session.hops, position)
+
+
 def _proxy_finding(
     code: str, severity: Severity, position: int, message: str, identity: Identity, aspect: str
 ) -> Finding:
