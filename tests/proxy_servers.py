@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -313,6 +314,7 @@ cache deny all
 coredump_dir {dir}
 cache_effective_user proxy
 visible_hostname wsinspect-test
+dns_nameservers 127.0.0.1
 shutdown_lifetime 0 seconds
 acl localnet src 127.0.0.0/8
 http_access allow localnet
@@ -320,7 +322,9 @@ http_access deny all
 {directives}
 """
 
-SQUID_FIXED = "http_upgrade_request_protocols websocket allow all"
+SQUID_LOWER_CASE = "http_upgrade_request_protocols websocket allow all"
+SQUID_CAPITALISED = "http_upgrade_request_protocols WebSocket allow all"  # squid's example
+SQUID_FIXED = SQUID_LOWER_CASE + "\n" + SQUID_CAPITALISED  # squid matches the exact spelling
 
 
 class Squid(ProxyServer):
@@ -331,17 +335,18 @@ class Squid(ProxyServer):
     log_name = "cache.log"
 
     def __init__(self, folder: Path, directives: str = "") -> None:
-        super().__init__(folder)
+        # squid drops to cache_effective_user, which must reach and write its folder: pytest's
+        # are private to root, so it gets one of its own in /tmp, removed when it stops.
+        super().__init__(Path(tempfile.mkdtemp(prefix=f"wsinspect-{folder.name}-")))
+        shutil.chown(self.folder, "proxy", "proxy")
         self.directives = directives
 
     def config(self) -> str:
         return _SQUID.format(dir=self.folder, port=self.port, directives=self.directives)
 
-    def start(self):
-        # squid drops to cache_effective_user and then writes its logs in the folder
-        self.folder.mkdir(parents=True, exist_ok=True)
-        shutil.chown(self.folder, "proxy", "proxy")
-        return super().start()
+    def stop(self) -> None:
+        super().stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def command(self, conf: Path) -> list[str]:
         return [binary("squid"), "-N", "-f", str(conf)]

@@ -432,7 +432,7 @@ def with_traffic(hop: Hop, last_message: float, end: float, abnormal: bool, by="
 
 
 def test_abnormal_close_without_silence():
-    hop = with_traffic(make_hop(FRONT), 101.0, 101.5, abnormal=True)
+    hop = with_traffic(make_hop(FRONT), 101.3, 101.5, abnormal=True)
     (finding,) = diagnose(session(hop))
     assert codes([finding]) == [("abnormal-close", "warning", 1)]
     assert "the server connection was lost" in finding.message

@@ -29,9 +29,9 @@ HOP_BY_HOP = frozenset(
 # Two hops that lost their connections this close together were cut by the proxy between them.
 CUT_WINDOW = 0.5
 # A cut across hops after at least this much silence is that proxy's idle timeout; a single
-# hop's connection lost after a longer one looks like a proxy's idle timeout too.
-CUT_SILENCE = 0.5
-SINGLE_HOP_SILENCE = 1.0
+# hop's connection that a proxy dropped after as long a silence looks like one. Short, so that
+# a proxy's 1 s timeout (0.95 s of silence measured by the hop) is not missed.
+IDLE_SILENCE = 0.5
 
 
 class Severity(str, Enum):
@@ -739,7 +739,7 @@ def _abnormal(hops: list[Hop]) -> list[Finding]:
         ),
         identity.dialect.name if identity.dialect else None,
     )
-    if cut is not None and cut.silence >= CUT_SILENCE:
+    if cut is not None and cut.silence >= IDLE_SILENCE:
         idle = _idle_timeout(
             cut.position,
             f"No frame passed for {cut.silence:.2f} s on either side of the proxy between "
@@ -757,7 +757,7 @@ def _abnormal(hops: list[Hop]) -> list[Finding]:
         close.by == "client" and position == 1 and not client_left
     )
     silence = _silence(hop)
-    if other_side_unseen and silence is not None and silence >= SINGLE_HOP_SILENCE:
+    if other_side_unseen and silence is not None and silence >= IDLE_SILENCE:
         idle = _idle_timeout(
             position,
             f"No frame passed for {silence:.2f} s before the connection was cut at hop "

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .model import header_tokens, header_value
+from .model import header_tokens, header_value, header_values
 
 Headers = list[tuple[str, str]]
 
@@ -166,10 +166,12 @@ SQUID = Dialect(
     upgrade=(
         "squid 5+ strips Upgrade unless told which protocols to pass; in squid.conf:\n"
         "    http_upgrade_request_protocols websocket allow all\n"
-        "in lower case: 'WebSocket', as squid's own example writes it, matches nothing, "
-        "because squid compares the protocol name exactly and clients send 'websocket'. "
-        "(Clients that use CONNECT need the port allowed: http_access allow CONNECT "
-        "to it.)"
+        "    http_upgrade_request_protocols WebSocket allow all\n"
+        "squid matches the protocol exactly as the client spells it in Upgrade: browsers and "
+        "most clients send 'websocket' in lower case, so 'WebSocket' alone, as squid's own "
+        "example writes it, matches nothing for them (a few clients, such as Python's "
+        "wsproto, send 'WebSocket'). Clients that use CONNECT need the port allowed instead "
+        "(http_access allow CONNECT to it)."
     ),
     http11="squid forwards HTTP/1.1; an HTTP/1.0 request came from its client side.",
     host="squid keeps Host: something in front of it rewrote it.",
@@ -301,12 +303,14 @@ SERVER_NAMES = {"nginx": "nginx", "apache": "apache", "caddy": "caddy", "squid":
 
 
 def _server_header(s: Sighting):
-    value = _own_response(s, "Server")
-    if value is None:
-        return None
-    product = value.split("/")[0].split(" ")[0].lower()
-    name = SERVER_NAMES.get(product)
-    return name and (name, f"Server: {value} on the answer it sent back")
+    """A Server line the proxy put on its answer (Caddy adds one next to the backend's;
+    nginx replaces the backend's)."""
+    theirs = header_values(s.answered or [], "Server")
+    for value in header_values(s.relayed or [], "Server"):
+        name = SERVER_NAMES.get(value.split("/")[0].split(" ")[0].lower())
+        if name and value not in theirs:
+            return name, f"Server: {value} on the answer it sent back"
+    return None
 
 
 def _squid_via(s: Sighting):
