@@ -233,11 +233,11 @@ ENVOY = Dialect(
 DIALECTS = {d.name: d for d in (NGINX, APACHE, HAPROXY, CADDY, SQUID, TRAEFIK, ENVOY)}
 
 
-def fix(dialect: Dialect | None, aspect: str, preface: str = "") -> str:
+def fix(dialect: Dialect | None, aspect: str) -> str:
     """The fix for `aspect` ("upgrade", "http11", "host", "idle", "answered") in `dialect`'s
     language, or, when the proxy could not be told, in each common proxy's."""
     if dialect is not None:
-        return f"{dialect.title}: {preface}{getattr(dialect, aspect)}"
+        return f"{dialect.title}: {getattr(dialect, aspect)}"
     lines = ["The proxy could not be told from the wire; the fix in each common proxy:"]
     lines += [f"{d.title}: {getattr(d, aspect)}" for d in DIALECTS.values()]
     return "\n".join(lines)
@@ -334,6 +334,13 @@ def _apache_forwarded_server(s: Sighting):
     )
 
 
+def _apache_keep_alive(s: Sighting):
+    value = header_value(s.received or [], "Connection")
+    if value != "Keep-Alive" or header_value(s.sent or [], "Connection") == value:
+        return None
+    return "apache", "Connection rewritten to 'Keep-Alive' (mod_proxy_http's spelling)"
+
+
 def _lower_cased(names: list[str]) -> bool:
     return bool(names) and all(n == n.lower() for n in names)
 
@@ -380,6 +387,7 @@ SIGNATURES: tuple[Callable[[Sighting], tuple[str, str] | None], ...] = (
     _server_header,
     _squid_via,
     _apache_forwarded_server,
+    _apache_keep_alive,
     _haproxy_lower_case,
     _go_canonical,
     _nginx_http10,
