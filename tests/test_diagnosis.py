@@ -470,7 +470,7 @@ def test_idle_timeout_judged_across_the_hops_with_no_fixed_threshold():
     assert "nginx proxy_read_timeout 60 s" in findings[1].message
     assert "Apache httpd 2.4 Timeout 60 s" in findings[1].message
     assert "HAProxy timeout tunnel," in findings[1].message
-    assert "squid read_timeout 900 s" in findings[1].message
+    assert "squid read_timeout 15 min" in findings[1].message
     assert findings[1].fix.startswith("The proxy could not be told from the wire")
     assert "timeout tunnel 1h" in findings[1].fix and "read_timeout 1h" in findings[1].fix
     # Connections that ended apart were not cut by one proxy; a short silence at a single

@@ -518,5 +518,5 @@ async def test_squid_short_read_timeout_cuts_a_silent_websocket(behind_squid):
     idle = findings[1]
     silence = float(idle.message.split("No frame passed for ")[1].split(" s")[0])
     assert 0.7 <= silence <= 3.5  # squid checks its timeouts about once a second
-    assert "Its idle timeout is read_timeout (900 s by default)." in idle.message
+    assert "Its idle timeout is read_timeout (15 min by default)." in idle.message
     assert idle.proxy == "squid" and "read_timeout 1 hour" in idle.fix

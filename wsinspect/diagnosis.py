@@ -644,7 +644,7 @@ def cut_across(hops: list[Hop]) -> Cut | None:
 
 def _defaults_matching(silence: float, dialects: Iterable[proxies.Dialect]) -> list[str]:
     return [
-        f"{d.title}'s {d.idle_setting} ({d.idle_default:g} s)"
+        f"{d.title}'s {d.idle_setting} ({d.idle_default_text})"
         for d in dialects
         if d.idle_default is not None
         and abs(silence - d.idle_default) <= max(1.0, 0.05 * d.idle_default)
@@ -655,7 +655,7 @@ def _idle_timeout(position: int, message: str, silence: float, identity: Identit
     dialect = identity.dialect
     if dialect is not None:
         default = (
-            f"{dialect.idle_default:g} s by default"
+            f"{dialect.idle_default_text} by default"
             if dialect.idle_default is not None
             else "no default of its own"
         )
@@ -670,7 +670,7 @@ def _idle_timeout(position: int, message: str, silence: float, identity: Identit
             " Common idle timeouts: "
             + ", ".join(
                 f"{d.title} {d.idle_setting}"
-                + (f" {d.idle_default:g} s" if d.idle_default is not None else "")
+                + (f" {d.idle_default_text}" if d.idle_default is not None else "")
                 for d in proxies.DIALECTS.values()
             )
             + "."

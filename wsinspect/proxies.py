@@ -34,6 +34,14 @@ class Dialect:
     idle: str  # raise it
     answered: str  # where it says why it answered (or closed) itself
 
+    @property
+    def idle_default_text(self) -> str | None:
+        """The default idle timeout as people write it: "60 s", "15 min"."""
+        seconds = self.idle_default
+        if seconds is None:
+            return None
+        return f"{seconds / 60:g} min" if seconds >= 120 and seconds % 60 == 0 else f"{seconds:g} s"
+
 
 NGINX = Dialect(
     "nginx",
