@@ -520,3 +520,53 @@ async def test_squid_short_read_timeout_cuts_a_silent_websocket(behind_squid):
     assert 0.7 <= silence <= 3.5  # squid checks its timeouts about once a second
     assert "Its idle timeout is read_timeout (15 min by default)." in idle.message
     assert idle.proxy == "squid" and "read_timeout 1 hour" in idle.fix
+
+
+@pytest.fixture
+async def both_sides_of_squid(start_proxy, start_server, echo_server, tmp_path):
+    """client -> wsinspect (squid as its upstream proxy) -> squid -> wsinspect reverse -> echo
+    server: the front listener passes the client's absolute-form request on to squid."""
+
+    started = 0
+
+    async def start(directives: str):
+        nonlocal started
+        started += 1
+        squid = await start_server(Squid, directives)
+        proxy, back_port = await start_on_free_ports(
+            start_proxy,
+            tmp_path,
+            lambda front, back: [
+                f"upstream:http://127.0.0.1:{squid.port}@{front}",
+                f"reverse:http://127.0.0.1:{echo_server}@{back}",
+            ],
+            name=f"wsinspect{started}-",
+        )
+        return proxy, back_port
+
+    return start
+
+
+@pytest.mark.squid
+async def test_both_sides_of_squid_without_and_with_the_upgrade_allowed(both_sides_of_squid):
+    proxy, back_port = await both_sides_of_squid("")
+    assert await absolute_form_through(proxy.port, f"ws://127.0.0.1:{back_port}/chat") == 426
+    session = await proxy.wait_session(answered(2))
+    assert codes(session) == [
+        ("upgrade-dropped", "error", 2),
+        ("connection-dropped", "error", 2),
+        ("handshake-rejected", "error", 2),
+    ]
+    upgrade, connection, _ = diagnose(session)
+    assert "rewrote it to 'keep-alive'" in connection.message
+    for finding in (upgrade, connection):
+        assert finding.proxy == "squid"
+        assert "It is squid: Via: 1.1 wsinspect-test (squid/5" in finding.message
+        assert "http_upgrade_request_protocols websocket allow all" in finding.fix
+
+    fixed, back_port = await both_sides_of_squid(SQUID_FIXED)
+    assert await absolute_form_through(fixed.port, f"ws://127.0.0.1:{back_port}/chat") == 101
+    session = await fixed.wait_session(answered(2))
+    assert session.close.code == 1000
+    assert codes(session) == []
+    assert identify_proxy(session, 2).dialect.name == "squid"
