@@ -1,7 +1,7 @@
 """Real Apache httpd 2.4, HAProxy, Caddy 2 and squid from Debian between a real WebSocket client
 and an echo server, each started from a config in a temporary directory: wsinspect on both
-sides of each reverse proxy, in front of it alone for a dead backend, and behind squid, a
-forward proxy. In a working and several broken configurations: the findings exactly, the proxy
+sides of each reverse proxy, in front of it alone for a dead backend, behind squid, a forward
+proxy, and on both sides of it (the front listener in upstream mode). In a working and several broken configurations: the findings exactly, the proxy
 named from the evidence on the wire, and the fix in its own language."""
 
 from __future__ import annotations
