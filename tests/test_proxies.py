@@ -1,12 +1,14 @@
 """Real Apache httpd 2.4, HAProxy, Caddy 2 and squid from Debian between a real WebSocket client
 and an echo server, each started from a config in a temporary directory: wsinspect on both
 sides of each reverse proxy, in front of it alone for a dead backend, behind squid, a forward
-proxy, and on both sides of it (the front listener in upstream mode). In a working and several broken configurations: the findings exactly, the proxy
-named from the evidence on the wire, and the fix in its own language."""
+proxy, and on both sides of it (the front listener in upstream mode). In a working and
+several broken configurations: the findings exactly, the proxy named from the evidence on the
+wire, and the fix in its own language."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from urllib.parse import urlsplit
 
 import pytest
@@ -426,8 +428,9 @@ async def absolute_form_through(
     ws = WSConnection(ConnectionType.CLIENT)
     target = "http://" + url.split("://", 1)[1]
     handshake = ws.send(Request(host=urlsplit(url).netloc, target=target))
-    # wsproto spells it "WebSocket"; browsers and most clients "websocket"
-    writer.write(handshake.replace(b"Upgrade: WebSocket", f"Upgrade: {upgrade}".encode()))
+    # older wsproto spells it "WebSocket", newer ones and browsers "websocket"
+    spelled = f"Upgrade: {upgrade}\r".encode()
+    writer.write(re.sub(rb"(?im)^upgrade: websocket\r$", spelled, handshake))
     status = None
     try:
         while True:

@@ -177,9 +177,9 @@ SQUID = Dialect(
         "    http_upgrade_request_protocols WebSocket allow all\n"
         "squid matches the protocol exactly as the client spells it in Upgrade: browsers and "
         "most clients send 'websocket' in lower case, so 'WebSocket' alone, as squid's own "
-        "example writes it, matches nothing for them (a few clients, such as Python's "
-        "wsproto, send 'WebSocket'). Clients that use CONNECT need the port allowed instead "
-        "(http_access allow CONNECT to it)."
+        "example writes it, matches nothing for them (a few clients, such as older versions "
+        "of Python's wsproto, send 'WebSocket'). Clients that use CONNECT need the port "
+        "allowed instead (http_access allow CONNECT to it)."
     ),
     http11="squid forwards HTTP/1.1; an HTTP/1.0 request came from its client side.",
     host="squid keeps Host: something in front of it rewrote it.",
@@ -363,7 +363,8 @@ def _haproxy_lower_case(s: Sighting):
             continue
         if before is not None and _lower_cased([n for n, _ in before]):
             continue  # nothing to lower-case: the names came that way
-        return "haproxy", f"every {what} header name arrived lower-cased ({names[0]}, {names[1]}, …)"
+        example = f"{names[0]}, {names[1]}, …"
+        return "haproxy", f"every {what} header name arrived lower-cased ({example})"
     return None
 
 
