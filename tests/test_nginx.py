@@ -184,7 +184,9 @@ async def test_wsinspect_only_behind_nginx(
 
 
 async def test_idle_timeout_of_nginx_is_diagnosed(both_sides):
-    proxy, nginx, _ = await both_sides(FIXED_WITH_HOST, read_timeout="3s")
+    """A 2 s proxy_read_timeout leaves 1.8-2.0 s of silence at hop 1: the cut across both
+    hops is the signature, not a threshold."""
+    proxy, nginx, _ = await both_sides(FIXED_WITH_HOST, read_timeout="2s")
     async with connect(f"ws://127.0.0.1:{nginx.port}/quiet", proxy=proxy.url) as ws:
         await ws.send("then silence")
         await ws.recv()
@@ -196,7 +198,7 @@ async def test_idle_timeout_of_nginx_is_diagnosed(both_sides):
     assert "cut both sides" in findings[0].message
     idle = findings[1]
     silence = float(idle.message.split("No frame passed for ")[1].split(" s")[0])
-    assert 2.5 <= silence <= 3.5
+    assert 1.7 <= silence <= 2.5
     assert "hop 1 lost its server, hop 2 its client" in idle.message
     assert "Its idle timeout is proxy_read_timeout (60 s by default)." in idle.message
     assert idle.proxy == "nginx" and "proxy_read_timeout 1h;" in idle.fix and "ping" in idle.fix
