@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import ssl
 import subprocess
 import sys
 import textwrap
