@@ -16,6 +16,9 @@ apt_packages=()
 if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then apt_packages+=(python3-venv); fi
 if [ $with_tests = 1 ]; then
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || apt_packages+=(nginx)
+  for proxy in apache2 haproxy caddy squid; do  # the proxies tests/test_proxies.py runs
+    command -v $proxy >/dev/null 2>&1 || [ -x /usr/sbin/$proxy ] || apt_packages+=($proxy)
+  done
   command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || apt_packages+=(iptables)
   command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || apt_packages+=(iproute2)
   command -v tmux >/dev/null 2>&1 || apt_packages+=(tmux)

@@ -210,8 +210,14 @@ def test_upgrade_and_connection_dropped_by_the_proxy_between_hops():
     ]
     assert "between hop 1 and hop 2 dropped it" in findings[0].message
     assert "rewrote it to 'close'" in findings[1].message
+    # Nothing on the wire tells which proxy it is: the fix is given for each common one.
+    assert findings[0].proxy is None
+    assert findings[0].fix.startswith("The proxy could not be told from the wire")
+    assert "nginx: in the http block:" in findings[0].fix
     assert "proxy_set_header Upgrade $http_upgrade;" in findings[0].fix
-    assert "Other proxies:" in findings[0].fix
+    assert "ProxyPass /ws/ http://backend:8000/ws/ upgrade=websocket" in findings[0].fix
+    assert "http_upgrade_request_protocols websocket allow all" in findings[0].fix
+    assert "upgrade_type: websocket" in findings[0].fix  # Envoy
     assert "the server behind hop 2 at 127.0.0.1:8000" in findings[2].message
     assert diagnosis.worst(findings) is Severity.ERROR
 
@@ -262,7 +268,12 @@ def test_http10_upstream_between_hops_and_in_front_of_the_only_hop():
         ("http10-upstream", "error", 1),
         ("handshake-rejected", "error", 1),
     ]
+    # HTTP/1.0 with Connection: close is what a plain nginx proxy_pass sends.
+    assert findings[1].proxy == "nginx" and findings[1].fix.startswith("nginx: ")
     assert "proxy_http_version 1.1;" in findings[1].fix
+    assert "It is nginx: the request went on as HTTP/1.0 with Connection: close" in (
+        findings[1].message
+    )
 
 
 def test_http10_that_still_upgraded_is_a_warning():
@@ -287,8 +298,11 @@ def test_stripped_before_capture_names_what_is_missing():
 def test_rejection_produced_by_the_proxy_between_hops():
     front = make_hop(FRONT, request(), 502, reason="Bad Gateway")
     back = make_hop(BACK, request(), None, t=100.005, error="Connection refused")
-    (finding,) = diagnose(session(front, back))
-    assert codes([finding]) == [("handshake-rejected", "error", 1)]
+    finding, unreachable = diagnose(session(front, back))
+    assert codes([finding, unreachable]) == [
+        ("handshake-rejected", "error", 1),
+        ("server-unreachable", "error", 2),
+    ]
     assert "502 Bad Gateway" in finding.message
     assert "the proxy between hop 1 and hop 2 (hop 2 got no answer (Connection refused))" in (
         finding.message
@@ -323,6 +337,88 @@ def test_accept_mismatch_from_the_server_and_from_a_proxy():
     assert "no Sec-WebSocket-Accept" in finding.message
 
 
+@pytest.mark.parametrize(
+    "mode, error, code, what, fix",
+    [
+        (
+            FRONT,
+            "[Errno 111] Connect call failed ('127.0.0.1', 8000)",
+            "server-unreachable",
+            "the connection to 127.0.0.1:8000 was refused",
+            "Start the WebSocket server on 127.0.0.1:8000, or point the client at",
+        ),
+        (
+            BACK,
+            "[Errno 111] Connect call failed ('127.0.0.1', 9000)",
+            "server-unreachable",
+            "the connection to 127.0.0.1:9000 was refused",
+            "point the reverse listener's target (--mode reverse:http://HOST:PORT@…)",
+        ),
+        (
+            FRONT,
+            "[Errno -3] Temporary failure in name resolution",
+            "server-unreachable",
+            "the name app.example could not be resolved",
+            "Use a host name that resolves on the machine wsinspect runs on",
+        ),
+        (
+            FRONT,
+            "Certificate verify failed: self-signed certificate",
+            "upstream-tls",
+            "TLS with 127.0.0.1:8000 failed",
+            "--set ssl_insecure=true",
+        ),
+        (
+            FRONT,
+            "Client disconnected.",
+            "server-timeout",
+            "the client gave up after 3.0 s without an answer from 127.0.0.1:8000",
+            "a server that accepts connections but never answers",
+        ),
+        (
+            FRONT,
+            "[Errno 110] Connection timed out",
+            "server-timeout",
+            "the connection to 127.0.0.1:8000 timed out after 3.0 s",
+            "raise the client's handshake timeout",
+        ),
+        (
+            FRONT,
+            "[Errno 104] Connection reset by peer",
+            "server-unreachable",
+            "127.0.0.1:8000 could not be reached",
+            "Check that the server at 127.0.0.1:8000 is up",
+        ),
+    ],
+    ids=["refused", "refused-reverse-target", "dns", "tls", "client-gave-up", "timeout", "other"],
+)
+def test_a_hop_without_an_answer_is_an_error_naming_what_failed_and_where(
+    mode, error, code, what, fix
+):
+    """What mitmproxy records as flow.error when the server cannot be reached."""
+    server_addr = ("127.0.0.1", 9000) if mode == BACK else ("127.0.0.1", 8000)
+    if "name resolution" in error:
+        server_addr = None  # never resolved, never connected
+    hop = make_hop(mode, request(), None, server_addr=server_addr, error=error)
+    hop.timestamp_end = hop.timestamp_start + 3.0
+    (finding,) = diagnose(session(hop))
+    assert (finding.code, finding.severity, finding.hop) == (code, Severity.ERROR, 1)
+    assert f"Hop 1 ({mode}) got no answer: {what} ({error})." in finding.message
+    assert fix in finding.fix
+
+
+def test_an_absolute_form_target_that_was_never_connected_is_named_from_the_url():
+    hop = make_hop(FRONT, request(), None, server_addr=None, error="[Errno 111] Connect call")
+    hop.url = "ws://127.0.0.1:4567/chat"
+    (finding,) = diagnose(session(hop))
+    assert "the connection to 127.0.0.1:4567 was refused" in finding.message
+    hop.url = "wss://secure.example/chat"
+    hop.error = "Certificate verify failed: hostname mismatch"
+    (finding,) = diagnose(session(hop))
+    assert "TLS with secure.example:443 failed" in finding.message
+    assert "a name matching secure.example" in finding.fix
+
+
 def with_traffic(hop: Hop, last_message: float, end: float, abnormal: bool, by="server") -> Hop:
     hop.stats.add(Message(True, MessageType.TEXT, 2, b"hi", last_message))
     hop.close = (
@@ -336,28 +432,62 @@ def with_traffic(hop: Hop, last_message: float, end: float, abnormal: bool, by="
 
 
 def test_abnormal_close_without_silence():
-    hop = with_traffic(make_hop(FRONT), 101.0, 101.5, abnormal=True)
+    hop = with_traffic(make_hop(FRONT), 101.3, 101.5, abnormal=True)
     (finding,) = diagnose(session(hop))
     assert codes([finding]) == [("abnormal-close", "warning", 1)]
     assert "the server connection was lost" in finding.message
 
 
 def test_idle_timeout_names_the_silence_and_nginx_default():
-    front = with_traffic(make_hop(FRONT), 110.0, 170.2, abnormal=True, by="server")
-    back = with_traffic(make_hop(BACK, t=100.005), 110.0, 170.2, abnormal=True, by="client")
+    nginx_101 = switching(connection="upgrade") + [("Server", "nginx/1.22.1")]
+    front = with_traffic(make_hop(FRONT, response_headers=nginx_101), 110.0, 170.2, True)
+    back = with_traffic(make_hop(BACK, t=100.005), 110.0, 170.201, abnormal=True, by="client")
     findings = diagnose(session(front, back))
     assert codes(findings) == [("abnormal-close", "warning", 1), ("idle-timeout", "warning", 1)]
     assert "the proxy between hop 1 and hop 2 cut both sides" in findings[0].message
-    assert "No frame passed for 60.2 s" in findings[1].message
-    assert "matches nginx's default proxy_read_timeout of 60 s" in findings[1].message
-    assert "proxy_read_timeout" in findings[1].fix and "ping" in findings[1].fix
+    idle = findings[1]
+    assert "No frame passed for 60.20 s on either side of the proxy between hop 1 and hop 2" in (
+        idle.message
+    )
+    assert "(1 ms apart: hop 1 lost its server, hop 2 its client)" in idle.message
+    assert "It is nginx: Server: nginx/1.22.1 on the answer it sent back." in idle.message
+    assert "Its idle timeout is proxy_read_timeout (60 s by default)." in idle.message
+    assert "60 s matches the default of nginx's proxy_read_timeout (60 s)." in idle.message
+    assert idle.proxy == "nginx" and idle.fix.startswith("nginx: ")
+    assert "proxy_read_timeout 1h;" in idle.fix and "ping" in idle.fix
+    assert findings[0].proxy == "nginx" and "error.log" in findings[0].fix
+
+
+def test_idle_timeout_judged_across_the_hops_with_no_fixed_threshold():
+    """A proxy's 2 s timeout measured 1.81 s of silence at hop 1 (its last frame came later
+    than hop 2's): the cut across both hops is the signature, and the silence is reported."""
+    front = with_traffic(make_hop(FRONT), 110.19, 112.0, abnormal=True, by="server")
+    back = with_traffic(make_hop(BACK, t=100.005), 110.0, 112.002, abnormal=True, by="client")
+    findings = diagnose(session(front, back))
+    assert codes(findings) == [("abnormal-close", "warning", 1), ("idle-timeout", "warning", 1)]
+    assert "No frame passed for 1.81 s on either side" in findings[1].message
+    # The proxy could not be told: every common proxy's setting and default is named.
+    assert "nginx proxy_read_timeout 60 s" in findings[1].message
+    assert "Apache httpd 2.4 Timeout 60 s" in findings[1].message
+    assert "HAProxy timeout tunnel," in findings[1].message
+    assert "squid read_timeout 15 min" in findings[1].message
+    assert findings[1].fix.startswith("The proxy could not be told from the wire")
+    assert "timeout tunnel 1h" in findings[1].fix and "read_timeout 1h" in findings[1].fix
+    # Connections that ended apart were not cut by one proxy; a short silence at a single
+    # hop is no idle timeout.
+    apart = with_traffic(make_hop(BACK, t=100.005), 110.0, 113.0, abnormal=True, by="client")
+    front_short = with_traffic(make_hop(FRONT), 111.5, 112.0, abnormal=True, by="server")
+    assert codes(diagnose(session(front_short, apart))) == [("abnormal-close", "warning", 1)]
+    # A backend that crashed: hop 2 lost its server, not its client; no cut by the proxy.
+    crashed = with_traffic(make_hop(BACK, t=100.005), 110.0, 112.0, abnormal=True, by="server")
+    assert codes(diagnose(session(front, crashed))) == [("abnormal-close", "warning", 1)]
 
 
 def test_idle_timeout_counts_from_the_handshake_without_messages():
     hop = make_hop(FRONT, close=Close(by="server", abnormal=True, timestamp=105.01))
     finding = diagnose(session(hop))[-1]
-    assert finding.code == "idle-timeout" and "5.0 s" in finding.message
-    assert "matches nginx" not in finding.message
+    assert finding.code == "idle-timeout" and "No frame passed for 5.00 s" in finding.message
+    assert "matches the default" not in finding.message
 
 
 def test_a_client_hanging_up_after_silence_is_no_idle_timeout_unless_it_is_a_proxy():
@@ -399,7 +529,8 @@ def capture(path, *sessions_hops: list[Hop]):
 
 def test_findings_in_the_json_and_text_report(tmp_path, capsys):
     key = "a2V5LWZvci1yZXBvcnQ="
-    front = make_hop(FRONT, request(key=key), 426, reason="Upgrade Required")
+    nginx = [("Server", "nginx/1.22.1")]
+    front = make_hop(FRONT, request(key=key), 426, nginx, reason="Upgrade Required")
     back = make_hop(BACK, request(upgrade=None, connection="close", key=key), 426, t=100.005)
     path = capture(tmp_path / "c.db", [front, back])
     assert cli.main(["report", str(path), "--json"]) == 0
@@ -408,12 +539,13 @@ def test_findings_in_the_json_and_text_report(tmp_path, capsys):
     assert [f["code"] for f in reported["findings"]] == [
         "upgrade-dropped", "connection-dropped", "handshake-rejected",
     ]
-    assert set(reported["findings"][0]) == {"code", "severity", "hop", "message", "fix"}
+    assert set(reported["findings"][0]) == {"code", "severity", "hop", "message", "fix", "proxy"}
+    assert reported["findings"][0]["proxy"] == "nginx"
     assert reported["findings"][0]["severity"] == "error" and reported["findings"][0]["hop"] == 2
     assert cli.main(["report", str(path)]) == 0
     text = capsys.readouterr().out
     assert "  error upgrade-dropped (hop 2): Hop 1 received Upgrade: websocket" in text
-    assert "    fix: nginx, in the http block:" in text
+    assert "    fix: nginx: in the http block:" in text
     assert "             proxy_set_header Upgrade $http_upgrade;" in text
     assert "hop 1 -> 2 request: dropped Upgrade*; changed Connection* 'Upgrade' -> 'close'" in text
     assert text.count("proxy_set_header Upgrade") == 1  # the same fix is printed once

@@ -11,16 +11,21 @@ import websockets.client
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from wsinspect.diagnosis import Severity, diagnose
-from wsinspect.engine import EngineError
+from wsinspect.diagnosis import Severity, diagnose, identify_proxy
 from wsinspect.model import Outcome, header_value
 
 from .conftest import wait_for
-from .nginx_server import BROKEN, FIXED, HALF_FIXED, Nginx, free_port
+from .proxy_servers import (
+    NGINX_BROKEN,
+    NGINX_FIXED,
+    NGINX_HALF_FIXED,
+    Nginx,
+    start_on_free_ports,
+)
 
 pytestmark = pytest.mark.nginx
 
-FIXED_WITH_HOST = FIXED + "proxy_set_header Host $http_host;"
+FIXED_WITH_HOST = NGINX_FIXED + "proxy_set_header Host $http_host;"
 
 
 @pytest.fixture
@@ -35,20 +40,6 @@ def start_nginx(tmp_path):
     yield start
     for nginx in started:
         nginx.stop()
-
-
-async def start_on_free_ports(start_proxy, tmp_path, modes_for, name: str = "wsinspect"):
-    """Start wsinspect with `modes_for(front_port, reverse_port)`: nginx must know the reverse
-    listener's port, so the specs name their ports; one taken by another process between
-    free_port() and the bind is retried with new ones."""
-    for attempt in range(3):
-        ports = free_port(), free_port()
-        try:
-            capture = tmp_path / f"{name}{attempt}.db"
-            return await start_proxy(modes=modes_for(*ports), capture=capture), ports[1]
-        except EngineError:
-            if attempt == 2:
-                raise
 
 
 @pytest.fixture
@@ -84,7 +75,7 @@ def answered(hop_count: int):
     "location, status, expected",
     [
         (
-            BROKEN,
+            NGINX_BROKEN,
             505,  # the backend refuses HTTP/1.0
             [
                 ("upgrade-dropped", "error", 2),
@@ -95,7 +86,7 @@ def answered(hop_count: int):
             ],
         ),
         (
-            HALF_FIXED,
+            NGINX_HALF_FIXED,
             426,
             [
                 ("upgrade-dropped", "error", 2),
@@ -125,11 +116,17 @@ async def test_both_sides_of_a_misconfigured_nginx(
     assert codes(session) == expected
     rejected_finding = diagnose(session)[-1]
     assert f"the server behind hop 2 at 127.0.0.1:{echo_server}" in rejected_finding.message
+    # nginx is named from its Server header on the answer it relayed, and the fixes are its.
+    identity = identify_proxy(session, 2)
+    assert identity.dialect.name == "nginx"
+    assert "Server: nginx/" in identity.evidence[0]
+    for finding in diagnose(session)[:2]:
+        assert finding.proxy == "nginx" and finding.fix.startswith("nginx: in the http block:")
 
 
 @pytest.mark.parametrize(
     "location, expected",
-    [(FIXED, [("host-changed", "info", 2)]), (FIXED_WITH_HOST, [])],
+    [(NGINX_FIXED, [("host-changed", "info", 2)]), (FIXED_WITH_HOST, [])],
     ids=["fixed", "fixed-with-host"],
 )
 async def test_both_sides_of_a_correctly_configured_nginx(both_sides, location, expected):
@@ -141,6 +138,7 @@ async def test_both_sides_of_a_correctly_configured_nginx(both_sides, location, 
     assert session.status == 101 and session.close.code == 1000
     assert codes(session) == expected
     assert all(f.severity is Severity.INFO for f in diagnose(session))
+    assert identify_proxy(session, 2).dialect.name == "nginx"
     proxy.store.flush()
     for position in range(2):
         payloads = [m.payload for m in proxy.store.messages(session.id, 0, 10, position)]
@@ -151,7 +149,7 @@ async def test_both_sides_of_a_correctly_configured_nginx(both_sides, location, 
     "location, expected",
     [
         (
-            BROKEN,
+            NGINX_BROKEN,
             [
                 ("stripped-before-capture", "error", 1),
                 ("http10-upstream", "error", 1),
@@ -159,10 +157,10 @@ async def test_both_sides_of_a_correctly_configured_nginx(both_sides, location, 
             ],
         ),
         (
-            HALF_FIXED,
+            NGINX_HALF_FIXED,
             [("stripped-before-capture", "error", 1), ("handshake-rejected", "error", 1)],
         ),
-        (FIXED, []),
+        (NGINX_FIXED, []),
     ],
     ids=["broken", "half-fixed", "fixed"],
 )
@@ -186,7 +184,9 @@ async def test_wsinspect_only_behind_nginx(
 
 
 async def test_idle_timeout_of_nginx_is_diagnosed(both_sides):
-    proxy, nginx, _ = await both_sides(FIXED_WITH_HOST, read_timeout="3s")
+    """A 2 s proxy_read_timeout leaves 1.8-2.0 s of silence at hop 1: the cut across both
+    hops is the signature, not a threshold."""
+    proxy, nginx, _ = await both_sides(FIXED_WITH_HOST, read_timeout="2s")
     async with connect(f"ws://127.0.0.1:{nginx.port}/quiet", proxy=proxy.url) as ws:
         await ws.send("then silence")
         await ws.recv()
@@ -196,8 +196,12 @@ async def test_idle_timeout_of_nginx_is_diagnosed(both_sides):
     findings = diagnose(session)
     assert [(f.code, f.hop) for f in findings] == [("abnormal-close", 1), ("idle-timeout", 1)]
     assert "cut both sides" in findings[0].message
-    silence = float(findings[1].message.split("No frame passed for ")[1].split(" s")[0])
-    assert 2.9 <= silence <= 4.0
+    idle = findings[1]
+    silence = float(idle.message.split("No frame passed for ")[1].split(" s")[0])
+    assert 1.7 <= silence <= 2.5
+    assert "hop 1 lost its server, hop 2 its client" in idle.message
+    assert "Its idle timeout is proxy_read_timeout (60 s by default)." in idle.message
+    assert idle.proxy == "nginx" and "proxy_read_timeout 1h;" in idle.fix and "ping" in idle.fix
 
 
 async def run_clients(nginx: Nginx, proxy_url: str, count: int) -> None:
@@ -223,7 +227,7 @@ def assert_sessions_line_up(proxy, count: int) -> None:
 
 
 async def test_fifty_concurrent_handshakes_through_nginx_are_never_mixed_up(both_sides):
-    proxy, nginx, _ = await both_sides(FIXED)
+    proxy, nginx, _ = await both_sides(NGINX_FIXED)
     await run_clients(nginx, proxy.url, 50)
     await wait_for(
         lambda: sum(answered(2)(s) for s in proxy.store.sessions()) == 50, 15, "50 sessions"
@@ -235,7 +239,7 @@ async def test_fifty_concurrent_handshakes_through_nginx_are_never_mixed_up(both
 async def test_clients_reusing_one_key_are_told_apart_by_path(both_sides, monkeypatch):
     """Some clients send a constant Sec-WebSocket-Key; correlation must not merge them."""
     monkeypatch.setattr(websockets.client, "generate_key", lambda: "dGhlIHNhbXBsZSBub25jZQ==")
-    proxy, nginx, _ = await both_sides(FIXED)
+    proxy, nginx, _ = await both_sides(NGINX_FIXED)
     await run_clients(nginx, proxy.url, 20)
     await wait_for(
         lambda: sum(answered(2)(s) for s in proxy.store.sessions()) == 20, 15, "20 sessions"
@@ -246,7 +250,7 @@ async def test_clients_reusing_one_key_are_told_apart_by_path(both_sides, monkey
 async def test_a_keyless_handshake_through_nginx_lines_up_by_elimination(both_sides, echo_server):
     """A client that sends no Sec-WebSocket-Key: the only handshake under way is its own, so
     the two hops are still one session, and the backend's refusal is diagnosed."""
-    proxy, nginx, _ = await both_sides(FIXED)
+    proxy, nginx, _ = await both_sides(NGINX_FIXED)
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     try:
         writer.write(f"CONNECT 127.0.0.1:{nginx.port} HTTP/1.1\r\n\r\n".encode())
@@ -281,7 +285,7 @@ async def test_mitmproxys_host_rewrite_comes_back_with_keep_host_header_false(
         lambda _, back: [f"reverse:http://127.0.0.1:{echo_server}@{back}"],
         name="rewriting",
     )
-    nginx = start_nginx(reverse_port, FIXED)
+    nginx = start_nginx(reverse_port, NGINX_FIXED)
     async with connect(f"ws://127.0.0.1:{nginx.port}/chat") as ws:
         await ws.send("hi")
         await ws.recv()

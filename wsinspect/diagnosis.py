@@ -14,8 +14,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
+from urllib.parse import urlsplit
 
-from .model import Hop, Session, accept_for_key, header_tokens, header_value
+from . import proxies
+from .model import Hop, Outcome, Session, accept_for_key, header_tokens, header_value
+from .proxies import Identity, Sighting
 
 # RFC 9110 7.6.1 and RFC 2616 13.5.1; any Proxy-* header, and any header a Connection header
 # names, is hop-by-hop too.
@@ -23,9 +26,12 @@ HOP_BY_HOP = frozenset(
     {"connection", "upgrade", "keep-alive", "te", "trailer", "trailers", "transfer-encoding"}
 )
 
-# An abnormal close after at least this much silence looks like a proxy's idle timeout.
-IDLE_SILENCE = 2.0
-NGINX_READ_TIMEOUT = 60.0  # nginx's proxy_read_timeout default
+# Two hops that lost their connections this close together were cut by the proxy between them.
+CUT_WINDOW = 0.5
+# A cut across hops after at least this much silence is that proxy's idle timeout; a single
+# hop's connection that a proxy dropped after as long a silence looks like one. Short, so that
+# a proxy's 1 s timeout (0.95 s of silence measured by the hop) is not missed.
+IDLE_SILENCE = 0.5
 
 
 class Severity(str, Enum):
@@ -145,7 +151,8 @@ class Finding:
     severity: Severity
     hop: int  # 1-based position of the hop where the problem shows
     message: str
-    fix: str  # nginx lines, then a sentence for other proxies
+    fix: str  # in the named proxy's configuration language, or in each common proxy's
+    proxy: str | None = None  # the proxy the fix is for (a proxies.DIALECTS key), if told
 
     def to_json(self) -> dict:
         return {
@@ -154,50 +161,16 @@ class Finding:
             "hop": self.hop,
             "message": self.message,
             "fix": self.fix,
+            "proxy": self.proxy,
         }
 
 
-UPGRADE_FIX = (
-    "nginx, in the http block:\n"
-    "    map $http_upgrade $connection_upgrade { default upgrade; '' close; }\n"
-    "and in the location that proxies the WebSocket:\n"
-    "    proxy_http_version 1.1;\n"
-    "    proxy_set_header Upgrade $http_upgrade;\n"
-    "    proxy_set_header Connection $connection_upgrade;\n"
-    "Other proxies: forward the Upgrade and Connection headers to the backend over HTTP/1.1; "
-    "they are hop-by-hop, so proxies drop them unless told to pass them on."
-)
-HTTP11_FIX = (
-    "nginx, in the location that proxies the WebSocket:\n"
-    "    proxy_http_version 1.1;\n"
-    "(nginx's default is 1.0; pass Upgrade and Connection on too, see upgrade-dropped.)\n"
-    "Other proxies: speak HTTP/1.1 to the backend; an HTTP/1.0 request cannot be upgraded."
-)
-HOST_FIX = (
-    "nginx, in the location:\n"
-    "    proxy_set_header Host $http_host;\n"
-    "Other proxies: preserve the client's Host header (often called 'preserve host')."
-)
 ACCEPT_FIX = (
-    "nginx passes Sec-WebSocket-Key and Sec-WebSocket-Accept unchanged: remove any "
-    "proxy_set_header, add_header or more_set_headers line that touches them, or fix the "
-    "server's handshake code.\n"
-    "Other proxies: do not rewrite Sec-WebSocket-* headers; the server must answer "
+    "Proxies pass Sec-WebSocket-Key and Sec-WebSocket-Accept unchanged unless told otherwise: "
+    "remove any line that sets them (nginx proxy_set_header/add_header/more_set_headers, "
+    "Apache RequestHeader/Header, HAProxy http-request/http-response set-header, Caddy "
+    "header_up/header_down), or fix the server's handshake code: it must answer "
     "base64(SHA-1(key + 258EAFA5-E914-47DA-95CA-C5AB0DC85B11))."
-)
-CLOSE_FIX = (
-    "nginx: error.log tells why it closed an upstream or client connection "
-    "(e.g. 'upstream prematurely closed connection').\n"
-    "Other proxies: check the proxy's log; applications should end WebSockets with a close "
-    "frame (ws.close()) instead of dropping the connection."
-)
-IDLE_FIX = (
-    "nginx, in the location that proxies the WebSocket:\n"
-    "    proxy_read_timeout 1h;\n"
-    "    proxy_send_timeout 1h;\n"
-    "or have the client or server send a ping more often than the timeout (e.g. every 30 s).\n"
-    "Other proxies: raise the idle timeout (HAProxy 'timeout tunnel', a load balancer's idle "
-    "timeout) above the longest silence, or ping more often than it."
 )
 PROTOCOL_FIX = (
     "Fix the WebSocket implementation of the side named above: RFC 6455 section 5 says how "
@@ -215,21 +188,82 @@ REFUSED_FIX = (
     "nginx and other proxies refuse such requests too, usually with 400."
 )
 
-REJECTED_FIXES = {
-    "proxy": (
-        "nginx: error.log names why it answered itself (502: backend unreachable or it closed "
-        "the connection; 504: proxy_connect_timeout/proxy_read_timeout; 404/403: no location "
-        "or an access rule matched the WebSocket path).\n"
-        "Other proxies: check the proxy's log and that its route to the WebSocket backend "
-        "matches this path."
-    ),
-    "server": (
-        "Fix the findings above first if there are any: a server refuses an upgrade whose "
-        "Upgrade/Connection headers were lost or that arrived as HTTP/1.0. Otherwise check the "
-        "server's log for the reason (path, Origin, authentication, subprotocol).\n"
-        "Other proxies: make sure the request reaches the WebSocket endpoint unchanged."
-    ),
-}
+SERVER_REJECTED_FIX = (
+    "Fix the findings above first if there are any: a server refuses an upgrade whose "
+    "Upgrade/Connection headers were lost or that arrived as HTTP/1.0. Otherwise check the "
+    "server's log for the reason (path, Origin, authentication, subprotocol), and that the "
+    "request reaches the WebSocket endpoint unchanged."
+)
+CLEAN_CLOSE_ADVICE = (
+    "Applications should end WebSockets with a close frame (ws.close()) instead of dropping "
+    "the connection."
+)
+
+
+# ----- the proxy at each place ---------------------------------------------------------------
+
+
+def _between(before: Hop, after: Hop) -> Identity:
+    """The proxy between two hops, from what each side of it recorded."""
+    return proxies.identify(
+        Sighting(
+            sent=before.request_headers,
+            received=after.request_headers,
+            sent_version=before.http_version,
+            received_version=after.http_version,
+            answered=after.response_headers if after.response_status is not None else None,
+            relayed=before.response_headers if before.response_status is not None else None,
+        )
+    )
+
+
+def _in_front(hop: Hop) -> Identity:
+    """The proxy in front of a hop (a reverse listener's client), from the request it sent."""
+    return proxies.identify(
+        Sighting(received=hop.request_headers, received_version=hop.http_version)
+    )
+
+
+def _behind(hop: Hop) -> Identity:
+    """What answered a hop, when its answer carries a proxy's signature."""
+    if hop.response_status is None or hop.answered_by == "proxy":
+        return Identity(None)
+    return proxies.identify(Sighting(relayed=hop.response_headers))
+
+
+def _proxy_at(hops: list[Hop], position: int) -> Identity:
+    """The proxy whose doing shows at hop `position`: the one in front of it."""
+    if position == 1:
+        return _in_front(hops[0])
+    return _between(hops[position - 2], hops[position - 1])
+
+
+def identify_proxy(session: Session, position: int) -> Identity:
+    """The proxy in front of hop `position` (1-based: in front of hop 1, between hop
+    `position - 1` and it), or behind the last hop for `position = len(hops) + 1`."""
+    if position == len(session.hops) + 1:
+        return _behind(session.hops[-1])
+    return _proxy_at(session.hops, position)
+
+
+def _proxy_finding(
+    code: str, severity: Severity, position: int, message: str, identity: Identity, aspect: str
+) -> Finding:
+    """A finding whose fix is in the configuration language of the proxy `identity` names."""
+    if identity.evidence:
+        message += " " + identity.describe()
+    dialect = identity.dialect
+    return Finding(
+        code,
+        severity,
+        position,
+        message,
+        proxies.fix(dialect, aspect),
+        dialect.name if dialect else None,
+    )
+
+
+# ----- the handshake -------------------------------------------------------------------------
 
 
 def _has_upgrade(headers: list[tuple[str, str]]) -> bool:
@@ -258,14 +292,16 @@ def _stripped_before_capture(hop: Hop) -> list[Finding]:
     if not _is_handshake(hop) or not missing:
         return []
     return [
-        Finding(
+        _proxy_finding(
             "stripped-before-capture",
             Severity.ERROR,
             1,
             f"Hop 1 received a WebSocket handshake (Sec-WebSocket-Key and -Version are there) "
             f"without {' and '.join(missing)}. Clients always send them, so a proxy in front "
-            f"of wsinspect (such as nginx without the upgrade lines) stripped them.",
-            UPGRADE_FIX,
+            f"of wsinspect stripped them: they are hop-by-hop headers, which proxies drop "
+            f"unless told to pass them on.",
+            _in_front(hop),
+            "upgrade",
         )
     ]
 
@@ -277,17 +313,19 @@ def _http10(position: int, hop: Hop, previous: Hop | None, upgraded: bool) -> li
         if not _is_handshake(hop):
             return []
         who = "whatever sent it to hop 1 (a proxy in front of wsinspect, or the client)"
+        identity = _in_front(hop)
     else:
         who = f"the proxy between hop {position - 1} and hop {position}"
+        identity = _between(previous, hop)
     return [
-        Finding(
+        _proxy_finding(
             "http10-upstream",
             Severity.WARNING if upgraded else Severity.ERROR,
             position,
             f"Hop {position} received the handshake as HTTP/1.0: {who} forwarded it with "
-            f"HTTP/1.0, which has no Upgrade mechanism (nginx's proxy_http_version defaults "
-            f"to 1.0).",
-            HTTP11_FIX,
+            f"HTTP/1.0, which has no Upgrade mechanism.",
+            identity,
+            "http11",
         )
     ]
 
@@ -295,18 +333,20 @@ def _http10(position: int, hop: Hop, previous: Hop | None, upgraded: bool) -> li
 def _dropped_at(position: int, before: Hop, after: Hop) -> list[Finding]:
     findings = []
     between = f"the proxy between hop {position - 1} and hop {position}"
+    identity = _between(before, after)
     if _has_upgrade(before.request_headers) and not _has_upgrade(after.request_headers):
         now = header_value(after.request_headers, "Upgrade")
         what = "dropped it" if now is None else f"rewrote it to {now!r}"
         findings.append(
-            Finding(
+            _proxy_finding(
                 "upgrade-dropped",
                 Severity.ERROR,
                 position,
                 f"Hop {position - 1} received Upgrade: websocket but hop {position} did not: "
                 f"{between} {what}. Upgrade is a hop-by-hop header, so proxies drop it unless "
                 f"told to pass it on.",
-                UPGRADE_FIX,
+                identity,
+                "upgrade",
             )
         )
     if _has_connection_upgrade(before.request_headers) and not _has_connection_upgrade(
@@ -320,13 +360,14 @@ def _dropped_at(position: int, before: Hop, after: Hop) -> list[Finding]:
         else:
             what = f"rewrote it to {now!r}"
         findings.append(
-            Finding(
+            _proxy_finding(
                 "connection-dropped",
                 Severity.ERROR,
                 position,
                 f"Hop {position - 1}'s Connection header carried the 'upgrade' token but hop "
                 f"{position}'s did not: {between} {what}.",
-                UPGRADE_FIX,
+                identity,
+                "upgrade",
             )
         )
     return findings
@@ -338,14 +379,15 @@ def _host_changed(position: int, before: Hop, after: Hop) -> list[Finding]:
     if old is None or new is None or old.lower() == new.lower():
         return []
     return [
-        Finding(
+        _proxy_finding(
             "host-changed",
             Severity.INFO,
             position,
             f"The proxy between hop {position - 1} and hop {position} sent Host: {new} instead "
-            f"of the client's {old} (nginx sends the proxy_pass address unless told "
+            f"of the client's {old} (proxies often send their backend's address unless told "
             f"otherwise); servers that check Host or Origin may refuse the upgrade.",
-            HOST_FIX,
+            _between(before, after),
+            "host",
         )
     ]
 
@@ -376,29 +418,148 @@ def _rejected(session: Session) -> list[Finding]:
                 REFUSED_FIX,
             )
         ]
+    message = f"The upgrade was answered with {answer} instead of 101 Switching Protocols; "
     if depth + 1 == len(hops):
-        producer = _server_behind(hops[depth], depth + 1)
-        kind = "server"
+        identity = _behind(hops[depth])
+        message += f"{_server_behind(hops[depth], depth + 1)} produced that answer"
+        dialect = identity.dialect
+        if dialect is None:
+            return [
+                Finding(
+                    "handshake-rejected", Severity.ERROR, depth + 1, message + ".",
+                    SERVER_REJECTED_FIX,
+                )
+            ]
+        # A proxy answered: it either refused itself or relayed its backend's refusal.
+        return [
+            Finding(
+                "handshake-rejected",
+                Severity.ERROR,
+                depth + 1,
+                f"{message} (or relayed it from its own backend). {identity.describe()}",
+                proxies.fix(dialect, "answered")
+                + f"\nIf its backend refused the upgrade, {dialect.title} did not pass it on: "
+                + dialect.upgrade,
+                dialect.name,
+            )
+        ]
+    deeper = hops[depth + 1]
+    if deeper.response_status is None:
+        got = f"got no answer ({deeper.error})" if deeper.error else "got no answer"
     else:
-        deeper = hops[depth + 1]
-        if deeper.response_status is None:
-            got = f"got no answer ({deeper.error})" if deeper.error else "got no answer"
-        else:
-            got = f"got {deeper.response_status}"
-        producer = (
-            f"the proxy between hop {depth + 1} and hop {depth + 2} (hop {depth + 2} {got})"
-        )
-        kind = "proxy"
+        got = f"got {deeper.response_status}"
+    message += (
+        f"the proxy between hop {depth + 1} and hop {depth + 2} (hop {depth + 2} {got}) "
+        f"produced that answer."
+    )
     return [
-        Finding(
+        _proxy_finding(
             "handshake-rejected",
             Severity.ERROR,
             depth + 1,
-            f"The upgrade was answered with {answer} instead of 101 Switching Protocols; "
-            f"{producer} produced that answer.",
-            REJECTED_FIXES[kind],
+            message,
+            _between(hops[depth], deeper),
+            "answered",
         )
     ]
+
+
+# ----- no answer at all ----------------------------------------------------------------------
+
+REFUSED_SIGNS = ("connect call failed", "connection refused", "errno 111")
+DNS_SIGNS = (
+    "name resolution",
+    "name or service not known",
+    "nodename nor servname",
+    "no address associated",
+    "getaddrinfo",
+    "errno -2]",
+    "errno -3]",
+    "errno -5]",
+)
+TLS_SIGNS = ("certificate", "tls", "ssl")
+TIMEOUT_SIGNS = ("timed out", "timeout", "errno 110")
+CLIENT_GAVE_UP = "client disconnected"
+
+
+def _target(hop: Hop) -> tuple[str, str]:
+    """The server a hop tried to reach, as "host:port", and its host."""
+    if hop.mode.startswith("reverse:"):
+        url = urlsplit(hop.mode[len("reverse:") :].rsplit("@", 1)[0])
+    else:
+        url = urlsplit(hop.url)
+    if hop.server_addr:
+        host, port = str(hop.server_addr[0]), hop.server_addr[1]
+    else:
+        host = url.hostname or "?"
+        port = url.port or (443 if url.scheme in ("https", "wss") else 80)
+    return f"{host}:{port}", host
+
+
+def _unreachable(hops: list[Hop]) -> list[Finding]:
+    """A hop that got no answer at all: its server was refused, unknown, untrusted or silent."""
+    findings = []
+    for position, hop in enumerate(hops, start=1):
+        if hop.outcome is not Outcome.FAILED or hop.response_status is not None:
+            continue
+        error = hop.error or "no answer"
+        text = error.lower()
+        address, host = _target(hop)
+        where = f"Hop {position} ({hop.mode})"
+        if hop.mode.startswith("reverse:"):
+            aim = "the reverse listener's target (--mode reverse:http://HOST:PORT@…)"
+        else:
+            aim = "the client"
+        if any(sign in text for sign in REFUSED_SIGNS):
+            code, what = "server-unreachable", f"the connection to {address} was refused"
+            fix = (
+                f"Start the WebSocket server on {address}, or point {aim} at the address "
+                f"where it listens."
+            )
+        elif any(sign in text for sign in DNS_SIGNS):
+            code, what = "server-unreachable", f"the name {host} could not be resolved"
+            fix = (
+                f"Use a host name that resolves on the machine wsinspect runs on (check its "
+                f"spelling, DNS or /etc/hosts), or the server's IP address; then point {aim} "
+                f"at it."
+            )
+        elif any(sign in text for sign in TLS_SIGNS):
+            code, what = "upstream-tls", f"TLS with {address} failed"
+            fix = (
+                "For a self-signed backend, or one signed by a private CA, give wsinspect that "
+                "CA: --set ssl_verify_upstream_trusted_ca=/path/to/ca.pem, or, for a test, skip "
+                "the check with --set ssl_insecure=true. Otherwise fix the server's "
+                f"certificate (a name matching {host}, not expired, the whole chain)."
+            )
+        elif any(sign in text for sign in TIMEOUT_SIGNS) or CLIENT_GAVE_UP in text:
+            code = "server-timeout"
+            waited = (hop.timestamp_end or hop.timestamp_start) - hop.timestamp_start
+            if CLIENT_GAVE_UP in text:
+                what = (
+                    f"the client gave up after {waited:.1f} s without an answer from "
+                    f"{address}"
+                )
+            else:
+                what = f"the connection to {address} timed out after {waited:.1f} s"
+            fix = (
+                f"Check that the server at {address} is up and answers WebSocket handshakes: "
+                "a server that accepts connections but never answers (stuck, overloaded, or "
+                "another protocol on that port), or a firewall that drops packets, looks like "
+                "this. If it is only slow, raise the client's handshake timeout."
+            )
+        else:
+            code, what = "server-unreachable", f"{address} could not be reached"
+            fix = f"Check that the server at {address} is up and reachable from wsinspect."
+        findings.append(
+            Finding(
+                code,
+                Severity.ERROR,
+                position,
+                f"{where} got no answer: {what} ({error}). The client got no WebSocket.",
+                fix,
+            )
+        )
+    return findings
 
 
 def _accept_mismatch(hops: list[Hop]) -> list[Finding]:
@@ -436,17 +597,96 @@ def _accept_mismatch(hops: list[Hop]) -> list[Finding]:
     ]
 
 
-def _silence(hop: Hop) -> float | None:
-    """Seconds between the hop's last sign of life and the end of its connection."""
-    end = hop.close.timestamp if hop.close and hop.close.timestamp else hop.timestamp_end
-    if end is None:
-        return None
-    last = max(
+# ----- the end -------------------------------------------------------------------------------
+
+
+def _last_sign_of_life(hop: Hop) -> float:
+    return max(
         t
         for t in (hop.timestamp_start, hop.timestamp_response, hop.stats.last_timestamp)
         if t is not None
     )
-    return max(0.0, end - last)
+
+
+def _end(hop: Hop) -> float | None:
+    return hop.close.timestamp if hop.close and hop.close.timestamp else hop.timestamp_end
+
+
+def _silence(hop: Hop) -> float | None:
+    """Seconds between the hop's last sign of life and the end of its connection."""
+    end = _end(hop)
+    return None if end is None else max(0.0, end - _last_sign_of_life(hop))
+
+
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """The proxy between hop `position` and the next dropped both of its connections at
+    once: hop `position` lost its server and the next hop its client, without close frames."""
+
+    position: int
+    silence: float  # seconds without a frame on either side before the cut
+    apart: float  # seconds between the two connections' ends
+
+
+def cut_across(hops: list[Hop]) -> Cut | None:
+    for position, (before, after) in enumerate(zip(hops, hops[1:]), start=1):
+        lost_server = before.close and before.close.abnormal and before.close.by == "server"
+        lost_client = after.close and after.close.abnormal and after.close.by == "client"
+        ends = _end(before), _end(after)
+        if not (lost_server and lost_client) or None in ends:
+            continue
+        apart = abs(ends[0] - ends[1])
+        if apart <= CUT_WINDOW:
+            last = max(_last_sign_of_life(before), _last_sign_of_life(after))
+            return Cut(position, max(0.0, min(ends) - last), apart)
+    return None
+
+
+def _defaults_matching(silence: float, dialects: Iterable[proxies.Dialect]) -> list[str]:
+    return [
+        f"{d.title}'s {d.idle_setting} ({d.idle_default_text})"
+        for d in dialects
+        if d.idle_default is not None
+        and abs(silence - d.idle_default) <= max(1.0, 0.05 * d.idle_default)
+    ]
+
+
+def _idle_timeout(position: int, message: str, silence: float, identity: Identity) -> Finding:
+    dialect = identity.dialect
+    if dialect is not None:
+        default = (
+            f"{dialect.idle_default_text} by default"
+            if dialect.idle_default is not None
+            else "no default of its own"
+        )
+        message += (
+            f" {identity.describe()} Its idle timeout is {dialect.idle_setting} ({default})."
+        )
+        candidates = [dialect]
+    else:
+        if identity.evidence:
+            message += " " + identity.describe()
+        message += (
+            " Common idle timeouts: "
+            + ", ".join(
+                f"{d.title} {d.idle_setting}"
+                + (f" {d.idle_default_text}" if d.idle_default is not None else "")
+                for d in proxies.DIALECTS.values()
+            )
+            + "."
+        )
+        candidates = list(proxies.DIALECTS.values())
+    matching = _defaults_matching(silence, candidates)
+    if matching:
+        message += f" {silence:.0f} s matches the default of {' and '.join(matching)}."
+    fix = (
+        proxies.fix(dialect, "idle")
+        + f"\nOr have the client or the server send a ping more often than the timeout "
+        f"(more often than every {silence:.1f} s, the silence measured here)."
+    )
+    return Finding(
+        "idle-timeout", Severity.WARNING, position, message, fix, dialect.name if dialect else None
+    )
 
 
 def _abnormal(hops: list[Hop]) -> list[Finding]:
@@ -475,30 +715,59 @@ def _abnormal(hops: list[Hop]) -> list[Finding]:
             + (f" {reason!r}" if reason else " with no reason")
             + (", as if all was well." if code == 1000 else ".")
         )
-    findings = [Finding("abnormal-close", Severity.WARNING, position, message, CLOSE_FIX)]
-    # A client that hangs up on a listener it talks to directly is no proxy's timeout; a
+    # A client that hangs up on a listener it talks to directly is no proxy's doing; a
     # reverse listener's client is the proxy in front of it.
     client_left = close.by == "client" and not hop.mode.startswith("reverse")
+    cut = cut_across(hops)
+    if cut is not None:
+        identity = _proxy_at(hops, cut.position + 1)
+    elif close.by == "server":
+        identity = _between(hop, deeper) if deeper else _behind(hop)
+    elif not client_left:
+        identity = _proxy_at(hops, position)
+    else:
+        identity = Identity(None)
+    closed = Finding(
+        "abnormal-close",
+        Severity.WARNING,
+        position,
+        message,
+        (
+            proxies.fix(identity.dialect, "answered") + "\n" + CLEAN_CLOSE_ADVICE
+            if identity.dialect or not client_left
+            else CLEAN_CLOSE_ADVICE
+        ),
+        identity.dialect.name if identity.dialect else None,
+    )
+    if cut is not None and cut.silence >= IDLE_SILENCE:
+        idle = _idle_timeout(
+            cut.position,
+            f"No frame passed for {cut.silence:.2f} s on either side of the proxy between "
+            f"hop {cut.position} and hop {cut.position + 1}; then it dropped both of its "
+            f"connections at the same moment ({cut.apart * 1000:.0f} ms apart: hop "
+            f"{cut.position} lost its server, hop {cut.position + 1} its client), without a "
+            f"close frame: that proxy's idle timeout, about {cut.silence:.1f} s.",
+            cut.silence,
+            identity,
+        )
+        return [closed, idle]
+    # With one side of the proxy captured, the cut cannot be seen on both: a long silence is
+    # the only sign. With both captured, only a cut across them is an idle timeout.
+    other_side_unseen = (close.by == "server" and deeper is None) or (
+        close.by == "client" and position == 1 and not client_left
+    )
     silence = _silence(hop)
-    if silence is not None and silence >= IDLE_SILENCE and not client_left:
-        default = (
-            f" That matches nginx's default proxy_read_timeout of {NGINX_READ_TIMEOUT:.0f} s."
-            if abs(silence - NGINX_READ_TIMEOUT) <= 2
-            else ""
+    if other_side_unseen and silence is not None and silence >= IDLE_SILENCE:
+        idle = _idle_timeout(
+            position,
+            f"No frame passed for {silence:.2f} s before the connection was cut at hop "
+            f"{position}, without a close frame: that looks like a proxy's idle timeout "
+            f"(only one side of it was captured, so the cut could not be seen on both).",
+            silence,
+            identity,
         )
-        findings.append(
-            Finding(
-                "idle-timeout",
-                Severity.WARNING,
-                position,
-                f"No frame passed for {silence:.1f} s before the connection was cut at hop "
-                f"{position}: a proxy's idle timeout closes a silent WebSocket without a close "
-                f"frame (nginx's proxy_read_timeout is {NGINX_READ_TIMEOUT:.0f} s by default)."
-                + default,
-                IDLE_FIX,
-            )
-        )
-    return findings
+        return [closed, idle]
+    return [closed]
 
 
 def _protocol_errors(hops: list[Hop]) -> list[Finding]:
@@ -533,6 +802,7 @@ def diagnose(session: Session) -> list[Finding]:
         findings += _dropped_at(position, before, after)
         findings += _http10(position, after, before, upgraded)
         findings += _host_changed(position, before, after)
+    findings += _unreachable(hops)
     findings += _rejected(session) + _accept_mismatch(hops) + _abnormal(hops)
     findings += _protocol_errors(hops)
     return sorted(findings, key=lambda f: f.hop)
