@@ -83,7 +83,7 @@ async def test_sessions_appear_and_a_session_shows_handshake_messages_and_payloa
             await wait_for(lambda: "closed" in screen_text(app), what="the session to close")
             text = screen_text(app)
             assert f"ws://127.0.0.1:{port}/chat" in text, text
-            assert "1 sessions (1 closed)" in text
+            assert "1 session (1 closed)" in text
 
             screen = await open_first_session(app, pilot)
             listing = message_list(app)

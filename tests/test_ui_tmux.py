@@ -96,7 +96,7 @@ async def test_the_app_in_a_real_terminal(tmp_path, confdir, echo_server):
         assert "HTTP/1.1 101 Switching Protocols" in screen
 
         tmux.keys("Escape")
-        screen = await tmux.wait_screen("last activity", "1 sessions (1 closed)")  # the list
+        screen = await tmux.wait_screen("duration", "1 session (1 closed)")  # the list
 
         tmux.keys("q")
         screen = await tmux.wait_screen("EXIT=0")

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -15,7 +14,7 @@ from textual.widgets import Checkbox, Input, Label, Select, Static
 
 from ..formats import EXPORT_FORMATS
 from ..resend import DESTINATIONS, PAYLOAD_ENCODINGS
-from .format import printable
+from .format import SafeText
 
 FORMAT_SUFFIXES = {"har": ".har", "flows": ".flows", "jsonl": ".jsonl"}
 
@@ -40,14 +39,14 @@ class EditPayloadScreen(ModalScreen[EditedPayload | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(f"Edit {printable(self.what)} and send it (Enter sends, Esc cancels):")
+            yield Label(SafeText(f"Edit {self.what} and send it (Enter sends, Esc cancels):"))
             yield Input(value=self.initial, id="edit-payload")
             with Horizontal(classes="dialog-options"):
                 yield Select([(e, e) for e in PAYLOAD_ENCODINGS], value=self.encoding,
-                             allow_blank=False, id="edit-encoding")
+                             allow_blank=False, id="edit-encoding", compact=True)
                 yield Select([(f"to the {d}" if d != "original" else "where it went", d)
                               for d in DESTINATIONS], value="original",
-                             allow_blank=False, id="edit-destination")
+                             allow_blank=False, id="edit-destination", compact=True)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.dismiss(EditedPayload(
@@ -85,10 +84,11 @@ class ExportScreen(ModalScreen[ExportRequest | None]):
             yield Input(value=self.stem + FORMAT_SUFFIXES["har"], id="export-path")
             with Horizontal(classes="dialog-options"):
                 yield Select([(f, f) for f in EXPORT_FORMATS], value="har", allow_blank=False,
-                             id="export-format")
-                yield Checkbox("redact credentials", value=True, id="export-redact")
+                             id="export-format", compact=True)
+                yield Checkbox("redact credentials", value=True, id="export-redact",
+                               compact=True)
                 if self.session_id is not None:
-                    yield Checkbox("all sessions", value=False, id="export-all")
+                    yield Checkbox("all sessions", value=False, id="export-all", compact=True)
 
     def on_select_changed(self, event: Select.Changed) -> None:
         path_input = self.query_one("#export-path", Input)
@@ -125,11 +125,11 @@ class ComparisonScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="comparison-dialog"):
-            yield Label(Text(printable(self.title_text), style="bold"))
+            yield Label(SafeText(self.title_text, style="bold"))
             with VerticalScroll(id="comparison-scroll"):
-                yield Static(Text("\n".join(printable(line) for line in self.lines)),
+                yield Static(SafeText("\n").join(SafeText.line(line) for line in self.lines),
                              id="comparison-text")
-            yield Label(Text("Esc closes", style="dim"))
+            yield Label(SafeText("Esc closes", style="dim"))
 
     def action_close(self) -> None:
         self.dismiss(None)
