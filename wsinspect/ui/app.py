@@ -92,9 +92,9 @@ def home_relative(path: str) -> str:
 
 
 def command_line(command: str) -> SafeText:
-    """A command to paste, on a line of its own: never wrapped (a line too long for the
-    screen is cut at the edge rather than broken mid-word)."""
-    return SafeText.line(f"  {command}", style="bold", no_wrap=True, overflow="ignore")
+    """A command to paste, on a line of its own, short enough for 80 columns; only one
+    longer than the screen (a long confdir) is folded."""
+    return SafeText.line(f"  {command}", style="bold", overflow="fold")
 
 
 class WsInspectApp(App):
@@ -229,8 +229,7 @@ class WsInspectApp(App):
             command_line(f"cp {home_relative(self.engine.confdir)}/mitmproxy-ca-cert.pem \\"),
             command_line("   /usr/local/share/ca-certificates/mitmproxy.crt"),
             command_line("update-ca-certificates"),
-            SafeText("or give the file to the client (ssl= in Python, NODE_EXTRA_CA_CERTS "
-                     "in Node)."),
+            SafeText("or hand the file to the client (Python: ssl=, Node: NODE_EXTRA_CA_CERTS)."),
             SafeText("\nPress l for the proxy's log, ctrl+p for all commands, q to quit."),
         ]
         return Group(*parts)
