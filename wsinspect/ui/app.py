@@ -242,15 +242,6 @@ class WsInspectApp(App):
         super().notify(printable(message), title=printable(title), severity=severity,
                        timeout=timeout, markup=False)
 
-    def _handle_exception(self, error: Exception) -> None:
-        """A capture that turns out damaged while the app reads it ends the app with one line
-        and exit status 2, as when it cannot be opened at all; anything else is a crash
-        (Textual's traceback, status 1)."""
-        if isinstance(error, CaptureError):
-            self.exit(return_code=2, message=SafeText.line(f"wsinspect: {error}"))
-            return
-        super()._handle_exception(error)
-
     # ----- resend, replay, export ----------------------------------------------------------
 
     def notify_problem(self, text: str, title: str = "") -> None:
