@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 
+from rich.measure import Measurement
 from rich.text import Text
 
 from ..model import Message, MessageType
@@ -80,6 +81,31 @@ def fit_fields(fields: list[SafeText], width: int, gap: str = FIELD_GAP) -> Safe
             shortened.truncate(room, overflow="ellipsis")
             line.append(shortened)
     return line
+
+
+class MiddleShortened:
+    """One line that, given less room than it needs, keeps its start and its end with an
+    ellipsis between: URLs in a list differ at the end of their path more than at their
+    host. (A renderable: it shortens to whatever width its table column has.)"""
+
+    def __init__(self, text: SafeText) -> None:
+        self.text = text
+
+    @property
+    def cell_len(self) -> int:
+        return self.text.cell_len
+
+    def __rich_measure__(self, console, options) -> Measurement:
+        return Measurement(self.text.cell_len, self.text.cell_len)
+
+    def __rich_console__(self, console, options):
+        width, text = options.max_width, self.text.copy()
+        if text.cell_len > width > 2:
+            head = width // 3
+            text = text[:head] + Text("…") + text[len(text) - (width - head - 1):]
+            text.truncate(width)
+        text.end, text.no_wrap = "", True
+        yield text
 
 
 def clock(timestamp: float, millis: bool = True) -> str:

@@ -13,7 +13,7 @@ from textual.widgets import DataTable, Footer, Static
 from ..model import Outcome, Session
 from ..store import StoreChanges
 from .findings import findings_badge
-from .format import SafeText, clock, duration, format_size
+from .format import MiddleShortened, SafeText, clock, duration, format_size
 from .status import StatusBar, is_covered, outcome_badge
 
 # A busy session's counters change with every batch of messages; the list shows them at this
@@ -45,15 +45,15 @@ COUNT_COLUMNS = ("messages", "bytes", "duration", "last")
 
 def session_cells(
     session: Session, now: float, columns: Iterable[str] | None = None
-) -> dict[str, SafeText]:
+) -> dict[str, SafeText | MiddleShortened]:
     def right(value: object) -> SafeText:
         return SafeText.line(str(value), justify="right")
 
-    cells: dict[str, Callable[[], SafeText]] = {
+    cells: dict[str, Callable[[], SafeText | MiddleShortened]] = {
         "id": lambda: right(session.id),
         "state": lambda: outcome_badge(session.outcome),
         "findings": lambda: findings_badge(session),
-        "url": lambda: SafeText.line(session.url, no_wrap=True, overflow="ellipsis"),
+        "url": lambda: MiddleShortened(SafeText.line(session.url)),
         "status": lambda: right(session.status if session.status is not None else "-"),
         "hops": lambda: right(len(session.hops)),
         "messages": lambda: right(session.stats.count),
@@ -66,7 +66,7 @@ def session_cells(
 
 class SessionsTable(DataTable):
     """One row per session, in the order they started. The URL column takes the width the
-    other columns leave (URLs are shortened with an ellipsis), so the figures after it stay
+    other columns leave (long URLs lose their middle), so the figures after it stay
     on screen in a narrow terminal."""
 
     BINDINGS = [
@@ -81,6 +81,9 @@ class SessionsTable(DataTable):
             self.add_column(label, key=key, width=URL_MIN_WIDTH if key == "url" else None)
         self._url_width = 0  # the longest URL's cells
         self._fitting = False
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return action != "select_cursor" or self.row_count > 0  # no "Open" in the empty state
 
     def action_first(self) -> None:
         if self.row_count:
@@ -130,6 +133,8 @@ class SessionsTable(DataTable):
         self.add_row(*(cells[key] for key, _ in COLUMNS), key=str(session.id))
         self._url_width = max(self._url_width, cells["url"].cell_len)
         self._refit_soon()
+        if self.row_count == 1:
+            self.refresh_bindings()
 
     def update_session(
         self, session: Session, now: float, columns: Iterable[str] | None = None
@@ -147,7 +152,6 @@ class EmptyState(Static):
 
 class SessionsScreen(Screen):
     BINDINGS = [
-        Binding("enter", "open_session", "Open"),
         Binding("f", "follow", "Newest"),
         Binding("x", "app.export", "Export all"),
         Binding("l", "app.show_log", "Log"),
