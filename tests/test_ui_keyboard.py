@@ -4,10 +4,12 @@ footer offers the current tab's keys, Esc and Home do what they say."""
 from __future__ import annotations
 
 import os
+import socket
 import stat
 
 import pytest
 from textual.containers import VerticalScroll
+from textual.geometry import Region
 from textual.widgets import Input
 
 from tests.test_diagnosis import BACK, FRONT, make_hop, request
@@ -15,6 +17,7 @@ from tests.ui_helpers import T0, deterministic_store, handshake_hop, screen_text
 from wsinspect.model import Message, MessageType
 from wsinspect.store import SessionStore
 from wsinspect.ui import WsInspectApp
+from wsinspect.ui.dialogs import ComparisonScreen, EditPayloadScreen
 from wsinspect.ui.messages import MessageList
 from wsinspect.ui.session_view import SessionScreen
 from wsinspect.ui.sessions import SessionsTable
@@ -176,3 +179,51 @@ async def test_a_saved_payload_is_private(tmp_path):
         await pilot.pause()
     assert target.read_bytes() == b"hello"
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
+
+
+async def test_dialogs_fit_80x24():
+    app = WsInspectApp(deterministic_store(), clock=lambda: T0 + 10)
+    screen_region = Region(0, 0, *SMALL)
+    async with app.run_test(size=SMALL) as pilot:
+        await pilot.press("up", "up", "enter", "home")
+        for open_dialog in (
+            lambda: pilot.press("x"),
+            lambda: pilot.press("s"),
+            lambda: app.push_screen(EditPayloadScreen("x" * 200, "text", "message #0")),
+            lambda: app.push_screen(ComparisonScreen("Replay", ["a line " * 30] * 40)),
+        ):
+            await open_dialog()
+            await pilot.pause()
+            dialog = app.screen.query_one(".dialog, #save-dialog")
+            assert screen_region.contains_region(dialog.region), dialog
+            parts = dialog.query("Label, Input, RadioSet, Checkbox, VerticalScroll")
+            parts = [w for w in parts if not isinstance(w.parent, VerticalScroll)]  # (larger)
+            assert len(parts) >= 2
+            for widget in parts:
+                assert dialog.region.contains_region(widget.region), widget
+            await pilot.press("escape")
+            await pilot.pause()
+
+
+async def test_wrapped_findings_keep_their_indent():
+    app = WsInspectApp(two_hop_store(), clock=lambda: 110.0)
+    async with app.run_test(size=(80, 50)) as pilot:
+        await pilot.press("enter", "i")
+        await pilot.pause()
+        lines = screen_text(app).splitlines()[5:-1]
+        body = [line for line in lines if line.strip() and not line.startswith("  error ")]
+        assert len(body) > 10
+        assert all(line.startswith("   ") for line in body), body  # 1 of padding + 2
+
+
+async def test_the_status_bar_keeps_the_message_rate_at_80_columns(start_proxy):
+    with socket.socket() as s:  # a second listener's port: the first has the OS's choice
+        s.bind(("127.0.0.1", 0))
+        reverse_port = s.getsockname()[1]
+    proxy = await start_proxy(modes=("regular", f"reverse:http://127.0.0.1:9@{reverse_port}"))
+    app = WsInspectApp(proxy.store, proxy.engine)
+    async with app.run_test(size=SMALL) as pilot:
+        await pilot.pause()
+        status = screen_text(app).splitlines()[0]
+        assert f"regular 127.0.0.1:{proxy.port}" in status and "0 msg/s" in status, status
+        assert f"reverse:http://127.0.0.1:9 127.0.0.1:{reverse_port}" not in status  # no room
