@@ -118,7 +118,6 @@ class SessionsTable(DataTable):
         width = max(URL_MIN_WIDTH, self._url_width if all_shown else room - shown)
         if width != url.width:
             url.width = width
-            self._require_update_dimensions = True
             self.refresh()
 
     @property
