@@ -199,8 +199,7 @@ class SessionScreen(Screen):
             self.query_one(TAB_SCROLLS[tab], VerticalScroll).focus()
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
-        if event.pane.id in TAB_SCROLLS or event.pane.id == "messages":
-            self._focus_tab(event.pane.id)
+        self._focus_tab(event.pane.id)  # a click on a tab, as well as its key
         self.refresh_bindings()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -351,8 +350,8 @@ class SessionScreen(Screen):
         message = self._resendable()
         if message is None:
             return
-        # Text with control characters is edited as hex: an input box would show them raw,
-        # and their escaped form would be sent as typed.
+        # Text with control characters (newlines too) is edited as hex: a one-line input box
+        # would show them raw, and their escaped form would be sent as typed.
         if is_text(message) and printable(message.text()) == message.text():
             initial, encoding = message.text(), "text"
         else:
