@@ -83,7 +83,7 @@ async def test_sessions_appear_and_a_session_shows_handshake_messages_and_payloa
             await wait_for(lambda: "closed" in screen_text(app), what="the session to close")
             text = screen_text(app)
             assert f"ws://127.0.0.1:{port}/chat" in text, text
-            assert "1 sessions (1 closed)" in text
+            assert "1 session (1 closed)" in text
 
             screen = await open_first_session(app, pilot)
             listing = message_list(app)
@@ -424,3 +424,34 @@ async def test_app_mode_port_in_use_is_one_line(confdir):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "in use" in result.stderr
+
+
+async def test_empty_state_commands_fit_80_columns_and_stay_on_this_machine(start_proxy):
+    """What the app suggests is pasted whole: every command on a screen line of its own."""
+    proxy = await start_proxy()
+    app = WsInspectApp(proxy.store, proxy.engine)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        lines = [line.strip() for line in screen_text(app).splitlines()]
+        assert f"wsinspect hello --proxy 127.0.0.1:{proxy.port}" in lines
+        assert "wsinspect demo" in lines
+        assert "/usr/local/share/ca-certificates/mitmproxy.crt" in lines
+        assert "update-ca-certificates" in lines
+        text = "\n".join(lines)
+        assert "python -c" not in text and "echo.websocket.org" not in text
+        assert "No WebSocket sessions yet." in lines
+
+
+def test_example_commands_per_listener_mode():
+    from wsinspect.ui.app import client_examples, home_relative
+
+    assert client_examples("regular", "127.0.0.1", 8080) == [
+        "wsinspect hello --proxy 127.0.0.1:8080"
+    ]
+    assert client_examples("regular@9000", "::1", 9000) == ["wsinspect hello --proxy [::1]:9000"]
+    assert client_examples("reverse:http://127.0.0.1:3000@8081", "127.0.0.1", 8081) == [
+        "python -m websockets ws://127.0.0.1:8081/"
+    ]
+    assert client_examples("transparent", "0.0.0.0", 8080) == []
+    assert home_relative("~/.mitmproxy") == "~/.mitmproxy"
+    assert home_relative("/srv/ca") == "/srv/ca"

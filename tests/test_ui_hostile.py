@@ -4,14 +4,19 @@ safely, and the app keeps answering keys."""
 
 from __future__ import annotations
 
+import ast
 import json
+import re
+from pathlib import Path
 
+import wsinspect.ui
 from tests.conftest import wait_for
 from tests.test_ui import SIZE, open_first_session
 from tests.ui_helpers import T0, handshake_hop, screen_text
-from wsinspect.model import Message, MessageType
+from wsinspect.model import Close, Hop, Message, MessageType, Outcome
 from wsinspect.store import SessionStore
 from wsinspect.ui import WsInspectApp
+from wsinspect.ui.dialogs import ComparisonScreen
 from wsinspect.ui.payload import PayloadPane
 
 OSC52 = "\x1b]52;c;cm0gLXJmIH4K\x07"  # would set the clipboard to "rm -rf ~"
@@ -64,3 +69,111 @@ async def test_hostile_payloads_render_literally_and_the_app_stays_responsive():
         await pilot.press("escape")
         await pilot.pause()
         assert "/hostile" in screen_text(app)
+
+
+# ----- every field of a capture, not only payloads (issue 16) ---------------------------------
+
+# ESC, an OSC that sets the window title, a CSI that clears the screen, C1 CSI and BEL.
+EVIL = "\x1b]0;owned\x07\x1b[2J\x9b31m\x07"
+RAW_CONTROLS = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def evil_hop(path: str, start: float) -> Hop:
+    hop = handshake_hop(path + EVIL, start)
+    hop.mode = "regular" + EVIL
+    hop.request_line = "GET " + path + EVIL + " HTTP/1.1"
+    hop.http_version = "HTTP/1.1" + EVIL
+    hop.request_headers = [  # the key unchanged: it ties the two hops into one session
+        (name, value) if name == "Sec-WebSocket-Key" else (name + EVIL, value + EVIL)
+        for name, value in hop.request_headers
+    ]
+    hop.response_headers = [(name + EVIL, value + EVIL) for name, value in hop.response_headers]
+    hop.response_reason = "Switching" + EVIL
+    hop.response_http_version = "HTTP/1.1" + EVIL
+    hop.client_addr = ("127.0.0.1" + EVIL, 50000)
+    hop.server_addr = ("echo" + EVIL, 9000)
+    hop.answered_by = "server" + EVIL
+    hop.error = "gone" + EVIL
+    return hop
+
+
+def evil_store() -> SessionStore:
+    """Two hops of one session (so the Hops tab compares them) with the escapes in every
+    string a capture file can carry: what a crafted HAR, flow file or database holds."""
+    store = SessionStore(max_payload=8)
+    first, second = evil_hop("/evil", T0), evil_hop("/evil", T0 + 0.001)
+    second.mode = "reverse:http://echo:9000@8081" + EVIL  # the listener behind a proxy
+    for hop in (first, second):
+        store.add_hop(hop)
+    assert second.session_id == first.session_id  # one session, two hops (same key)
+    payload = ("text" + EVIL).encode()
+    store.add_message(first, Message(True, MessageType.TEXT, 64, payload[:8], T0 + 0.1,
+                                     sha256="ab" + EVIL))
+    store.add_message(first, Message(True, MessageType.TEXT, len(payload), payload, T0 + 0.2))
+    close = (1000).to_bytes(2, "big") + ("bye" + EVIL).encode()
+    store.add_message(first, Message(False, MessageType.CLOSE, len(close), close, T0 + 0.3))
+    for hop in (first, second):
+        hop.outcome = Outcome.CLOSED
+        hop.timestamp_end = T0 + 0.4
+        hop.close = Close(code=1000, reason="bye" + EVIL, by="client" + EVIL, timestamp=T0 + 0.4,
+                          offender="server" + EVIL)
+        store.hop_changed(hop)
+    store.flush()
+    return store
+
+
+def assert_no_raw_controls(app, where: str) -> None:
+    text = screen_text(app)
+    found = RAW_CONTROLS.findall(text)
+    assert not found, f"{where}: raw {found[:5]!r} on screen"
+
+
+async def test_escapes_in_every_field_of_a_capture_reach_no_widget_raw(tmp_path):
+    store = evil_store()
+    app = WsInspectApp(store, clock=lambda: T0 + 10)
+    async with app.run_test(size=(200, 50)) as pilot:
+        await pilot.pause()
+        assert_no_raw_controls(app, "sessions list")
+        assert r"\x1b]0;owned\x07" in screen_text(app)  # the URL, shown escaped
+        await pilot.press("enter")
+        await pilot.pause()
+        for tab in "hmib":
+            await pilot.press(tab)
+            await pilot.pause()
+            assert_no_raw_controls(app, f"tab {tab}")
+        await pilot.press("m", "home")
+        for _ in range(3):
+            await pilot.pause()
+            assert_no_raw_controls(app, "a message and its payload")
+            await pilot.press("down")
+        await pilot.press("x")  # the export dialog, then a notification naming the path
+        await pilot.pause()
+        assert_no_raw_controls(app, "export dialog")
+        export_input = app.screen.query_one("#export-path")
+        export_input.value = str(tmp_path / ("out" + EVIL + ".har"))
+        await pilot.press("enter")
+        await pilot.pause()
+        assert_no_raw_controls(app, "export notification")
+        app.notify("note" + EVIL, title="title" + EVIL)
+        await pilot.pause()
+        assert_no_raw_controls(app, "a notification")
+        app.push_screen(ComparisonScreen("replay" + EVIL, ["line" + EVIL, "two" + EVIL]))
+        await pilot.pause()
+        assert_no_raw_controls(app, "replay comparison")
+        await pilot.press("escape", "escape", "l")
+        await pilot.pause()
+        assert_no_raw_controls(app, "log")
+
+
+def test_only_the_formatting_helpers_build_rich_text():
+    """The ui modules hand widgets SafeText from ui/format.py: none but format.py imports
+    rich's Text (which would take a string as it is)."""
+    ui = Path(wsinspect.ui.__file__).parent
+    offenders = []
+    for module in ui.glob("*.py"):
+        if module.name == "format.py":
+            continue
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "rich.text":
+                offenders.append(module.name)
+    assert not offenders

@@ -106,6 +106,31 @@ async def test_resend_and_edited_resend_reach_the_live_echo_server(start_proxy, 
             await wait_for(lambda: "injected" in screen_text(app), what="the injected marker")
 
 
+async def test_a_text_with_escapes_is_edited_as_hex_and_resent_byte_for_byte(
+    start_proxy, echo_server
+):
+    """An input box would show the escapes raw, and their escaped form would be sent as
+    typed: such a text payload opens as hex, and goes out exactly as it came."""
+    hostile = "\x1b]0;owned\x07\x1b[2J still text"
+    proxy = await start_proxy()
+    app = WsInspectApp(proxy.store, proxy.engine)
+    async with app.run_test(size=SIZE) as pilot:
+        async with connect(f"ws://127.0.0.1:{echo_server}/escapes", proxy=proxy.url) as ws:
+            await ws.send(hostile)
+            assert await ws.recv() == hostile
+            await proxy.wait_session(lambda s: s.stats.count >= 2)
+            screen = await open_first_session(app, pilot)
+            await pilot.press("home")
+            await wait_for(lambda: screen.query_one(PayloadPane).message is not None)
+            await pilot.press("e")
+            await wait_for(lambda: isinstance(app.screen, EditPayloadScreen), what="the editor")
+            editor = app.screen.query_one(Input)
+            assert editor.value == hostile.encode().hex(" ")
+            assert "\x1b" not in screen_text(app)
+            await pilot.press("enter")
+            assert await ws.recv() == hostile
+
+
 async def test_replay_shows_a_matching_comparison_and_export_writes_a_private_har(
     start_proxy, tmp_path
 ):

@@ -3,6 +3,7 @@ through it, the screen read back with capture-pane."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -96,7 +97,7 @@ async def test_the_app_in_a_real_terminal(tmp_path, confdir, echo_server):
         assert "HTTP/1.1 101 Switching Protocols" in screen
 
         tmux.keys("Escape")
-        screen = await tmux.wait_screen("last activity", "1 sessions (1 closed)")  # the list
+        screen = await tmux.wait_screen("duration", "1 session (1 closed)")  # the list
 
         tmux.keys("q")
         screen = await tmux.wait_screen("EXIT=0")
@@ -128,5 +129,28 @@ async def test_sigterm_stops_the_app_cleanly(tmp_path, confdir):
         os.kill(int(children[0]), signal.SIGTERM)
         screen = await tmux.wait_screen("EXIT=0")
         assert "0 session(s) recorded to" in screen and "Traceback" not in screen
+    finally:
+        subprocess.run(["tmux", "-L", tmux.socket_name, "kill-server"], capture_output=True)
+
+
+async def test_open_exits_non_zero_when_the_capture_fails_in_the_app(tmp_path):
+    """A HAR whose entry starts at 1e300 passed the reader and brought the app down, and
+    `wsinspect open` still said 0. Whatever stops the app on a bad capture, the exit status
+    says so."""
+    har = tmp_path / "far.har"
+    har.write_text(json.dumps({"log": {"version": "1.2", "entries": [{
+        "startedDateTime": 1e300, "time": 1,
+        "request": {"method": "GET", "url": "http://127.0.0.1:1/far", "httpVersion": "HTTP/1.1",
+                    "headers": [{"name": "Upgrade", "value": "websocket"},
+                                {"name": "Connection", "value": "Upgrade"}]},
+        "response": {"status": 101, "statusText": "Switching Protocols",
+                     "httpVersion": "HTTP/1.1", "headers": []},
+    }]}}))
+    command = shlex.join([*UNSIZED, str(WSINSPECT), "open", str(har)]) + "; echo EXIT=$?; sleep 60"
+    tmux = Tmux(f"wsinspect-open-{os.getpid()}")
+    tmux.run("new-session", "-d", "-s", "app", "-x", "80", "-y", "24", command)
+    try:
+        screen = await tmux.wait_screen("EXIT=")
+        assert "EXIT=0" not in screen, screen
     finally:
         subprocess.run(["tmux", "-L", tmux.socket_name, "kill-server"], capture_output=True)

@@ -169,9 +169,10 @@ def run_open(argv: Sequence[str]) -> int:
         return 2
     from .ui import WsInspectApp  # Textual loads only for the app
 
-    WsInspectApp(store).run()
+    app = WsInspectApp(store)
+    app.run()
     store.close()
-    return 0
+    return app.return_code or 0
 
 
 COMMANDS = {

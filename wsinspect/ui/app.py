@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import time
 from collections.abc import Callable, Iterable
 
-from rich.text import Text
+from rich.console import Group
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.message import Message
@@ -24,7 +25,7 @@ from ..replay import ProxyRoute, ReplayError, ReplayPlan, replay
 from ..resend import Injection, ResendError, SessionClosedError
 from ..store import CaptureError, SessionStore, StoreChanges
 from .dialogs import ComparisonScreen, ExportRequest, ExportScreen
-from .format import printable
+from .format import SafeText, printable
 from .logs import LogScreen
 from .pacing import SAMPLE_INTERVAL, LoopLoad
 from .session_view import SessionScreen
@@ -68,20 +69,32 @@ class LogArrived(Message):
         self.record = record
 
 
-def client_example(spec: str, host: str, port: int) -> str | None:
-    """A one-line client that sends a WebSocket through a listener of mode `spec`."""
+def client_examples(spec: str, host: str, port: int) -> list[str]:
+    """Commands that send a WebSocket through a listener of mode `spec`, each short enough
+    for one line at 80 columns and working when pasted: through a regular proxy, a test
+    session to a local echo server; into a reverse proxy, websockets' interactive client."""
     kind = spec.split(":", 1)[0].split("@", 1)[0]
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if kind == "regular":
-        return (
-            "python -c \"import asyncio, websockets; asyncio.run(websockets.connect("
-            f"'ws://echo.websocket.org/', proxy='http://{host}:{port}'))\""
-        )
+        return [f"wsinspect hello --proxy {address}"]
     if kind == "reverse":
-        return (
-            "python -c \"import asyncio, websockets; asyncio.run(websockets.connect("
-            f"'ws://{host}:{port}/'))\""
-        )
-    return None
+        return [f"python -m websockets ws://{address}/"]
+    return []
+
+
+def home_relative(path: str) -> str:
+    """`path` with the home directory written as ~ (shorter, and a shell expands it)."""
+    home = os.path.expanduser("~")
+    expanded = os.path.expanduser(path)
+    if home not in ("", "/") and expanded.startswith(home + os.sep):
+        return "~" + expanded[len(home):]
+    return expanded
+
+
+def command_line(command: str) -> SafeText:
+    """A command to paste, on a line of its own, short enough for 80 columns; only one
+    longer than the screen (a long confdir) is folded."""
+    return SafeText.line(f"  {command}", style="bold", overflow="fold")
 
 
 class WsInspectApp(App):
@@ -149,8 +162,7 @@ class WsInspectApp(App):
         if record.level in PROBLEM_LEVELS:
             self.problems += 1
         if record.level == "error":
-            self.notify(printable(record.message), title="proxy error", severity="error",
-                        markup=False)
+            self.notify(record.message, title="proxy error", severity="error")
         if isinstance(self.screen, LogScreen):
             self.screen.add_record(record)
 
@@ -167,61 +179,73 @@ class WsInspectApp(App):
         self.messages_per_second = total - self._counted_messages
         self._counted_messages = total
 
-    def status_text(self) -> Text:
-        text = Text()
-        text.append(" wsinspect ", style="bold reverse")
+    def status_fields(self) -> list[SafeText]:
+        """The status line's parts, most telling first: the status bar leaves out whole
+        parts from the end when the screen is narrow."""
+        fields = [SafeText.line(" wsinspect ", style="bold reverse")]
         if self.engine is not None:
             for spec, addrs in self.engine.servers():
                 listening = ", ".join(f"{h}:{p}" for h, p in addrs)
-                text.append(f" {printable(listener_label(spec, addrs))} {listening}")
+                fields.append(SafeText.line(f"{listener_label(spec, addrs)} {listening}"))
+            fields.append(SafeText.line(f"{self.messages_per_second:.0f} msg/s"))
+            if self.loop_load.saturated:
+                fields.append(SafeText.line("proxy busy, screen paced", style="bold"))
         else:
-            where = printable(str(self.store.path)) if self.store.path else "(in memory)"
-            text.append(f" capture {where}")
+            where = str(self.store.path) if self.store.path else "(in memory)"
+            fields.append(SafeText.line(f"capture {where}"))
+        if self.problems:
+            fields.append(SafeText.line(f"{self.problems} problems, press l", style="bold red"))
         sessions = self.store.sessions()
         by_outcome: dict[str, int] = {}
         for session in sessions:
             by_outcome[session.outcome.value] = by_outcome.get(session.outcome.value, 0) + 1
         counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(by_outcome.items()))
-        text.append(f"  │ {len(sessions)} sessions" + (f" ({counts})" if counts else ""))
-        if self.engine is not None:
-            text.append(f"  │ {self.messages_per_second:.0f} msg/s")
-            if self.loop_load.saturated:
-                text.append("  │ proxy busy, screen paced", style="bold")
-        if self.problems:
-            text.append(f"  │ {self.problems} problems, press l", style="bold red")
-        return text
+        noun = "session" if len(sessions) == 1 else "sessions"
+        fields.append(SafeText.line(f"{len(sessions)} {noun}" + (f" ({counts})" if counts else "")))
+        return fields
 
-    def empty_state_text(self) -> Text:
-        text = Text()
+    def empty_state(self) -> Group:
+        """What to do when there are no sessions: prose wraps, commands to paste never do."""
         if self.engine is None:
-            text.append("This capture holds no WebSocket sessions.\n", style="bold")
-            return text
-        text.append("No WebSocket sessions yet.\n\n", style="bold")
+            return Group(SafeText("This capture holds no WebSocket sessions.", style="bold"))
+        parts: list[SafeText] = [SafeText("No WebSocket sessions yet.\n", style="bold")]
         for spec, addrs in self.engine.servers():
             for host, port in addrs:
-                label = printable(listener_label(spec, addrs))
-                text.append(f"The {label} proxy listens at {host}:{port}.\n")
-                example = client_example(spec, host, port)
-                if example:
-                    text.append("Send a WebSocket through it, for example:\n  ")
-                    text.append(example + "\n", style="bold")
+                parts.append(SafeText(
+                    f"The {listener_label(spec, addrs)} proxy listens at {host}:{port}."
+                ))
+                examples = client_examples(spec, host, port)
+                if examples:
+                    parts.append(SafeText("Send a WebSocket through it, for example:"))
+                    parts += [command_line(example) for example in examples]
                 else:
-                    text.append("Route a client's traffic through this machine to see it here.\n")
-        ca = f"{self.engine.confdir}/mitmproxy-ca-cert.pem"
-        text.append("\nFor wss://, the client must trust the proxy's CA:\n  ")
-        text.append(
-            f"cp {printable(ca)} /usr/local/share/ca-certificates/mitmproxy.crt"
-            " && update-ca-certificates\n",
-            style="bold",
-        )
-        text.append("or give the file to the client (ssl= in Python, NODE_EXTRA_CA_CERTS in Node).\n")
-        text.append("\nPress l for the proxy's log, ctrl+p for all commands, q to quit.")
-        return text
+                    parts.append(
+                        SafeText("Route a client's traffic through this machine to see it here.")
+                    )
+        parts += [
+            SafeText("\nOr see every screen with sample sessions (a proxy of its own):"),
+            command_line("wsinspect demo"),
+            SafeText("\nFor wss://, the client must trust the proxy's CA (as root):"),
+            command_line(f"cp {home_relative(self.engine.confdir)}/mitmproxy-ca-cert.pem \\"),
+            command_line("   /usr/local/share/ca-certificates/mitmproxy.crt"),
+            command_line("update-ca-certificates"),
+            SafeText("or hand the file to the client (Python: ssl=, Node: NODE_EXTRA_CA_CERTS)."),
+            SafeText("\nPress l for the proxy's log, ctrl+p for all commands, q to quit."),
+        ]
+        return Group(*parts)
+
+    # ----- what reaches the terminal -------------------------------------------------------
+
+    def notify(self, message: str, *, title: str = "", severity="information",
+               timeout: float | None = None, markup: bool = False) -> None:
+        """Every notification, the widgets' too: shown as data (made printable, no markup)."""
+        super().notify(printable(message), title=printable(title), severity=severity,
+                       timeout=timeout, markup=False)
 
     # ----- resend, replay, export ----------------------------------------------------------
 
     def notify_problem(self, text: str, title: str = "") -> None:
-        self.notify(printable(text), title=title, severity="error", markup=False, timeout=8)
+        self.notify(text, title=title, severity="error", timeout=8)
 
     def live_proxy_missing(self, what: str) -> bool:
         """Without a running proxy (wsinspect open FILE), say so; True when missing."""
@@ -292,8 +316,7 @@ class WsInspectApp(App):
             self.notify(
                 f"exported {result.sessions} session{'s' if result.sessions != 1 else ''} "
                 f"({result.messages} messages, {redacted}) "
-                f"to {printable(str(request.path))} as {request.fmt}",
-                markup=False,
+                f"to {request.path} as {request.fmt}",
             )
 
         self.push_screen(ExportScreen(stem, session_id), write)

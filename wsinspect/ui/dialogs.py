@@ -1,23 +1,35 @@
 """Small modal screens: edit a payload before resending it, export sessions, show a replay's
-comparison."""
+comparison. Each fits 80x24; choices are radio buttons in a row, so nothing drops down out
+of a dialog's box."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Checkbox, Input, Label, Select, Static
+from textual.widgets import Checkbox, Input, Label, RadioButton, RadioSet, Static
 
 from ..formats import EXPORT_FORMATS
 from ..resend import DESTINATIONS, PAYLOAD_ENCODINGS
-from .format import printable
+from .format import SafeText
 
 FORMAT_SUFFIXES = {"har": ".har", "flows": ".flows", "jsonl": ".jsonl"}
+
+
+def choices(options: list[tuple[str, str]], value: str, id: str) -> RadioSet:
+    """One of `options` (label, value), in a row; `chosen` reads the value back."""
+    return RadioSet(
+        *(RadioButton(label, value=v == value, name=v) for label, v in options),
+        id=id, compact=True, classes="choices",
+    )
+
+
+def chosen(radio_set: RadioSet) -> str:
+    return radio_set.pressed_button.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,20 +52,21 @@ class EditPayloadScreen(ModalScreen[EditedPayload | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(f"Edit {printable(self.what)} and send it (Enter sends, Esc cancels):")
+            yield Label(SafeText(f"Edit {self.what} and send it (Enter sends, Esc cancels):"))
             yield Input(value=self.initial, id="edit-payload")
             with Horizontal(classes="dialog-options"):
-                yield Select([(e, e) for e in PAYLOAD_ENCODINGS], value=self.encoding,
-                             allow_blank=False, id="edit-encoding")
-                yield Select([(f"to the {d}" if d != "original" else "where it went", d)
-                              for d in DESTINATIONS], value="original",
-                             allow_blank=False, id="edit-destination")
+                yield Label("as ")
+                yield choices([(e, e) for e in PAYLOAD_ENCODINGS], self.encoding, "edit-encoding")
+            with Horizontal(classes="dialog-options"):
+                yield Label("to ")
+                yield choices([("where it went" if d == "original" else f"the {d}", d)
+                               for d in DESTINATIONS], "original", "edit-destination")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.dismiss(EditedPayload(
             event.value,
-            self.query_one("#edit-encoding", Select).value,
-            self.query_one("#edit-destination", Select).value,
+            chosen(self.query_one("#edit-encoding", RadioSet)),
+            chosen(self.query_one("#edit-destination", RadioSet)),
         ))
 
     def action_cancel(self) -> None:
@@ -84,17 +97,19 @@ class ExportScreen(ModalScreen[ExportRequest | None]):
             yield Label(f"Export {scope} to (Enter exports, Esc cancels):")
             yield Input(value=self.stem + FORMAT_SUFFIXES["har"], id="export-path")
             with Horizontal(classes="dialog-options"):
-                yield Select([(f, f) for f in EXPORT_FORMATS], value="har", allow_blank=False,
-                             id="export-format")
-                yield Checkbox("redact credentials", value=True, id="export-redact")
+                yield Label("as ")
+                yield choices([(f, f) for f in EXPORT_FORMATS], "har", "export-format")
+            with Horizontal(classes="dialog-options"):
+                yield Checkbox("redact credentials", value=True, id="export-redact",
+                               compact=True)
                 if self.session_id is not None:
-                    yield Checkbox("all sessions", value=False, id="export-all")
+                    yield Checkbox("all sessions", value=False, id="export-all", compact=True)
 
-    def on_select_changed(self, event: Select.Changed) -> None:
+    def on_radio_set_changed(self, event: RadioSet.Changed) -> None:
         path_input = self.query_one("#export-path", Input)
         path = Path(path_input.value)
         if path.suffix in FORMAT_SUFFIXES.values():
-            path_input.value = str(path.with_suffix(FORMAT_SUFFIXES[event.value]))
+            path_input.value = str(path.with_suffix(FORMAT_SUFFIXES[chosen(event.radio_set)]))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         value = event.value.strip()
@@ -104,7 +119,7 @@ class ExportScreen(ModalScreen[ExportRequest | None]):
         everything = self.query("#export-all")
         self.dismiss(ExportRequest(
             Path(value).expanduser(),
-            self.query_one("#export-format", Select).value,
+            chosen(self.query_one("#export-format", RadioSet)),
             self.query_one("#export-redact", Checkbox).value,
             self.session_id is None or (bool(everything) and everything.first().value),
         ))
@@ -125,11 +140,11 @@ class ComparisonScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="comparison-dialog"):
-            yield Label(Text(printable(self.title_text), style="bold"))
+            yield Label(SafeText(self.title_text, style="bold"))
             with VerticalScroll(id="comparison-scroll"):
-                yield Static(Text("\n".join(printable(line) for line in self.lines)),
+                yield Static(SafeText("\n").join(SafeText.line(line) for line in self.lines),
                              id="comparison-text")
-            yield Label(Text("Esc closes", style="dim"))
+            yield Label(SafeText("Esc closes", style="dim"))
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from rich.text import Text
+from rich.console import Group
+from rich.padding import Padding
 
 from ..diagnosis import Change, Finding, HeaderChange, Severity, boundaries, diagnose, worst
 from ..model import Session
-from .format import printable, safe_lines
+from .format import SafeText
 
 SEVERITY_STYLES = {
     Severity.ERROR: "bold white on red",
@@ -22,53 +23,60 @@ CHANGE_STYLES = {
 CHANGE_MARKS = {Change.KEPT: " ", Change.CHANGED: "~", Change.DROPPED: "-", Change.ADDED: "+"}
 
 
-def findings_badge(session: Session) -> Text:
+def findings_badge(session: Session) -> SafeText:
     """The worst finding's severity, or "ok"."""
     severity = worst(diagnose(session))
     if severity is None:
-        return Text(" ok ", style="dim")
-    return Text(f" {severity.value} ", style=SEVERITY_STYLES[severity])
+        return SafeText(" ok ", style="dim")
+    return SafeText(f" {severity.value} ", style=SEVERITY_STYLES[severity])
 
 
-def findings_text(findings: list[Finding]) -> Text:
-    text = Text()
+def indented(text: SafeText, cells: int) -> Padding:
+    """`text` indented by `cells`, its wrapped lines too."""
+    return Padding(text, (0, 0, 0, cells))
+
+
+def findings_text(findings: list[Finding]) -> Group:
     if not findings:
-        text.append("No findings: the handshake and close look healthy on every hop.\n")
-        return text
+        return Group(SafeText("No findings: the handshake and close look healthy on every hop."))
+    parts = []
     for finding in findings:
-        text.append(f" {finding.severity.value} ", style=SEVERITY_STYLES[finding.severity])
-        text.append(f" {printable(finding.code)}", style="bold")
-        text.append(f"  hop {finding.hop}\n")
-        text.append(f"  {printable(finding.message)}\n")
-        text.append("  Fix:\n", style="bold underline")
-        for line in safe_lines(finding.fix).split("\n"):
-            text.append(f"    {line}\n")
-        text.append("\n")
-    return text
+        head = SafeText()
+        head.append(f" {finding.severity.value} ", style=SEVERITY_STYLES[finding.severity])
+        head.append(SafeText.line(f" {finding.code}", style="bold"))
+        head.append(f"  hop {finding.hop}")
+        parts += [
+            head,
+            indented(SafeText(finding.message), 2),
+            indented(SafeText("Fix:", style="bold underline"), 2),
+            indented(SafeText(finding.fix), 4),
+            SafeText(""),
+        ]
+    return Group(*parts)
 
 
-def _change_line(text: Text, change: HeaderChange) -> None:
+def _change_line(text: SafeText, change: HeaderChange) -> None:
     style = CHANGE_STYLES[change.change]
     text.append(f"  {CHANGE_MARKS[change.change]} {change.change.value:<7} ", style=style)
-    text.append(printable(change.name), style="bold")
+    text.append(SafeText.line(change.name, style="bold"))
     if change.change is Change.CHANGED:
-        text.append(f": {printable(change.before or '')} → {printable(change.after or '')}")
+        text.append(SafeText.line(f": {change.before or ''} → {change.after or ''}"))
     else:
         value = change.after if change.change is Change.ADDED else change.before
-        text.append(f": {printable(value or '')}")
+        text.append(SafeText.line(f": {value or ''}"))
     if change.hop_by_hop:
         text.append("  [hop-by-hop]", style="italic magenta")
     text.append("\n")
 
 
-def hops_text(session: Session) -> Text:
+def hops_text(session: Session) -> SafeText:
     """The header diff at each hop boundary, with each hop's HTTP version."""
-    text = Text()
+    text = SafeText()
     found = boundaries(session)
     if not found:
         hop = session.first_hop
         text.append(
-            f"One hop ({printable(hop.http_version)}): there is no proxy boundary to compare.\n"
+            f"One hop ({hop.http_version}): there is no proxy boundary to compare.\n"
             "Capture the same traffic on both sides of a proxy (two listeners) to see what it "
             "changes.\n"
         )
@@ -76,8 +84,7 @@ def hops_text(session: Session) -> Text:
     for boundary in found:
         before, after = boundary.http_versions
         text.append(f"Hop {boundary.index} → hop {boundary.index + 1}", style="bold reverse")
-        text.append(f"  hop {boundary.index} {printable(before)}, "
-                    f"hop {boundary.index + 1} {printable(after)}\n")
+        text.append(f"  hop {boundary.index} {before}, hop {boundary.index + 1} {after}\n")
         text.append("Request (as forwarded)\n", style="bold underline")
         for change in boundary.request:
             _change_line(text, change)

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from rich.text import Text
-
 from ..model import Hop, Session, accept_for_key, header_tokens, header_value
-from .format import printable
+from .format import SafeText
 
 
 def _addr(addr: tuple[str, int] | None) -> str:
     return f"{addr[0]}:{addr[1]}" if addr else "?"
 
 
-def _headers(text: Text, headers: list[tuple[str, str]]) -> None:
+def _headers(text: SafeText, headers: list[tuple[str, str]]) -> None:
     for name, value in headers:
-        text.append(f"  {printable(name)}", style="bold")
-        text.append(f": {printable(value)}\n")
+        text.append(SafeText.line(f"  {name}", style="bold"))
+        text.append(SafeText.line(f": {value}"))
+        text.append("\n")
 
 
 def accept_check(hop: Hop) -> tuple[bool | None, str]:
@@ -29,11 +28,11 @@ def accept_check(hop: Hop) -> tuple[bool | None, str]:
     expected = accept_for_key(key)
     if accept is None:
         if hop.response_status == 101:
-            return False, f"missing; the key {printable(key)} calls for {expected}"
+            return False, f"missing; the key {key} calls for {expected}"
         return None, f"not sent (status {hop.response_status})"
     if accept.strip() == expected:
-        return True, f"{printable(accept)} matches the key"
-    return False, f"{printable(accept)} does not match the key; expected {expected}"
+        return True, f"{accept} matches the key"
+    return False, f"{accept} does not match the key; expected {expected}"
 
 
 def negotiated(hop: Hop, header: str) -> str:
@@ -42,28 +41,29 @@ def negotiated(hop: Hop, header: str) -> str:
     chosen = header_value(hop.response_headers, header)
     if offered is None and chosen is None:
         return "none"
-    return f"offered {printable(offered or '(none)')}; chosen {printable(chosen or '(none)')}"
+    return f"offered {offered or '(none)'}; chosen {chosen or '(none)'}"
 
 
-def hop_text(hop: Hop, position: int) -> Text:
-    text = Text()
+def hop_text(hop: Hop, position: int) -> SafeText:
+    text = SafeText()
     text.append(f"Hop {position}", style="bold reverse")
     text.append(
-        f"  {printable(hop.mode)}  client {_addr(hop.client_addr)} → server "
+        f"  {hop.mode}  client {_addr(hop.client_addr)} → server "
         f"{_addr(hop.server_addr)}  {hop.outcome.value}\n"
     )
     text.append("Request\n", style="bold underline")
-    text.append(f"  {printable(hop.request_line)}\n")
+    text.append(SafeText.line(f"  {hop.request_line}"))
+    text.append("\n")
     _headers(text, hop.request_headers)
     text.append("Response", style="bold underline")
     if hop.response_status is None:
-        text.append("\n  none" + (f": {printable(hop.error)}" if hop.error else "") + "\n")
+        text.append("\n  none" + (f": {hop.error}" if hop.error else "") + "\n")
     else:
         if hop.timestamp_response is not None:
             text.append(f"  after {1000 * (hop.timestamp_response - hop.timestamp_start):.1f} ms")
         version = hop.response_http_version or hop.http_version
         text.append(
-            f"\n  {printable(version)} {hop.response_status} {printable(hop.response_reason)}\n"
+            f"\n  {version} {hop.response_status} {hop.response_reason}\n"
         )
         _headers(text, hop.response_headers)
     text.append("Negotiation\n", style="bold underline")
@@ -83,16 +83,16 @@ def hop_text(hop: Hop, position: int) -> Text:
         close = hop.close
         text.append("End\n", style="bold underline")
         if close.abnormal:
-            text.append(f"  abnormal: {printable(close.abnormal_reason or '')}\n")
+            text.append(f"  abnormal: {close.abnormal_reason or ''}\n")
         else:
-            reason = f" {printable(close.reason)!r}" if close.reason else ""
+            reason = f" {close.reason!r}" if close.reason else ""
             text.append(f"  close {close.code}{reason} by {close.by}\n")
     elif hop.error:
         text.append("End\n", style="bold underline")
-        text.append(f"  {printable(hop.error)}\n")
+        text.append(f"  {hop.error}\n")
     return text
 
 
-def session_handshakes(session: Session) -> Text:
+def session_handshakes(session: Session) -> SafeText:
     parts = [hop_text(hop, i) for i, hop in enumerate(session.hops, start=1)]
-    return Text("\n").join(parts)
+    return SafeText("\n").join(parts)

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer, RichLog
 
 from ..engine import LogRecord
-from .format import clock, printable
+from .format import SafeText, clock
 from .status import StatusBar
 
 LEVEL_STYLES = {"error": "bold red", "warning": "yellow", "warn": "yellow"}
 
 
-def log_line(record: LogRecord) -> Text:
-    text = Text(clock(record.timestamp) + " ", style="dim")
-    text.append(f"{record.level:<7} ", style=LEVEL_STYLES.get(record.level, "dim"))
-    text.append(printable(record.message))
+def log_line(record: LogRecord) -> SafeText:
+    text = SafeText()
+    text.append(clock(record.timestamp) + " ", style="dim")
+    text.append(SafeText.line(f"{record.level:<7} ", style=LEVEL_STYLES.get(record.level, "dim")))
+    text.append(record.message)
     return text
 
 
@@ -31,13 +31,13 @@ class LogScreen(Screen):
     def compose(self) -> ComposeResult:
         yield StatusBar()
         yield RichLog(id="log", wrap=True, markup=False, highlight=False, max_lines=5000)
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         log = self.query_one(RichLog)
         records = self.app.log_records()
         if not records:
-            log.write(Text("No log records yet.", style="italic"))
+            log.write(SafeText("No log records yet.", style="italic"))
         for record in records:
             log.write(log_line(record))
 

@@ -28,7 +28,7 @@ from textual.timer import Timer
 
 from ..model import Message, MessageType
 from ..store import CaptureError, SessionStore
-from .format import clock, format_size, preview, printable
+from .format import clock, format_size, preview
 from .pacing import LoopLoad
 
 SCAN_CHUNK = 5000
@@ -91,8 +91,20 @@ class Row:
     injected: bool
 
 
-# Column titles lined up with MessageList.render_line.
-LIST_HEADER = f" {'#':>9} {'time':<12} {'+seconds':>10} dir {'type':<6} {'size':>10}  payload"
+# Below this width a row leaves out the wall-clock time (+seconds stays) and narrows the
+# index, so that the payload keeps half of an 80-column screen.
+WIDE_LIST = 100
+
+
+def index_width(width: int) -> int:
+    return 9 if width >= WIDE_LIST else 6
+
+
+def list_header(width: int) -> str:
+    """Column titles lined up with MessageList._render_row at `width`."""
+    clock_title = f"{'time':<12} " if width >= WIDE_LIST else ""
+    return (f" {'#':>{index_width(width)}} {clock_title}{'+seconds':>10} dir {'type':<6} "
+            f"{'size':>10}  payload")
 
 
 class MessageList(ScrollView, can_focus=True):
@@ -104,7 +116,7 @@ class MessageList(ScrollView, can_focus=True):
         Binding("pageup", "page_up", "Page up", show=False),
         Binding("pagedown", "page_down", "Page down", show=False),
         Binding("home", "first", "First", show=False),
-        Binding("end", "last", "Last / follow"),
+        Binding("end", "last", "Last / follow", show=False),
     ]
     COMPONENT_CLASSES = {
         "messagelist--client",
@@ -183,8 +195,7 @@ class MessageList(ScrollView, can_focus=True):
         except CaptureError as e:
             if not self._damage_reported:
                 self._damage_reported = True
-                self.notify(printable(str(e)), title="damaged capture", severity="error",
-                            markup=False, timeout=8)
+                self.notify(str(e), title="damaged capture", severity="error", timeout=8)
             return []
 
     def _make_row(self, message: Message) -> Row:
@@ -266,10 +277,11 @@ class MessageList(ScrollView, can_focus=True):
         )
         marker = "▶" if info.hit else " "
         relative = f"+{info.timestamp - self.session_start:.3f}"
+        wide = width >= WIDE_LIST
         segments = [
             Segment(marker, style("messagelist--hit") if info.hit else base),
-            Segment(f"{info.index:>9} ", dim),
-            Segment(clock(info.timestamp) + " ", base),
+            Segment(f"{info.index:>{index_width(width)}} ", dim),
+            *([Segment(clock(info.timestamp) + " ", base)] if wide else []),
             Segment(f"{relative:>10} ", dim),
             Segment("C→S " if info.from_client else "S→C ", direction),
             Segment(f"{info.type.value:<6} ", kind_style),

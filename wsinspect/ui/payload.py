@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.highlighter import JSONHighlighter
-from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
@@ -13,7 +12,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
 from ..model import Message, MessageType
-from .format import clock, format_size, hex_dump, is_text, pretty_json, printable, safe_lines
+from .format import SafeText, clock, format_size, hex_dump, is_text, pretty_json
 
 # Beyond this, the pane shows the start of a payload; copy and save always take all of it.
 DISPLAY_LIMIT = 64 * 1024
@@ -34,19 +33,21 @@ def payload_for_clipboard(message: Message) -> str:
     return message.payload.hex()
 
 
-def render_payload(message: Message, view: str) -> Text:
+def render_payload(message: Message, view: str) -> SafeText:
     shown = message.payload[:DISPLAY_LIMIT]
     if message.type is MessageType.CLOSE:
         code, reason = message.close_code_reason()
-        return Text(f"close code {code}\nreason {printable(reason)!s}")
+        return SafeText(f"close code {code}\nreason {reason}")
     if view == "json":
         pretty = pretty_json(shown)
         if pretty is not None:
-            return JSONHighlighter()(Text(safe_lines(pretty)))
+            text = SafeText(pretty)
+            JSONHighlighter().highlight(text)
+            return text
         view = "text" if is_text(message) else "hex"
     if view == "text":
-        return Text(safe_lines(shown.decode("utf-8", errors="replace")))
-    return Text(hex_dump(shown))
+        return SafeText(shown.decode("utf-8", errors="replace"))
+    return SafeText(hex_dump(shown))
 
 
 class PayloadPane(Vertical):
@@ -83,10 +84,11 @@ class PayloadPane(Vertical):
         body = self.query_one("#payload-body", Static)
         message = self.message
         if message is None:
-            info.update(Text("No message selected", style="italic"))
-            body.update(Text("Move the cursor in the message list (↑/↓ or a click) to see a payload."))
+            info.update(SafeText("No message selected", style="italic"))
+            body.update(SafeText("Move the cursor in the message list (↑/↓ or a click) to see "
+                                 "a payload."))
             return
-        line = Text()
+        line = SafeText.line()
         line.append(f"#{message.index} ", style="bold")
         line.append("client → server" if message.from_client else "server → client")
         line.append(f"  {message.type.value}  {format_size(message.size)}")

@@ -3,14 +3,17 @@ messages, replaying and exporting the session."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
-from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
+from textual.reactive import reactive
 from textual.screen import Screen
+from textual.widget import Widget
 from textual.widgets import Footer, Input, Select, Static, TabbedContent, TabPane
 
 from ..diagnosis import diagnose
@@ -19,41 +22,68 @@ from ..resend import ResendError, decode_payload
 from ..store import CaptureError, StoreChanges
 from .dialogs import EditedPayload, EditPayloadScreen
 from .findings import findings_text, hops_text
-from .format import is_text, printable
+from .format import SafeText, is_text, printable
 from .handshake import session_handshakes
-from .messages import LIST_HEADER, FilterError, MessageFilter, MessageList
+from .messages import FilterError, MessageFilter, MessageList, list_header
 from .pacing import BUSY_SUMMARY_INTERVAL
 from .payload import PayloadPane, SavePayloadScreen, payload_for_clipboard
 from .sessions import MESSAGE_COUNTS_INTERVAL
-from .status import StatusBar, session_summary
+from .status import SessionSummary, StatusBar
+
+TABS = Binding.Group("Tabs")
+RESEND = Binding.Group("Resend")
+# The keys that act on the message list and its payload: offered on the Messages tab only.
+MESSAGE_ACTIONS = frozenset({
+    "focus_filter", "next_match", "previous_match", "cycle_direction", "cycle_type",
+    "toggle_only_matches", "copy_payload", "save_payload", "cycle_view", "resend",
+    "resend_other_side", "edit_resend",
+})
+TAB_SCROLLS = {"handshake": "#handshake-scroll", "findings": "#findings-scroll",
+               "hops": "#hops-scroll"}
+WIDE_FOOTER = 100  # from this width, the footer also shows ctrl+p for the command palette
+SAVED_FILE_MODE = 0o600  # a payload may hold credentials: private, like captures and exports
 
 DIRECTIONS = [("both ways", "both"), ("client → server", "client"), ("server → client", "server")]
 TYPES = [("all types", "all")] + [(t.value, t.value) for t in MessageType]
 
 
+class MessageHeader(Widget):
+    """The message list's column titles (they follow its layout at this width), and how far
+    a filter has scanned."""
+
+    progress = reactive("")
+
+    def render(self) -> SafeText:
+        text = SafeText.line(list_header(self.size.width))
+        if self.progress:
+            text.append(f"   {self.progress}", style="bold")
+        return text
+
+
 class SessionScreen(Screen):
-    """Tabs: Handshake, Messages, Findings and Hops."""
+    """Tabs: Handshake, Messages, Findings and Hops. The footer offers what the current tab
+    can do, most used first (at 80 columns the rightmost keys are cut before the left ones)."""
 
     BINDINGS = [
-        Binding("escape", "back", "Sessions"),
-        Binding("h", "show_tab('handshake')", "Handshake", show=False),
-        Binding("m", "show_tab('messages')", "Messages", show=False),
-        Binding("i", "show_tab('findings')", "Findings", show=False),
-        Binding("b", "show_tab('hops')", "Hops", show=False),
-        Binding("slash", "focus_filter", "Filter"),
+        Binding("escape", "back", "Back"),
+        Binding("h", "show_tab('handshake')", "Handshake", group=TABS),
+        Binding("m", "show_tab('messages')", "Messages", group=TABS),
+        Binding("i", "show_tab('findings')", "Findings", group=TABS),
+        Binding("b", "show_tab('hops')", "Hops", group=TABS),
+        Binding("r", "resend", "Resend", group=RESEND),
+        Binding("R", "resend_other_side", "Resend to the other side", group=RESEND),
+        Binding("e", "edit_resend", "Edit and resend", group=RESEND),
+        Binding("p", "replay", "Replay"),
+        Binding("x", "export", "Export"),
+        Binding("slash", "focus_filter", "Filter", show=False),  # the filter box shows "/"
+        Binding("v", "cycle_view", "View"),
+        Binding("c", "copy_payload", "Copy"),
+        Binding("s", "save_payload", "Save"),
         Binding("n", "next_match", "Next match", show=False),
         Binding("N", "previous_match", "Prev match", show=False),
         Binding("d", "cycle_direction", "Direction", show=False),
         Binding("y", "cycle_type", "Type", show=False),
         Binding("o", "toggle_only_matches", "Only matches", show=False),
-        Binding("c", "copy_payload", "Copy"),
-        Binding("s", "save_payload", "Save"),
-        Binding("v", "cycle_view", "Text/JSON/hex"),
-        Binding("r", "resend", "Resend"),
-        Binding("R", "resend_other_side", "Resend to other side", show=False),
-        Binding("e", "edit_resend", "Edit and send", show=False),
-        Binding("p", "replay", "Replay"),
-        Binding("x", "export", "Export"),
     ]
 
     def __init__(self, session_id: int) -> None:
@@ -70,7 +100,7 @@ class SessionScreen(Screen):
     def compose(self) -> ComposeResult:
         session = self.store.session(self.session_id)
         yield StatusBar()
-        yield Static(id="session-summary")
+        yield SessionSummary(id="session-summary")
         initial = "messages" if session.status == 101 else "handshake"
         with TabbedContent(initial=initial, id="session-tabs"):
             with TabPane("Handshake", id="handshake"):
@@ -78,27 +108,30 @@ class SessionScreen(Screen):
                     yield Static(id="handshake-text")
             with TabPane("Messages", id="messages"):
                 with Horizontal(id="filter-bar"):
-                    yield Input(placeholder="filter: text or /regex/", id="filter-text")
-                    yield Select(DIRECTIONS, value="both", allow_blank=False, id="filter-direction")
-                    yield Select(TYPES, value="all", allow_blank=False, id="filter-type")
-                yield Static(Text(LIST_HEADER), id="message-header")
+                    yield Input(placeholder="/ filter: text or /regex/", id="filter-text",
+                                compact=True)
+                    yield Select(DIRECTIONS, value="both", allow_blank=False,
+                                 id="filter-direction", compact=True)
+                    yield Select(TYPES, value="all", allow_blank=False, id="filter-type",
+                                 compact=True)
+                yield MessageHeader(id="message-header")
                 yield MessageList(self.store, self.session_id, load=self.app.loop_load,
                                   id="message-list")
                 yield PayloadPane(session.timestamp_start, id="payload")
             with TabPane("Findings", id="findings"):
-                with VerticalScroll(classes="tab-scroll"):
+                with VerticalScroll(classes="tab-scroll", id="findings-scroll"):
                     yield Static(id="findings-text")
             with TabPane("Hops", id="hops"):
-                with VerticalScroll(classes="tab-scroll"):
+                with VerticalScroll(classes="tab-scroll", id="hops-scroll"):
                     yield Static(id="hops-text")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.loaded = True
         # Kept, not queried per store batch: a query walks the whole screen's DOM, and batches
         # come up to 50 times a second under load.
         self._live_widgets = (
-            self.query_one("#session-summary", Static),
+            self.query_one(SessionSummary),
             self.query_one(MessageList),
             self.query_one("#hops-text", Static),
         )
@@ -106,8 +139,7 @@ class SessionScreen(Screen):
         self.set_interval(MESSAGE_COUNTS_INTERVAL, self._refresh_summary)
         message_list = self.query_one(MessageList)
         message_list.messages_arrived()  # any that came while the screen was being built
-        if self.query_one(TabbedContent).active == "messages":
-            message_list.focus()
+        self._focus_tab(self.query_one(TabbedContent).active)
 
     def _refresh_summary(self) -> None:
         if not self._summary_stale or not self._live_widgets[0].is_attached:
@@ -122,8 +154,7 @@ class SessionScreen(Screen):
         self._summary_stale = False
         self._summary_shown = time.monotonic()
         session = self.store.session(self.session_id)
-        summary = session_summary(session, self.app.clock())
-        self.query_one("#session-summary", Static).update(summary, layout=False)
+        self.query_one(SessionSummary).show(session, self.app.clock())
         if handshakes:
             self.query_one("#handshake-text", Static).update(session_handshakes(session))
             self.query_one("#findings-text", Static).update(findings_text(diagnose(session)))
@@ -144,13 +175,38 @@ class SessionScreen(Screen):
 
     # ----- tabs ----------------------------------------------------------------------------
 
+    def on_resize(self, event: events.Resize) -> None:
+        # At 80 columns the footer's room goes to the tab's own keys; ctrl+p still works.
+        self.query_one(Footer).show_command_palette = event.size.width >= WIDE_FOOTER
+
     def action_back(self) -> None:
+        """Esc: in the filter box with a filter typed, clears it; otherwise leaves."""
+        filter_input = self.query_one("#filter-text", Input)
+        if self.focused is filter_input and filter_input.value:
+            filter_input.value = ""
+            return
         self.dismiss()
 
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
+        self._focus_tab(tab)
+
+    def _focus_tab(self, tab: str) -> None:
+        """Give the keyboard to the tab's content, so arrows and PageDown scroll it."""
         if tab == "messages":
             self.query_one(MessageList).focus()
+        else:
+            self.query_one(TAB_SCROLLS[tab], VerticalScroll).focus()
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        self._focus_tab(event.pane.id)  # a click on a tab, as well as its key
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in MESSAGE_ACTIONS and self.is_mounted:
+            tabs = self.query(TabbedContent)
+            return bool(tabs) and tabs.first().active == "messages"
+        return True
 
     # ----- filtering -----------------------------------------------------------------------
 
@@ -174,7 +230,7 @@ class SessionScreen(Screen):
             self.query_one(MessageList).set_filter(self.current_filter())
         except FilterError as e:
             text_input.add_class("-invalid")
-            self.notify(str(e), severity="error", timeout=3, markup=False)
+            self.notify(str(e), severity="error", timeout=3)
             return
         text_input.remove_class("-invalid")
 
@@ -219,11 +275,11 @@ class SessionScreen(Screen):
             self.notify("no matches", timeout=2)
 
     def on_message_list_scan_progress(self, event: MessageList.ScanProgress) -> None:
-        header = self.query_one("#message-header", Static)
-        text = Text(LIST_HEADER)
-        if event.scanned < event.total:
-            text.append(f"   filtering… {100 * event.scanned // max(1, event.total)}%", style="bold")
-        header.update(text)
+        header = self.query_one(MessageHeader)
+        header.progress = (
+            f"filtering… {100 * event.scanned // max(1, event.total)}%"
+            if event.scanned < event.total else ""
+        )
 
     # ----- the payload ---------------------------------------------------------------------
 
@@ -263,15 +319,14 @@ class SessionScreen(Screen):
             if path is None:
                 return
             try:
-                with open(path, "xb") as f:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SAVED_FILE_MODE)
+                with open(fd, "wb") as f:
                     f.write(message.payload)
             except OSError as e:
-                self.notify(f"could not save: {printable(str(e))}", severity="error", markup=False)
+                self.notify(f"could not save: {e}", severity="error")
                 return
             note = " (the stored part; the payload was capped)" if message.truncated else ""
-            self.notify(
-                f"saved {len(message.payload)} bytes to {printable(str(path))}{note}", markup=False
-            )
+            self.notify(f"saved {len(message.payload)} bytes to {path}{note}")
 
         self.app.push_screen(SavePayloadScreen(suggestion), save)
 
@@ -295,7 +350,9 @@ class SessionScreen(Screen):
         message = self._resendable()
         if message is None:
             return
-        if is_text(message):
+        # Text with control characters (newlines too) is edited as hex: a one-line input box
+        # would show them raw, and their escaped form would be sent as typed.
+        if is_text(message) and printable(message.text()) == message.text():
             initial, encoding = message.text(), "text"
         else:
             initial, encoding = message.payload.hex(" "), "hex"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
@@ -13,25 +13,29 @@ from textual.widgets import DataTable, Footer, Static
 from ..model import Outcome, Session
 from ..store import StoreChanges
 from .findings import findings_badge
-from .format import clock, duration, format_size, printable
+from .format import MiddleShortened, SafeText, clock, duration, format_size
 from .status import StatusBar, is_covered, outcome_badge
 
 # A busy session's counters change with every batch of messages; the list shows them at this
 # pace rather than redrawing rows fifty times a second.
 MESSAGE_COUNTS_INTERVAL = 0.25
 
+# What matters first comes first: at 80 columns everything up to "last" fits, the URL taking
+# what the others leave; wider screens show the rest.
 COLUMNS = [
-    ("id", "#"),
     ("state", "state"),
     ("findings", "findings"),
     ("url", "URL"),
     ("status", "status"),
-    ("hops", "hops"),
     ("messages", "msgs"),
     ("bytes", "bytes"),
     ("duration", "duration"),
-    ("last", "last activity"),
+    ("last", "last"),
+    ("hops", "hops"),
+    ("id", "#"),
 ]
+EXTRA_COLUMNS = ("hops", "id")  # shown when the screen has room for them after the URL
+URL_MIN_WIDTH = 12
 
 
 # What new messages change in a row: no need to diagnose the session again for them
@@ -41,32 +45,80 @@ COUNT_COLUMNS = ("messages", "bytes", "duration", "last")
 
 def session_cells(
     session: Session, now: float, columns: Iterable[str] | None = None
-) -> dict[str, Text]:
-    right = "right"
-    cells: dict[str, Callable[[], Text]] = {
-        "id": lambda: Text(str(session.id), justify=right),
+) -> dict[str, SafeText | MiddleShortened]:
+    def right(value: object) -> SafeText:
+        return SafeText.line(str(value), justify="right")
+
+    cells: dict[str, Callable[[], SafeText | MiddleShortened]] = {
+        "id": lambda: right(session.id),
         "state": lambda: outcome_badge(session.outcome),
         "findings": lambda: findings_badge(session),
-        "url": lambda: Text(printable(session.url)),
-        "status": lambda: Text(
-            str(session.status) if session.status is not None else "-", justify=right
-        ),
-        "hops": lambda: Text(str(len(session.hops)), justify=right),
-        "messages": lambda: Text(str(session.stats.count), justify=right),
-        "bytes": lambda: Text(format_size(session.stats.bytes), justify=right),
-        "duration": lambda: Text(duration(session.duration(now)), justify=right),
-        "last": lambda: Text(clock(session.last_activity, millis=False)),
+        "url": lambda: MiddleShortened(SafeText.line(session.url)),
+        "status": lambda: right(session.status if session.status is not None else "-"),
+        "hops": lambda: right(len(session.hops)),
+        "messages": lambda: right(session.stats.count),
+        "bytes": lambda: right(format_size(session.stats.bytes)),
+        "duration": lambda: right(duration(session.duration(now))),
+        "last": lambda: SafeText.line(clock(session.last_activity, millis=False)),
     }
     return {key: cells[key]() for key in (columns or cells)}
 
 
 class SessionsTable(DataTable):
-    """One row per session, in the order they started."""
+    """One row per session, in the order they started. The URL column takes the width the
+    other columns leave (long URLs lose their middle), so the figures after it stay
+    on screen in a narrow terminal."""
+
+    BINDINGS = [
+        Binding("enter", "select_cursor", "Open"),
+        Binding("home", "first", "First", show=False),
+        Binding("end", "last", "Last", show=False),
+    ]
 
     def on_mount(self) -> None:
         self.cursor_type = "row"
         for key, label in COLUMNS:
-            self.add_column(label, key=key)
+            self.add_column(label, key=key, width=URL_MIN_WIDTH if key == "url" else None)
+        self._url_width = 0  # the longest URL's cells
+        self._fitting = False
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return action != "select_cursor" or self.row_count > 0  # no "Open" in the empty state
+
+    def action_first(self) -> None:
+        if self.row_count:
+            self.move_cursor(row=0)
+
+    def action_last(self) -> None:
+        if self.row_count:
+            self.move_cursor(row=self.row_count - 1)
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.fit_url_column()
+
+    def _refit_soon(self) -> None:
+        """Fit the URL column once the other columns have measured their new cells."""
+        if not self._fitting:
+            self._fitting = True
+            self.call_after_refresh(self.fit_url_column)
+
+    def fit_url_column(self) -> None:
+        self._fitting = False
+        url = self.columns["url"]
+        widths = {key: column.get_render_width(self) for key, column in self.columns.items()}
+        essential = sum(w for key, w in widths.items() if key not in (*EXTRA_COLUMNS, "url"))
+        room = self.scrollable_content_region.width - essential - 2 * self.cell_padding
+        # Extra columns go in whole into what the URL leaves; the URL takes the rest of the
+        # row, so that those which do not fit start beyond the edge, not cut in half.
+        spare, shown = room - self._url_width, 0
+        for key in EXTRA_COLUMNS:
+            if shown + widths[key] <= spare:
+                shown += widths[key]
+        all_shown = shown == sum(widths[key] for key in EXTRA_COLUMNS)
+        width = max(URL_MIN_WIDTH, self._url_width if all_shown else room - shown)
+        if width != url.width:
+            url.width = width
+            self.refresh()
 
     @property
     def at_newest(self) -> bool:
@@ -78,12 +130,19 @@ class SessionsTable(DataTable):
             return
         cells = session_cells(session, now)
         self.add_row(*(cells[key] for key, _ in COLUMNS), key=str(session.id))
+        self._url_width = max(self._url_width, cells["url"].cell_len)
+        self._refit_soon()
+        if self.row_count == 1:
+            self.refresh_bindings()
 
     def update_session(
         self, session: Session, now: float, columns: Iterable[str] | None = None
     ) -> None:
         for key, cell in session_cells(session, now, columns).items():
-            self.update_cell(str(session.id), key, cell, update_width=True)
+            self.update_cell(str(session.id), key, cell, update_width=key != "url")
+            if key == "url":
+                self._url_width = max(self._url_width, cell.cell_len)
+        self._refit_soon()
 
 
 class EmptyState(Static):
@@ -92,7 +151,6 @@ class EmptyState(Static):
 
 class SessionsScreen(Screen):
     BINDINGS = [
-        Binding("enter", "open_session", "Open"),
         Binding("f", "follow", "Newest"),
         Binding("x", "app.export", "Export all"),
         Binding("l", "app.show_log", "Log"),
@@ -102,9 +160,9 @@ class SessionsScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield StatusBar()
-        yield EmptyState(self.app.empty_state_text(), id="empty")
+        yield EmptyState(self.app.empty_state(), id="empty")
         yield SessionsTable(id="sessions")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         table = self.query_one(SessionsTable)

@@ -1,14 +1,13 @@
-"""The status line every screen shows, and the one-line summary of a session."""
+"""The status line every screen shows, and the summary of a session."""
 
 from __future__ import annotations
 
-from rich.text import Text
 from textual.screen import Screen
-from textual.widgets import Static
+from textual.widget import Widget
 
 from ..model import Outcome, Session
 from ..report import close_text
-from .format import duration, format_size, printable
+from .format import SafeText, duration, fit_fields, format_size
 
 OUTCOME_STYLES = {
     Outcome.OPEN: "bold black on green",
@@ -25,29 +24,56 @@ def is_covered(screen: Screen) -> bool:
     return screen is not screen.app.screen and screen in screen.app.screen_stack
 
 
-def outcome_badge(outcome: Outcome) -> Text:
-    return Text(f" {outcome.value} ", style=OUTCOME_STYLES[outcome])
+def outcome_badge(outcome: Outcome) -> SafeText:
+    return SafeText(f" {outcome.value} ", style=OUTCOME_STYLES[outcome])
 
 
-def session_summary(session: Session, now: float) -> Text:
+def summary_fields(session: Session, now: float) -> tuple[SafeText, list[SafeText]]:
+    """What the summary says: the session (id, state, URL), then its figures, most telling
+    first."""
     stats = session.stats
-    text = Text()
-    text.append(f"#{session.id} ", style="bold")
-    text.append_text(outcome_badge(session.outcome))
-    text.append(f" {printable(session.url)}", style="bold")
+    head = SafeText.line(f"#{session.id} ", style="bold")
+    head.append(outcome_badge(session.outcome))
+    head.append(SafeText.line(f" {session.url}", style="bold"))
     status = session.status if session.status is not None else "-"
-    text.append(
-        f"  status {status}  hops {len(session.hops)}  messages {stats.count}"
-        f" ({stats.from_client} → / {stats.from_server} ←)  {format_size(stats.bytes)}"
-        f"  {duration(session.duration(now))}"
-    )
+    fields = [
+        SafeText.line(f"status {status}"),
+        SafeText.line(f"messages {stats.count} ({stats.from_client} → / {stats.from_server} ←)"),
+        SafeText.line(format_size(stats.bytes)),
+        SafeText.line(duration(session.duration(now))),
+        SafeText.line(f"hops {len(session.hops)}"),
+    ]
     if ended := close_text(session):
-        text.append(f"  end: {printable(ended)}")
-    return text
+        fields.append(SafeText.line(f"end: {ended}"))
+    return head, fields
 
 
-class StatusBar(Static):
-    """Listen addresses and modes, session counts, messages per second, log problems."""
+class SessionSummary(Widget):
+    """Two lines: the session and its URL, then its figures. Each line fits the width by
+    whole fields: the URL is shortened with an ellipsis, figures that do not fit are left out
+    (the Handshake tab has them all), nothing wraps."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._fields: tuple[SafeText, list[SafeText]] = (SafeText(), [])
+
+    def show(self, session: Session, now: float) -> None:
+        self._fields = summary_fields(session, now)
+        self.refresh()
+
+    def render(self) -> SafeText:
+        head, fields = self._fields
+        width = self.content_region.width or self.size.width
+        return SafeText("\n").join([fit_fields([head], width), fit_fields(fields, width)])
+
+
+class StatusBar(Widget):
+    """Listen addresses and modes, messages per second, log problems, session counts: whole
+    parts from the end are left out when they do not fit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._fields: list[SafeText] = []
 
     def on_mount(self) -> None:
         self.update_status()
@@ -55,4 +81,8 @@ class StatusBar(Static):
 
     def update_status(self) -> None:
         if not is_covered(self.screen):
-            self.update(self.app.status_text(), layout=False)
+            self._fields = self.app.status_fields()
+            self.refresh()
+
+    def render(self) -> SafeText:
+        return fit_fields(self._fields, self.size.width, gap=" │ ")
