@@ -219,6 +219,8 @@ class SessionDecoder:
             self._decoder = decoder_for(self.protocol)
         parts = self._decoder.decode(message.payload, message.from_client,
                                      message.type is MessageType.TEXT, message.truncated)
+        if not parts:  # an empty message
+            parts = [Part(self.protocol, "empty")]
         for part in parts:
             self._pair(part, message, index)
         return Decoded.of(parts)
