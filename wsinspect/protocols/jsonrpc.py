@@ -29,6 +29,9 @@ def _part(item) -> Part:
         return Part(PROTOCOL, None, fallback_label=outcome, id=call_id,
                     answer_key=call_id if call_id is not None else None,
                     fields={"id": item.get("id"), outcome: item.get(outcome)})
+    event = item.get("notification")
+    if isinstance(event, str):  # rpc-websockets' events: {"notification": name, "params": …}
+        return Part(PROTOCOL, event, fields=item)
     return Part(PROTOCOL, "invalid", id=call_id, fields=item)
 
 
