@@ -456,7 +456,10 @@ async def test_stomp_stompjs_through_rabbitmq_web_stomp(start_proxy, rabbitmq):
         ["/queue/wsinspect"] * 3
     receipts = {d.id: d.latency for d in decoded if d.label == "RECEIPT"}
     assert receipts["sub-1"] is not None and receipts["send-1"] is not None
-    assert analysis.stats.unanswered == 0 and analysis.stats.calls >= 2
+    # stompjs asks a receipt for its DISCONNECT too, and may close before it comes
+    stats = analysis.stats
+    assert stats.calls == 3 and stats.answered >= 2
+    assert {c.label for c in stats.unanswered_calls} <= {"DISCONNECT"}
 
 
 # --- SignalR: the @microsoft/signalr client ---------------------------------------------------

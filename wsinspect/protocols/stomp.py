@@ -27,19 +27,18 @@ def _unescape(value: str) -> str:
 
 
 def frames(payload: bytes):
-    """(command, headers, body) of each frame; ("heartbeat", {}, b"") for bare end-of-lines;
-    a frame cut short ends the list with what it shows."""
+    """(command, headers, body) of each frame, ("heartbeat", {}, b"") for a message of bare
+    end-of-lines; a frame cut short ends the list with what it shows. End-of-lines after a
+    frame's NUL belong to that frame."""
+    if payload and not payload.strip(b"\r\n"):
+        yield "heartbeat", {}, b""
+        return
     position = 0
     while position < len(payload):
-        start = position
         while position < len(payload) and payload[position] in b"\r\n":
             position += 1
         if position == len(payload):
-            if position > start:
-                yield "heartbeat", {}, b""
             return
-        if position > start and start == 0:
-            yield "heartbeat", {}, b""
         header_end = payload.find(b"\n\n", position)
         crlf_end = payload.find(b"\r\n\r\n", position)
         if crlf_end != -1 and (header_end == -1 or crlf_end < header_end):
