@@ -30,23 +30,27 @@ def labels(analysis) -> list[str | None]:
 def test_detection_prefers_the_subprotocol_the_server_chose():
     offered = [("Sec-WebSocket-Protocol", "v10.stomp, v11.stomp, v12.stomp")]
     assert detect_handshake(offered) == "stomp"
-    assert detect_handshake([("Sec-WebSocket-Protocol", "mqtt")], [("sec-websocket-protocol", "MQTT")]) == "mqtt"
+    chosen = [("sec-websocket-protocol", "MQTT")]
+    assert detect_handshake([("Sec-WebSocket-Protocol", "mqtt, chat")], chosen) == "mqtt"
     assert detect_handshake([("Sec-WebSocket-Protocol", "graphql-ws")]) == "graphql-ws"
-    assert detect_handshake([("Sec-WebSocket-Protocol", "chat, graphql-transport-ws")]) == "graphql-transport-ws"
+    offered = [("Sec-WebSocket-Protocol", "chat, graphql-transport-ws")]
+    assert detect_handshake(offered) == "graphql-transport-ws"
     assert detect_handshake(url="ws://h/socket.io/?EIO=4&transport=websocket") == "socket.io"
     assert detect_handshake([("Sec-WebSocket-Protocol", "chat")]) is None
 
 
 def test_detection_from_content():
     cases = {
-        "socket.io": [text(False, '0{"sid":"s","upgrades":[],"pingInterval":25000,"pingTimeout":5}', 1)],
+        "socket.io": [text(False, '0{"sid":"s","upgrades":[],"pingInterval":2,"pingTimeout":5}',
+                           1)],
         "signalr": [text(True, '{"protocol":"json","version":1}\x1e', 1)],
         "json-rpc": [text(True, '{"jsonrpc":"2.0","method":"sum","params":[1],"id":1}', 1)],
         "stomp": [text(True, "CONNECT\naccept-version:1.2\nhost:h\n\n\0", 1)],
         "mqtt": [binary(True, bytes([0x10, 12, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 60, 0, 0]), 1)],
         "graphql-transport-ws": [text(True, '{"type":"connection_init"}', 1),
                                  text(True, '{"id":"1","type":"subscribe","payload":{}}', 2)],
-        "graphql-ws": [text(True, '{"type":"connection_init"}', 1), text(False, '{"type":"ka"}', 2)],
+        "graphql-ws": [text(True, '{"type":"connection_init"}', 1),
+                       text(False, '{"type":"ka"}', 2)],
     }
     for protocol, messages in cases.items():
         assert detect(messages) == protocol
@@ -89,8 +93,10 @@ def test_jsonrpc_methods_ids_batches_and_unanswered_calls():
         text(True, '{"jsonrpc":"2.0","method":"notify","params":{}}', 0.1),
         text(True, '{"jsonrpc":"2.0","method":"sum","params":[3],"id":"1"}', 0.2),
         text(False, '{"jsonrpc":"2.0","result":3,"id":1}', 0.5),
-        text(True, '[{"jsonrpc":"2.0","method":"a","id":7},{"jsonrpc":"2.0","method":"b","id":8}]', 1.0),
-        text(False, '[{"jsonrpc":"2.0","result":1,"id":8},{"jsonrpc":"2.0","error":{"code":1},"id":7}]', 3.0),
+        text(True, '[{"jsonrpc":"2.0","method":"a","id":7},'
+                   '{"jsonrpc":"2.0","method":"b","id":8}]', 1.0),
+        text(False, '[{"jsonrpc":"2.0","result":1,"id":8},'
+                    '{"jsonrpc":"2.0","error":{"code":1},"id":7}]', 3.0),
         text(False, '{"jsonrpc":"2.0","result":0,"id":99}', 4.0),
     ]
     analysis = analyse(messages)
@@ -257,7 +263,8 @@ def test_control_frames_and_undetected_sessions_are_not_decoded():
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=8,
 )
 JSON_MESSAGES = st.dictionaries(

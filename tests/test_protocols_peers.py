@@ -211,8 +211,9 @@ def mqtt_session(port: int, version: int, logger: logging.Logger) -> None:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"wsinspect-{version}",
                          protocol=version, transport="websockets")
     client.enable_logger(logger)
-    received = []
+    received, unsubscribed = [], []
     client.on_message = lambda c, userdata, message: received.append(message.topic)
+    client.on_unsubscribe = lambda *args: unsubscribed.append(True)
     client.connect("127.0.0.1", port, keepalive=30)
     client.loop_start()
     try:
@@ -220,8 +221,9 @@ def mqtt_session(port: int, version: int, logger: logging.Logger) -> None:
         wait_until(lambda: client.is_connected())
         for qos in (0, 1, 2):
             client.publish(f"wsinspect/qos{qos}", f"payload {qos}", qos=qos).wait_for_publish(5)
-        client.unsubscribe("wsinspect/#")
         wait_until(lambda: len(received) == 3)
+        client.unsubscribe("wsinspect/#")
+        wait_until(lambda: unsubscribed)  # the broker's answers all came before DISCONNECT
     finally:
         client.disconnect()
         client.loop_stop()
@@ -263,8 +265,8 @@ async def test_mqtt_paho_through_mosquitto(start_proxy, mosquitto, version):
     assert sorted(published) == sorted(["wsinspect/qos0", "wsinspect/qos1", "wsinspect/qos2"] * 2)
     subscribe = next(p for d in decoded for p in d.parts if p.label == "SUBSCRIBE")
     assert subscribe.topic == "wsinspect/#" and subscribe.id is not None
-    version_seen = next(p.fields["version"] for d in decoded for p in d.parts if p.label == "CONNECT")
-    assert version_seen == ("5" if version == mqtt.MQTTv5 else "3.1.1")
+    connect = next(p for d in decoded for p in d.parts if p.label == "CONNECT")
+    assert connect.fields["version"] == ("5" if version == mqtt.MQTTv5 else "3.1.1")
     # client calls: SUBSCRIBE, PUBLISH q1, PUBLISH q2, PUBREL, UNSUBSCRIBE; the broker's own
     # QoS 1 and 2 deliveries and its PUBREL are calls the client answers
     stats = analysis.stats

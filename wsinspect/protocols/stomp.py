@@ -1,6 +1,6 @@
-"""STOMP 1.0–1.2 frames: `COMMAND\\nheader:value\\n…\\n\\nbody\\0`, several per message possible,
-a bare end-of-line is a heart-beat. A frame with a `receipt` header is answered by a RECEIPT
-(or an ERROR) with that `receipt-id`."""
+"""STOMP 1.0–1.2 frames: `COMMAND\\nheader:value\\n…\\n\\nbody\\0`, several per message
+possible; a message of bare end-of-lines is a heart-beat. A frame with a `receipt` header is
+answered by a RECEIPT (or an ERROR) with that `receipt-id`."""
 
 from __future__ import annotations
 
