@@ -5,6 +5,7 @@ removes exactly what setup added."""
 from __future__ import annotations
 
 import re
+import subprocess
 
 import pytest
 
@@ -143,7 +144,7 @@ def test_setup_on_a_vlan_interface_uses_its_sysctl_and_teardown_undoes_it(lab):
              f"{lab.gateway_client_if}.101")  # fmt: skip
     lab.exec(lab.gateway, "ip", "link", "set", vlan, "up")
     redirects = f"/proc/sys/net/ipv4/conf/{vlan}/send_redirects"
-    before_rules = nat(lab)
+    before_rules = nat_both(lab)
     assert lab.exec(lab.gateway, "cat", redirects).stdout.strip() == "1"
 
     setup = lab.run_wsinspect(
@@ -163,7 +164,17 @@ def test_setup_on_a_vlan_interface_uses_its_sysctl_and_teardown_undoes_it(lab):
 
     lab.run_wsinspect(lab.gateway, "gateway", "teardown")
     assert lab.exec(lab.gateway, "cat", redirects).stdout.strip() == "1"
-    assert nat(lab) == before_rules
+    assert nat_both(lab) == before_rules
+
+
+def setup_with_readonly(lab: Lab, path: str) -> subprocess.CompletedProcess:
+    """Setup with one /proc/sys file read-only (a bind mount in a mount namespace of its own)."""
+    script = (
+        f"mount --bind {path} {path} && mount -o remount,bind,ro {path} && "
+        f"exec {' '.join(lab.wsinspect('gateway', 'setup'))} "
+        f"--interface {lab.gateway_client_if} --listen-port 8081"
+    )
+    return lab.exec(lab.gateway, "unshare", "-m", "sh", "-c", script, check=False)
 
 
 @pytest.mark.netns
@@ -171,15 +182,10 @@ def test_a_setup_that_fails_half_way_leaves_nothing_changed(lab):
     """The client side's send_redirects is read-only (a bind mount in a mount namespace of the
     setup's own): setup fails after turning forwarding on and the `all` redirects off, and
     takes both back."""
-    before = nat(lab), sysctls(lab)
+    before = nat_both(lab), sysctls(lab)
     assert before[1]["net/ipv4/ip_forward"] == "0"
     readonly = f"/proc/sys/net/ipv4/conf/{lab.gateway_client_if}/send_redirects"
-    script = (
-        f"mount --bind {readonly} {readonly} && mount -o remount,bind,ro {readonly} && "
-        f"exec {' '.join(lab.wsinspect('gateway', 'setup'))} "
-        f"--interface {lab.gateway_client_if} --listen-port 8081"
-    )
-    result = lab.exec(lab.gateway, "unshare", "-m", "sh", "-c", script, check=False)
+    result = setup_with_readonly(lab, readonly)
     assert result.returncode == 1
     assert "+ sysctl -w net.ipv4.ip_forward=1" in result.stdout
     assert "+ sysctl -w net.ipv4.ip_forward=0" in result.stdout  # taken back
@@ -187,7 +193,29 @@ def test_a_setup_that_fails_half_way_leaves_nothing_changed(lab):
         f"wsinspect gateway: cannot set net.ipv4.conf.{lab.gateway_client_if}.send_redirects: "
         "Read-only file system (run as root); nothing was changed\n"
     )
-    assert (nat(lab), sysctls(lab)) == before
+    assert (nat_both(lab), sysctls(lab)) == before
+
+
+@pytest.mark.netns
+def test_a_setup_that_fails_on_the_ipv6_step_takes_back_both_families(lab):
+    """IPv4 is all done (forwarding, redirects, rules) and IPv6 has its chain and records when
+    turning IPv6 forwarding on fails: everything goes, in both tables."""
+    before = nat_both(lab), sysctls(lab)
+    result = setup_with_readonly(lab, "/proc/sys/net/ipv6/conf/all/forwarding")
+    assert result.returncode == 1
+    out = result.stdout
+    done = out[: out.index("setup failed; undoing what it did:")]
+    assert "+ iptables -t nat -A PREROUTING" in done and "+ sysctl -w net.ipv4.ip_forward=1" in done
+    assert "+ ip6tables -t nat -N wsinspect-restore" in done
+    assert "+ ip6tables -t nat -A wsinspect-restore" in done
+    undone = out[out.index("setup failed; undoing what it did:") :]
+    assert "+ iptables -t nat -D PREROUTING" in undone and "+ ip6tables -t nat -X" in undone
+    assert "+ sysctl -w net.ipv4.ip_forward=0" in undone
+    assert result.stderr == (
+        "wsinspect gateway: cannot set net.ipv6.conf.all.forwarding: Read-only file system "
+        "(run as root); nothing was changed\n"
+    )
+    assert (nat_both(lab), sysctls(lab)) == before
 
 
 @pytest.mark.netns
