@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -339,3 +340,74 @@ def test_setup_refuses_bad_input_in_one_line_and_changes_nothing(lab, args, mess
     assert result.stderr.startswith(f"wsinspect gateway: {message}")
     assert result.stderr.count("\n") == 1
     assert (nat(lab), sysctls(lab)) == before
+
+
+# A router advertisement (RFC 4861 4.2) with a router lifetime of 1800 s and no options; the
+# kernel fills in the ICMPv6 checksum, and picks the link-local source RAs must have.
+ADVERTISE = """
+import socket, struct, sys
+index = socket.if_nametoindex(sys.argv[1])
+with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as s:
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+    s.sendto(struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 1800, 0, 0), ("ff02::1", 0, 0, index))
+"""
+
+
+def wait_for(predicate, what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"no {what} in {timeout}s"
+        time.sleep(0.1)
+
+
+@pytest.mark.netns
+def test_setup_keeps_the_default_route_learned_from_router_advertisements(lab):
+    """Turning IPv6 forwarding on deletes, at once, the default routes learned from router
+    advertisements on interfaces whose accept_ra is not 2: setup sets 2 there first, and
+    teardown puts 1 back. The server namespace advertises itself as the gateway's router."""
+    lab.exec(lab.gateway, "ip", "-6", "route", "del", "default")
+
+    def learned() -> str:
+        return lab.exec(lab.gateway, "ip", "-6", "route", "show", "default", "proto", "ra").stdout
+
+    def link_local_ready() -> bool:
+        shown = lab.exec(lab.server, "ip", "-6", "addr", "show", "dev", lab.server_if, "scope",
+                         "link").stdout  # fmt: skip
+        return "inet6 fe80::" in shown and "tentative" not in shown
+
+    def advertise() -> None:
+        lab.python(lab.server, "-c", ADVERTISE, lab.server_if)
+        wait_for(learned, "default route from the router advertisement")
+
+    wait_for(link_local_ready, "link-local address past duplicate address detection")
+    advertise()
+    # What setup avoids: forwarding on with accept_ra 1 loses the route there and then.
+    lab.exec(lab.gateway, "sysctl", "-w", "net.ipv6.conf.all.forwarding=1")
+    assert learned() == ""
+    lab.exec(lab.gateway, "sysctl", "-w", "net.ipv6.conf.all.forwarding=0")
+    advertise()
+    route = learned()
+    assert route.startswith("default via fe80::") and f"dev {lab.gateway_server_if} " in route
+    before = nat_both(lab), sysctls(lab)
+    accept_ra = f"net.ipv6.conf.{lab.gateway_server_if}.accept_ra"
+
+    out = check(lab, "--listen-port", "8081").stdout
+    assert f"fix:  sysctl -w {accept_ra}=2" in out
+    assert "drops the default routes it learned from router advertisements" in out
+
+    setup = lab.run_wsinspect(
+        lab.gateway, "gateway", "setup", "--interface", lab.gateway_client_if,
+        "--listen-port", "8081",
+    ).stdout  # fmt: skip
+    assert setup.index(f"+ sysctl -w {accept_ra}=2") < setup.index(
+        "+ sysctl -w net.ipv6.conf.all.forwarding=1"
+    )
+    assert learned().split(" expires")[0] == route.split(" expires")[0]
+    result = check(lab, "--listen-port", "8081")
+    assert result.returncode == 0 and "WARNING" not in result.stdout, result.stdout
+
+    teardown = lab.run_wsinspect(lab.gateway, "gateway", "teardown").stdout
+    assert f"+ sysctl -w {accept_ra}=1" in teardown
+    assert (nat_both(lab), sysctls(lab)) == before
+    assert learned().split(" expires")[0] == route.split(" expires")[0]
