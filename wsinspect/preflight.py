@@ -1,8 +1,8 @@
 """Preflight for transparent mode on a Linux gateway: will clients' traffic reach the proxy?
 
 It only reads the host's state (IP forwarding, the nat table's REDIRECT rules, interface
-addresses), for IPv4 (iptables) and IPv6 (ip6tables), and never changes it. Each problem says precisely what is missing, with the exact
-commands that fix it and those that undo the fix. `wsinspect gateway setup` (gateway.py) runs
+addresses), for IPv4 (iptables) and IPv6 (ip6tables), and never changes it. Each problem says
+precisely what is missing, with the exact commands that fix it and those that undo the fix. `wsinspect gateway setup` (gateway.py) runs
 the same commands when asked to.
 """
 
