@@ -367,7 +367,10 @@ def _forwarding_check(family: Family, status: str) -> Check:
     fix = (f"sysctl -w {family.forwarding}=1",)
     undo = (f"sysctl -w {family.forwarding}={value}",)
     if family is IPV6:
-        kept = routers_lost_to_forwarding()
+        try:
+            kept = routers_lost_to_forwarding()
+        except HostError:
+            kept = []
         fix = (*(f"sysctl -w {n}=2" for n in kept), *fix)
         undo = (*undo, *(f"sysctl -w {n}=1" for n in kept))
         notes = (
