@@ -150,9 +150,10 @@ def _wanted_sysctls(family: preflight.Family, interface: str) -> dict[str, str]:
     if family is preflight.IPV4:
         wanted = {preflight.IP_FORWARD: "1"}
         return wanted | {name: "0" for name in preflight.send_redirects_names(interface)}
-    # accept_ra first: forwarding on would drop those routes at once.
-    wanted = {name: "2" for name in preflight.routers_lost_to_forwarding()}
-    return wanted | {preflight.IPV6_FORWARDING: "1"}
+    # accept_ra first: turning forwarding on would drop those routes at once.
+    turning_on = preflight.read_sysctl(preflight.IPV6_FORWARDING) != "1"
+    lost = preflight.routers_lost_to_forwarding() if turning_on else []
+    return {name: "2" for name in lost} | {preflight.IPV6_FORWARDING: "1"}
 
 
 def _overwritten_with(name: str, value: str) -> list[tuple[str, str]]:
