@@ -1,7 +1,11 @@
 """Network namespaces for the transparent-mode tests: a client, a lab gateway and a server,
-joined by veth pairs, with addresses from 10.231.0.0/16 that exist only inside them.
+joined by veth pairs, with addresses from 10.231.0.0/16 and the unique local fd00:231::/32 that
+exist only inside them.
 
-    client 10.231.1.2 --- 10.231.1.1 [gateway] 10.231.2.1 --- 10.231.2.2 server
+    client 10.231.1.2    --- 10.231.1.1    [gateway] 10.231.2.1    --- 10.231.2.2    server
+           fd00:231:1::2 --- fd00:231:1::1           fd00:231:2::1 --- fd00:231:2::2
+
+IPv6 addresses are added with `nodad`: usable at once, with no duplicate address detection.
 
 Names carry a random suffix so runs never collide; `Lab.destroy()` stops every process the lab
 started and deletes the namespaces (their interfaces and iptables rules go with them). Nothing
@@ -27,6 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 CLIENT_ADDR, GATEWAY_CLIENT_ADDR = "10.231.1.2", "10.231.1.1"
 GATEWAY_SERVER_ADDR, SERVER_ADDR = "10.231.2.1", "10.231.2.2"
+CLIENT_ADDR6, GATEWAY_CLIENT_ADDR6 = "fd00:231:1::2", "fd00:231:1::1"
+GATEWAY_SERVER_ADDR6, SERVER_ADDR6 = "fd00:231:2::1", "fd00:231:2::2"
 
 
 def require_netns() -> None:
@@ -37,7 +43,7 @@ def require_netns() -> None:
             "run the tests as root, as CI does",
             pytrace=False,
         )
-    missing = [tool for tool in ("ip", "iptables") if shutil.which(tool) is None]
+    missing = [tool for tool in ("ip", "iptables", "ip6tables") if shutil.which(tool) is None]
     if missing:
         pytest.fail(
             f"the transparent-mode lab needs {' and '.join(missing)}: "
@@ -120,22 +126,26 @@ class Lab:
             run("ip", "netns", "add", ns)
             self._namespaces.append(ns)
             self.exec(ns, "ip", "link", "set", "lo", "up")
-        self._link(self.client, self.client_if, CLIENT_ADDR)
-        self._link(self.gateway, self.gateway_client_if, GATEWAY_CLIENT_ADDR)
-        self._link(self.server, self.server_if, SERVER_ADDR)
-        self._link(self.gateway, self.gateway_server_if, GATEWAY_SERVER_ADDR)
-        self.exec(self.client, "ip", "route", "add", "default", "via", GATEWAY_CLIENT_ADDR)
-        self.exec(self.server, "ip", "route", "add", "default", "via", GATEWAY_SERVER_ADDR)
+        self._link(self.client, self.client_if, CLIENT_ADDR, CLIENT_ADDR6)
+        self._link(self.gateway, self.gateway_client_if, GATEWAY_CLIENT_ADDR, GATEWAY_CLIENT_ADDR6)
+        self._link(self.server, self.server_if, SERVER_ADDR, SERVER_ADDR6)
+        self._link(self.gateway, self.gateway_server_if, GATEWAY_SERVER_ADDR, GATEWAY_SERVER_ADDR6)
+        for via in (GATEWAY_CLIENT_ADDR, GATEWAY_CLIENT_ADDR6):
+            self.exec(self.client, "ip", "route", "add", "default", "via", via)
+        for via in (GATEWAY_SERVER_ADDR, GATEWAY_SERVER_ADDR6):
+            self.exec(self.server, "ip", "route", "add", "default", "via", via)
         # The gateway's way out is the server side, as on a real lab gateway.
-        self.exec(self.gateway, "ip", "route", "add", "default", "via", SERVER_ADDR)
+        for via in (SERVER_ADDR, SERVER_ADDR6):
+            self.exec(self.gateway, "ip", "route", "add", "default", "via", via)
 
-    def _link(self, ns: str, name: str, address: str) -> None:
+    def _link(self, ns: str, name: str, address: str, address6: str) -> None:
         """Address an interface (creating its veth pair with its peer on the gateway side)."""
         if ns != self.gateway:
             peer = {self.client_if: self.gateway_client_if, self.server_if: self.gateway_server_if}
             run("ip", "link", "add", name, "netns", ns, "type", "veth",
                 "peer", "name", peer[name], "netns", self.gateway)  # fmt: skip
         self.exec(ns, "ip", "addr", "add", f"{address}/24", "dev", name)
+        self.exec(ns, "ip", "-6", "addr", "add", f"{address6}/64", "dev", name, "nodad")
         self.exec(ns, "ip", "link", "set", name, "up")
 
     def command(self, ns: str, *argv: str) -> list[str]:

@@ -1,13 +1,14 @@
 """Preflight for transparent mode on a Linux gateway: will clients' traffic reach the proxy?
 
 It only reads the host's state (IP forwarding, the nat table's REDIRECT rules, interface
-addresses) and never changes it. Each problem says precisely what is missing, with the exact
-commands that fix it and those that undo the fix. `wsinspect gateway setup` (gateway.py) runs
+addresses), for IPv4 (iptables) and IPv6 (ip6tables), and never changes it. Each problem says
+precisely what is missing, with the exact commands that fix it and those that undo the fix. `wsinspect gateway setup` (gateway.py) runs
 the same commands when asked to.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import shlex
 import shutil
@@ -24,9 +25,37 @@ logger = logging.getLogger("wsinspect")
 
 SYSCTL_ROOT = Path("/proc/sys")
 IP_FORWARD = "net.ipv4.ip_forward"
+IPV6_FORWARDING = "net.ipv6.conf.all.forwarding"
 RULE_COMMENT = "wsinspect"  # tags the nat rules the preflight suggests
 DEFAULT_PORTS = ("80", "443")
-WILDCARD_HOSTS = ("", "0.0.0.0", "::", "*")
+# mitmproxy binds "" as one IPv4 and one IPv6 socket; "::" binds an IPv6-only one (asyncio
+# sets IPV6_V6ONLY), which takes no IPv4 connection.
+BOTH_FAMILIES_HOST = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """What differs between IPv4 and IPv6 for a transparent gateway."""
+
+    name: str
+    version: int
+    iptables: str  # the tool of its nat table
+    forwarding: str  # the sysctl that lets the host forward
+    wildcard_hosts: tuple[str, ...]  # listen hosts that take this family on every interface
+
+    @property
+    def prefix(self) -> str:
+        """Check names of IPv4 stay as they were ("IP forwarding"); IPv6 ones say IPv6."""
+        return "" if self.version == 4 else "IPv6 "
+
+    def available(self) -> bool:
+        """False when the kernel runs without it (IPv6 off with ipv6.disable=1)."""
+        return sysctl_path(self.forwarding).exists()
+
+
+IPV4 = Family("IPv4", 4, "iptables", IP_FORWARD, (BOTH_FAMILIES_HOST, "0.0.0.0", "*"))
+IPV6 = Family("IPv6", 6, "ip6tables", IPV6_FORWARDING, (BOTH_FAMILIES_HOST, "::", "*"))
+FAMILIES = (IPV4, IPV6)
 
 
 def sysctl_name(*parts: str) -> str:
@@ -67,8 +96,8 @@ def redirect_rule(
     ]  # fmt: skip
 
 
-def iptables_command(action: str, rule: Sequence[str]) -> str:
-    return shlex.join(["iptables", "-t", "nat", action, *rule])
+def iptables_command(action: str, rule: Sequence[str], family: Family = IPV4) -> str:
+    return shlex.join([family.iptables, "-t", "nat", action, *rule])
 
 
 # ----- reading the host ------------------------------------------------------------------
@@ -88,25 +117,54 @@ def run_tool(*argv: str) -> str:
     return result.stdout
 
 
-def nat_rules() -> str:
-    """The nat table as `iptables -t nat -S` lists it."""
-    return run_tool("iptables", "-t", "nat", "-S")
+def nat_rules(family: Family = IPV4) -> str:
+    """The nat table as `iptables -t nat -S` (or ip6tables) lists it."""
+    return run_tool(family.iptables, "-t", "nat", "-S")
 
 
-def interface_addresses() -> dict[str, list[str]]:
-    """IPv4 addresses of each interface, primary address first (the one REDIRECT uses)."""
+def interface_addresses(family: Family = IPV4) -> dict[str, list[str]]:
+    """Addresses of each interface in the kernel's order, the one REDIRECT uses first: IPv4's
+    primary address; for IPv6 the first listed, global scope coming before link-local."""
     addresses: dict[str, list[str]] = {}
-    for line in run_tool("ip", "-o", "-4", "addr", "show").splitlines():
+    word = "inet" if family.version == 4 else "inet6"
+    for line in run_tool("ip", "-o", f"-{family.version}", "addr", "show").splitlines():
         words = line.split()
-        if len(words) >= 4 and words[2] == "inet":
+        if len(words) >= 4 and words[2] == word:
             addresses.setdefault(words[1], []).append(words[3].split("/")[0])
     return addresses
 
 
-def default_route_interfaces() -> set[str]:
-    listing = run_tool("ip", "-4", "route", "show", "default")
+def routable(address: str) -> bool:
+    """An address other hosts route to (not loopback, not link-local)."""
+    ip = ipaddress.ip_address(address)
+    return not (ip.is_loopback or ip.is_link_local)
+
+
+def default_route_interfaces(family: Family = IPV4) -> set[str]:
+    listing = run_tool("ip", f"-{family.version}", "route", "show", "default")
     routes = [line.split() for line in listing.splitlines()]
     return {words[words.index("dev") + 1] for words in routes if "dev" in words[:-1]}
+
+
+def router_advertised_interfaces() -> set[str]:
+    """Interfaces with IPv6 routes learned from router advertisements (`proto ra`)."""
+    listing = run_tool("ip", "-6", "route", "show", "proto", "ra")
+    routes = [line.split() for line in listing.splitlines()]
+    return {words[words.index("dev") + 1] for words in routes if "dev" in words[:-1]}
+
+
+def accept_ra_name(interface: str) -> str:
+    return sysctl_name("net", "ipv6", "conf", interface, "accept_ra")
+
+
+def routers_lost_to_forwarding() -> list[str]:
+    """The accept_ra sysctls that must become 2 before IPv6 forwarding goes on. Turning it on
+    makes the kernel delete, at once, the default routes learned from router advertisements
+    on each interface whose accept_ra is not 2, and ignore further advertisements there."""
+    return [
+        name for interface in sorted(router_advertised_interfaces())
+        if read_sysctl(name := accept_ra_name(interface)) == "1"
+    ]  # fmt: skip
 
 
 # ----- the nat table ---------------------------------------------------------------------
@@ -213,7 +271,8 @@ def chains_reached(text: str, start: str = "PREROUTING") -> set[str]:
 @dataclass(frozen=True, slots=True)
 class Check:
     """One thing transparent mode needs. `status` is "ok", "missing", "unknown" (could not
-    be read) or "advice" (only matters in some topologies)."""
+    be read), "warning" (one family's clients bypass the proxy while the other's reach it) or
+    "advice" (only matters in some topologies)."""
 
     name: str
     status: str
@@ -237,7 +296,11 @@ class Preflight:
 
     @property
     def ok(self) -> bool:
-        return all(c.status in ("ok", "advice") for c in self.checks)
+        return all(c.status in ("ok", "advice", "warning") for c in self.checks)
+
+    @property
+    def warned(self) -> bool:
+        return any(c.status == "warning" for c in self.checks)
 
     def lines(self) -> list[str]:
         host = self.listen_host or "*"
@@ -254,29 +317,36 @@ class Preflight:
 
 @dataclass(frozen=True, slots=True)
 class _Host:
-    """What the preflight read from the host; a failed read keeps its error message."""
+    """What the preflight read from the host for one family; a failed read keeps its error."""
 
+    family: Family
     nat: str | None
     nat_error: str | None
     addresses: dict[str, list[str]]
     default_interfaces: set[str]
 
     @classmethod
-    def read(cls) -> _Host:
+    def read(cls, family: Family) -> _Host:
         try:
-            nat, nat_error = nat_rules(), None
+            nat, nat_error = nat_rules(family), None
         except HostError as e:
             nat, nat_error = None, str(e)
         try:
-            addresses, defaults = interface_addresses(), default_route_interfaces()
+            addresses, defaults = interface_addresses(family), default_route_interfaces(family)
         except HostError:
             addresses, defaults = {}, set()
-        return cls(nat, nat_error, addresses, defaults)
+        return cls(family, nat, nat_error, addresses, defaults)
+
+    def routable_addresses(self) -> list[str]:
+        return [a for addrs in self.addresses.values() for a in addrs if routable(a)]
 
     def client_interface(self) -> tuple[str, str]:
         """The interface clients most likely arrive on (the one addressed interface that does
         not carry the default route, or the only one), or "IF" and a note saying what it is."""
-        addressed = sorted(name for name in self.addresses if name != "lo")
+        addressed = sorted(
+            name for name, addrs in self.addresses.items()
+            if name != "lo" and any(routable(a) for a in addrs)
+        )  # fmt: skip
         candidates = [n for n in addressed if n not in self.default_interfaces] or addressed
         if len(candidates) == 1:
             return candidates[0], ""
@@ -284,34 +354,62 @@ class _Host:
         return "IF", f"IF: the interface your clients reach this gateway on ({listed})."
 
 
-def _forwarding_check() -> Check:
-    value = read_sysctl(IP_FORWARD)
-    path = sysctl_path(IP_FORWARD)
+def _forwarding_check(family: Family, status: str) -> Check:
+    """`status`: what a problem is for this family ("missing", or "warning")."""
+    name = f"{family.prefix}IP forwarding"
+    value = read_sysctl(family.forwarding)
+    path = sysctl_path(family.forwarding)
     if value is None:
-        return Check("IP forwarding", "unknown", f"cannot read {path}")
+        return Check(name, "unknown", f"cannot read {path}")
     if value == "1":
-        return Check("IP forwarding", "ok", f"on ({path} is 1)")
+        return Check(name, "ok", f"on ({path} is 1)")
+    notes: tuple[str, ...] = ()
+    fix = (f"sysctl -w {family.forwarding}=1",)
+    undo = (f"sysctl -w {family.forwarding}={value}",)
+    if family is IPV6:
+        try:
+            kept = routers_lost_to_forwarding()
+        except HostError:
+            kept = []
+        fix = (*(f"sysctl -w {n}=2" for n in kept), *fix)
+        undo = (*undo, *(f"sysctl -w {n}=1" for n in kept))
+        notes = (
+            "Forwarding on makes every interface a router: one whose accept_ra is not 2 "
+            "drops the default routes it learned from router advertisements and ignores new "
+            "ones (`wsinspect gateway setup` sets 2 first where such routes exist).",
+        )
     return Check(
-        "IP forwarding",
-        "missing",
+        name,
+        status,
         f"off ({path} is {value}): the gateway drops its clients' traffic to other hosts",
-        fix=(f"sysctl -w {IP_FORWARD}=1",),
-        undo=(f"sysctl -w {IP_FORWARD}={value}",),
+        fix=fix,
+        undo=undo,
+        notes=notes,
     )
 
 
-def _redirect_check(host: _Host, listen_port: int) -> tuple[Check, list[Redirect]]:
-    """Also returns the rules that do redirect to the listener."""
-    name = "REDIRECT rule"
+def _matching_redirects(host: _Host, listen_port: int) -> list[Redirect]:
+    """The REDIRECT rules PREROUTING reaches that send TCP to the listener."""
     if host.nat is None:
-        detail = f"cannot read the nat table: {host.nat_error}"
-        return Check(name, "unknown", detail, notes=("Reading it needs root.",)), []
+        return []
+    reached = chains_reached(host.nat)
+    return [
+        r for r in parse_redirects(host.nat)
+        if r.protocol in (None, "tcp") and r.chain in reached and r.sends_to(listen_port)
+    ]  # fmt: skip
+
+
+def _redirect_check(host: _Host, listen_port: int, status: str) -> Check:
+    family = host.family
+    name = f"{family.prefix}REDIRECT rule"
+    if host.nat is None:
+        detail = f"cannot read the {family.name} nat table: {host.nat_error}"
+        return Check(name, "unknown", detail, notes=("Reading it needs root.",))
+    if matching := _matching_redirects(host, listen_port):
+        found = "; ".join(r.describe() for r in matching)
+        return Check(name, "ok", f"nat PREROUTING redirects {found}")
     reached = chains_reached(host.nat)
     tcp = [r for r in parse_redirects(host.nat) if r.protocol in (None, "tcp")]
-    matching = [r for r in tcp if r.chain in reached and r.sends_to(listen_port)]
-    if matching:
-        found = "; ".join(r.describe() for r in matching)
-        return Check(name, "ok", f"nat PREROUTING redirects {found}"), matching
     found = "; ".join(_why_not(r, listen_port, reached) for r in tcp)
     interface, note = host.client_interface()
     rules = [redirect_rule(interface, port, listen_port) for port in DEFAULT_PORTS]
@@ -319,16 +417,25 @@ def _redirect_check(host: _Host, listen_port: int) -> tuple[Check, list[Redirect
         f"wsinspect gateway setup --interface {interface} --ports {','.join(DEFAULT_PORTS)} "
         f"--listen-port {listen_port}"
     )
-    check = Check(
+    table = "the nat table's" if family is IPV4 else "ip6tables' nat"
+    consequence = (
+        "so clients' connections go past the proxy" if status == "missing"
+        else "IPv6 clients bypass wsinspect" if family is IPV6
+        else "IPv4 clients bypass wsinspect"
+    )  # fmt: skip
+    return Check(
         name,
-        "missing",
-        f"no rule in the nat table's PREROUTING chain redirects TCP to port {listen_port}, "
-        f"so clients' connections go past the proxy" + (f" (found: {found})" if found else ""),
-        fix=(*(iptables_command("-A", r) for r in rules), f"(or: {setup})"),
-        undo=(*(iptables_command("-D", r) for r in rules), "(or: wsinspect gateway teardown)"),
+        status,
+        f"no rule in {table} PREROUTING chain redirects TCP to port {listen_port}, "
+        + consequence
+        + (f" (found: {found})" if found else ""),
+        fix=(*(iptables_command("-A", r, family) for r in rules), f"(or: {setup})"),
+        undo=(
+            *(iptables_command("-D", r, family) for r in rules),
+            "(or: wsinspect gateway teardown)",
+        ),
         notes=(*filter(None, [note]), "Other ports: a rule each, e.g. --dport 8765 or 8000:8100."),
     )
-    return check, []
 
 
 def _why_not(rule: Redirect, listen_port: int, reached: set[str]) -> str:
@@ -339,20 +446,39 @@ def _why_not(rule: Redirect, listen_port: int, reached: set[str]) -> str:
     return f"{rule.describe()}, not to {listen_port}"
 
 
+def _version(host: str) -> int | None:
+    """4 or 6 for an address literal, None for a name."""
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        return None
+
+
 def _listen_host_check(
-    host: _Host, listen_host: str, listen_port: int, redirects: list[Redirect]
+    host: _Host, listen_host: str, listen_port: int, redirects: list[Redirect], status: str
 ) -> Check:
-    """REDIRECT rewrites a connection's destination to the primary address of the interface it
+    """REDIRECT rewrites a connection's destination to the (first) address of the interface it
     arrived on, so the listener must accept connections to that address."""
-    name = "listen host"
-    if listen_host in WILDCARD_HOSTS:
+    family = host.family
+    name = f"{family.prefix}listen host"
+    if listen_host in family.wildcard_hosts:
         detail = f"{listen_host or '*'} accepts redirected connections on every interface"
         return Check(name, "ok", detail)
-    fix = ("restart wsinspect with --listen-host 0.0.0.0 (every interface)",)
+    if family is IPV4:
+        fix = ("restart wsinspect with --listen-host 0.0.0.0 (every interface)",)
+    else:
+        fix = ("restart wsinspect with --listen-host '' (every address, IPv4 and IPv6)",)
+    version = _version(listen_host)
+    if version is not None and version != family.version:
+        detail = (
+            f"{listen_host} takes IPv{version} connections only, but REDIRECT sends "
+            f"{family.name} clients' connections to this host's {family.name} address"
+        )
+        return Check(name, status, detail, fix=fix)
     if is_loopback(listen_host):
         return Check(
             name,
-            "missing",
+            status,
             f"{listen_host} is loopback only, but REDIRECT sends clients' connections to the "
             f"address of the interface they arrive on, where nothing listens on port {listen_port}",
             fix=fix,
@@ -371,7 +497,7 @@ def _listen_host_check(
         return Check(name, "ok", f"{listen_host} is where REDIRECT sends clients' connections")
     return Check(
         name,
-        "missing",
+        status,
         f"wsinspect listens on {listen_host} only, but REDIRECT sends clients' connections to "
         + ", ".join(elsewhere),
         fix=fix,
@@ -394,19 +520,28 @@ def _icmp_redirects_check(redirects: list[Redirect]) -> Check:
 
 
 def run(listen_host: str, listen_port: int) -> Preflight:
-    """The preflight of a transparent listener at listen_host:listen_port."""
-    host = _Host.read()
-    redirect, matching = _redirect_check(host, listen_port)
-    return Preflight(
-        listen_host,
-        listen_port,
-        (
-            _forwarding_check(),
-            redirect,
-            _listen_host_check(host, listen_host, listen_port, matching),
-            _icmp_redirects_check(matching),
-        ),
-    )
+    """The preflight of a transparent listener at listen_host:listen_port, for IPv4 and, when
+    this host has IPv6 addresses beyond link-local, for IPv6. A family's problems are
+    "missing" when its redirect rule is there, or when neither family has one; a family with
+    no rule while the other has one gets a warning: its clients bypass wsinspect."""
+    v4 = _Host.read(IPV4)
+    v6 = _Host.read(IPV6) if IPV6.available() else None
+    in_use = [v4] + ([v6] if v6 is not None and v6.routable_addresses() else [])
+    matching = {host.family: _matching_redirects(host, listen_port) for host in in_use}
+    any_redirect = any(matching.values())
+    checks: list[Check] = []
+    for host in in_use:
+        status = "missing" if matching[host.family] or not any_redirect else "warning"
+        checks += [
+            _forwarding_check(host.family, status),
+            _redirect_check(host, listen_port, status),
+            _listen_host_check(host, listen_host, listen_port, matching[host.family], status),
+        ]
+    checks.append(_icmp_redirects_check(matching[IPV4]))
+    if len(in_use) == 1:
+        why = "IPv6 is off in this kernel" if v6 is None else "no IPv6 address beyond link-local"
+        checks.append(Check("IPv6", "ok", f"{why}: no IPv6 client can route through this host"))
+    return Preflight(listen_host, listen_port, tuple(checks))
 
 
 def transparent_listeners(
@@ -426,7 +561,7 @@ def transparent_listeners(
 
 def log(result: Preflight) -> None:
     """Log the preflight to the wsinspect logger, whose records the engine keeps for the app."""
-    level = logging.INFO if result.ok else logging.WARNING
+    level = logging.INFO if result.ok and not result.warned else logging.WARNING
     for line in result.lines():
         logger.log(level, line)
 
