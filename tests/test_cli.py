@@ -83,7 +83,7 @@ async def test_headless_records_and_stops_cleanly_on_signal(tmp_path, confdir, e
     text = out.decode()
     assert re.search(r"#1 upgrade +GET /headless HTTP/1\.1 \(ws://127\.0\.0\.1:\d+/headless\) via regular", text)
     assert re.search(r"#1 closed +101 .* 1000 by client", text)
-    assert "1 session(s) recorded to" in text
+    assert "1 session recorded to" in text
     assert oct(capture.stat().st_mode & 0o777) == "0o600"
 
     result = subprocess.run(
