@@ -17,7 +17,7 @@ from .formats import command as export_command
 from .formats import open_capture
 from .model import Outcome
 from .store import CaptureError, SessionStore, StoreChanges, temporary_capture_path
-from .text import discard_closed_stdout, terminal_output
+from .text import discard_closed_stdout, print_error, terminal_output
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +96,9 @@ def install_stop_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) 
         loop.add_signal_handler(sig, stop.set)
 
 
+CLIENT_TLS_FAILED = "Client TLS handshake failed."
+
+
 class HeadlessPrinter:
     """Prints a line when an upgrade attempt appears, whenever a session's outcome or hops
     change, and for the proxy's own warnings and errors. When stdout is closed (`| head`) it
@@ -122,6 +125,10 @@ class HeadlessPrinter:
     def log_record(self, record: LogRecord) -> None:
         if record.level in ("warning", "error", "critical"):
             self._print(report.log_line(record.timestamp, record.level, record.message))
+        elif record.message.startswith(CLIENT_TLS_FAILED):
+            # mitmproxy logs it at info when the client hangs up instead of sending an alert,
+            # the usual way a client that does not trust the CA fails
+            self._print(report.log_line(record.timestamp, "warning", record.message))
 
     def _print(self, line: str) -> None:
         if self.output_closed:
@@ -138,7 +145,7 @@ async def run_proxy(args: argparse.Namespace) -> int:
     try:
         store = SessionStore(_new_capture_path(args.capture))
     except (CaptureError, OSError) as e:
-        print(f"wsinspect: {e}", file=sys.stderr)
+        print_error(str(e))
         return 2
     engine = Engine(
         store,
@@ -153,7 +160,7 @@ async def run_proxy(args: argparse.Namespace) -> int:
     try:
         await engine.start()
     except EngineError as e:
-        print(f"wsinspect: {e}", file=sys.stderr)
+        print_error(str(e))
         _discard_capture(store)
         return 2
     for spec, addrs in engine.servers():
@@ -212,7 +219,7 @@ def run_report(argv: Sequence[str]) -> int:
     try:
         store = open_capture(args.file)
     except CaptureError as e:
-        print(f"wsinspect: {e}", file=sys.stderr)
+        print_error(str(e))
         return 2
     if args.json:
         print(json.dumps(report.report_json(store), indent=2))
@@ -230,7 +237,7 @@ def run_open(argv: Sequence[str]) -> int:
     try:
         store = open_capture(args.file)
     except CaptureError as e:
-        print(f"wsinspect: {e}", file=sys.stderr)
+        print_error(str(e))
         return 2
     from .ui import WsInspectApp  # Textual loads only for the app
 
@@ -254,10 +261,9 @@ def run_help(argv: Sequence[str]) -> int:
 
 
 def unknown_command(word: str) -> int:
-    print(
-        f"wsinspect: {word!r} is not a wsinspect command; the commands are "
-        f"{', '.join(COMMANDS)} (wsinspect --help lists them)",
-        file=sys.stderr,
+    print_error(
+        f"{word!r} is not a wsinspect command; the commands are "
+        f"{', '.join(COMMANDS)} (wsinspect --help lists them)"
     )
     return 2
 

@@ -35,6 +35,12 @@ def printable_lines(text: str) -> str:
     return "\n".join(printable(line) for line in text.split("\n"))
 
 
+def print_error(message: str, prog: str = "wsinspect") -> None:
+    """An error as one line on stderr: line breaks in the message (a file name, SQLite's
+    text quoting a crafted schema) are escaped too."""
+    print(f"{prog}: {printable(message)}", file=sys.stderr, flush=True)
+
+
 class TerminalStream(io.TextIOBase):
     """A text stream that escapes control characters on their way to `stream`.
 
