@@ -141,6 +141,18 @@ class HeadlessPrinter:
             self.stop.set()
 
 
+def ignore_cancelled_connection_handlers(loop: asyncio.AbstractEventLoop) -> None:
+    """Connections still open when the proxy stops are cancelled by asyncio.run; Python 3.11's
+    asyncio.start_server then reports each as "Exception in callback …" with a CancelledError
+    traceback (3.12 checks for cancellation). Reports of a CancelledError are dropped."""
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        if not isinstance(context.get("exception"), asyncio.CancelledError):
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handle)
+
+
 async def run_proxy(args: argparse.Namespace) -> int:
     try:
         store = SessionStore(_new_capture_path(args.capture))
@@ -163,6 +175,27 @@ async def run_proxy(args: argparse.Namespace) -> int:
         print_error(str(e))
         _discard_capture(store)
         return 2
+    startup_records = list(engine.logs.records)  # the app shows them in its log
+    try:
+        output_closed = await _serve(args, engine, store, stop, startup_records)
+    finally:
+        await engine.stop()
+        store.close()
+        ignore_cancelled_connection_handlers(asyncio.get_running_loop())
+    recorded = report.plural(len(store.sessions()), "session")
+    print(f"wsinspect: {recorded} recorded to {store.path}", flush=True)
+    return CLOSED_PIPE if output_closed else 0
+
+
+async def _serve(
+    args: argparse.Namespace,
+    engine: Engine,
+    store: SessionStore,
+    stop: asyncio.Event,
+    startup_records: list[LogRecord],
+) -> bool:
+    """Announce the listeners, then run the app or print events until `stop`; returns
+    whether stdout was closed under headless mode."""
     for spec, addrs in engine.servers():
         listening = ", ".join(f"{h}:{p}" for h, p in addrs)
         print(f"wsinspect: {spec} proxy listening at {listening}", flush=True)
@@ -180,22 +213,18 @@ async def run_proxy(args: argparse.Namespace) -> int:
             flush=True,
         )
     print(f"wsinspect: recording to {store.path}", flush=True)
-    output_closed = False
-    if args.headless:
-        printer = HeadlessPrinter(store, stop)
-        store.subscribe(printer)
-        engine.logs.listeners.append(printer.log_record)
-        await stop.wait()
-        output_closed = printer.output_closed
-    else:
+    if not args.headless:
         from .ui import run_live  # Textual loads only for the app
 
         await run_live(store, engine, stop)
-    await engine.stop()
-    store.close()
-    recorded = report.plural(len(store.sessions()), "session")
-    print(f"wsinspect: {recorded} recorded to {store.path}", flush=True)
-    return CLOSED_PIPE if output_closed else 0
+        return False
+    printer = HeadlessPrinter(store, stop)
+    for record in startup_records:
+        printer.log_record(record)
+    store.subscribe(printer)
+    engine.logs.listeners.append(printer.log_record)
+    await stop.wait()
+    return printer.output_closed
 
 
 def report_parser() -> argparse.ArgumentParser:
@@ -307,8 +336,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     with terminal_output():
         try:
-            status = dispatch(argv)
-            sys.stdout.flush()
+            try:
+                status = dispatch(argv)
+            finally:  # also after argparse's --help, whose SystemExit passes through
+                sys.stdout.flush()
         except BrokenPipeError:
             discard_closed_stdout()
             return CLOSED_PIPE

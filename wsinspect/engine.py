@@ -125,6 +125,11 @@ class Engine:
             raise
 
     async def _start(self) -> None:
+        # Before any Master exists: one shut down before its confdir is set makes a CA in the
+        # default ~/.mitmproxy.
+        for spec in self.modes:
+            if (problem := reverse_target_error(spec)) is not None:
+                raise EngineError(problem)
         opts = options.Options()
         self.master = master.Master(opts)
         self.recorder = Recorder(self.store)
@@ -140,9 +145,6 @@ class Engine:
             self.recorder,
             self.resender,
         )
-        for spec in self.modes:
-            if (problem := reverse_target_error(spec)) is not None:
-                raise EngineError(problem)
         try:
             # On its own: an update that fails (a bad mode) is rolled back whole, and mitmproxy
             # would then make its CA in the default ~/.mitmproxy while shutting down.
