@@ -244,3 +244,29 @@ async def test_headless_lines_and_proxy_errors_are_escaped(tmp_path, confdir, tl
     assert re.search(r"proxy warning: Client TLS handshake failed\. .*127\.0\.0\.1", output), output
     assert re.search(r"#1 upgrade  GET http://127\.0\.0\.1:\d+/a\\x1b\[2Jb HTTP/1\.1", output)
     assert "4001 '\\x1b]0;pwned\\x07" in output, "the close reason a server sent"
+
+
+def test_headless_prints_a_transparent_mode_failure(request, tmp_path):
+    """A connection that reached the transparent listener without being redirected (no
+    REDIRECT rule in a fresh namespace): mitmproxy cannot learn its original destination and
+    logs an error, which headless mode prints as an event line."""
+    from tests.netns_lab import GATEWAY_CLIENT_ADDR, make_lab
+
+    lab = make_lab(request)
+    proxy = lab.start(
+        lab.gateway,
+        *lab.wsinspect("--mode", "transparent", "--headless", "-w", str(tmp_path / "cap.db"),
+                       "--listen-host", "0.0.0.0", "--listen-port", "18765",
+                       "--confdir", str(tmp_path / "conf")),
+    )
+    proxy.wait_line("recording to")
+    connect_directly = (
+        "import socket, sys\n"
+        "s = socket.create_connection((sys.argv[1], 18765), timeout=10)\n"
+        "s.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\nUpgrade: websocket\\r\\n\\r\\n')\n"
+        "try:\n    s.recv(100)\nexcept OSError:\n    pass\n"
+    )
+    lab.python(lab.client, "-c", connect_directly, GATEWAY_CLIENT_ADDR)
+    proxy.wait_line(r"^\d\d:\d\d:\d\d proxy error: Transparent mode failure: ")
+    assert proxy.stop() == 0
+    assert_printable(proxy.output())
