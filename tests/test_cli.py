@@ -254,9 +254,9 @@ def test_help_command_shows_a_commands_options():
     own = subprocess.run(wsinspect("help"), capture_output=True, text=True)
     assert own.returncode == 0
     assert own.stdout == subprocess.run(wsinspect("--help"), capture_output=True, text=True).stdout
-    for name in ("report", "replay", "gateway", "hello"):
-        via_help = subprocess.run(wsinspect("help", name), capture_output=True, text=True)
-        direct = subprocess.run(wsinspect(name, "--help"), capture_output=True, text=True)
+    for name in ("report", "replay", "gateway", "hello", "gateway setup"):
+        via_help = subprocess.run(wsinspect("help", *name.split()), capture_output=True, text=True)
+        direct = subprocess.run(wsinspect(*name.split(), "--help"), capture_output=True, text=True)
         assert via_help.returncode == 0 and via_help.stdout == direct.stdout
         assert via_help.stdout.startswith(f"usage: wsinspect {name}")
 

@@ -186,6 +186,7 @@ def test_the_stream_keeps_line_breaks_and_the_raw_byte_stream():
     stream.flush()
     assert raw.getvalue().decode() == "a\\x1b[2Jb\nc\\td\\u202ee\n"
     assert stream.buffer is raw  # binary exports to stdout (-o -) are data, not text
+    assert not stream.isatty()  # so rich writes no colour sequences to it
 
 
 async def hostile_server(reason: bytes):

@@ -276,15 +276,14 @@ def run_open(argv: Sequence[str]) -> int:
 
 
 def run_help(argv: Sequence[str]) -> int:
-    if len(argv) > 1:
-        return unknown_command(" ".join(argv))
+    """`wsinspect help [COMMAND [SUBCOMMAND]]`."""
     if not argv or argv[0] == "help":
         proxy_parser().print_help()
         return 0
     if argv[0] not in COMMANDS:
         return unknown_command(argv[0])
     try:
-        return COMMANDS[argv[0]].run(["--help"])
+        return COMMANDS[argv[0]].run([*argv[1:], "--help"])
     except SystemExit as e:  # argparse's --help
         return e.code or 0
 

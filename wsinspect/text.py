@@ -61,7 +61,9 @@ class TerminalStream(io.TextIOBase):
         return True
 
     def isatty(self) -> bool:
-        return self.stream.isatty()
+        """False: this stream passes no control sequence, so libraries that colour their
+        output for terminals (rich, in tracebacks the app prints) write plain text to it."""
+        return False
 
     def fileno(self) -> int:
         return self.stream.fileno()
