@@ -354,11 +354,12 @@ def failed_start(tmp_path, confdir, *argv: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--set", "nosuch=1"], "--set nosuch: Unknown option(s): nosuch"),
-        (["--set", "wsinspect_max_payload=abc"], "--set wsinspect_max_payload: Not an integer: abc"),
-        (["--mode", "reverse:notaurl"], "--mode reverse:notaurl: the reverse target must be a URL"),
+        (["--set", "nosuch=1"], r"Unknown options?\(s\)?: nosuch"),
+        # mitmproxy 11: "Not an integer: abc"; 12 names the option itself
+        (["--set", "wsinspect_max_payload=abc"], r"wsinspect_max_payload: .*[Nn]ot an integer: abc"),
+        (["--mode", "reverse:notaurl"], r"--mode reverse:notaurl: the reverse target must be a URL"),
         # an address of no interface here: bind fails locally, nothing is sent anywhere
-        (["--listen-host", "192.0.2.1"], "failed to listen on 192.0.2.1:0: "),
+        (["--listen-host", "192.0.2.1"], r"failed to listen on 192\.0\.2\.1:0: "),
     ],
     ids=["unknown-option", "bad-integer", "reverse-not-a-url", "foreign-host"],
 )
@@ -367,7 +368,8 @@ def test_a_failed_start_is_one_line_and_leaves_no_capture(tmp_path, confdir, arg
     capture = tmp_path / "cap.db"
     result = failed_start(tmp_path, confdir, *(["-w", str(capture)] if named else []), *argv)
     assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and re.search(message, result.stderr), result.stderr
+    assert result.stderr.count(argv[-1].split("=")[0]) == 1, "the option named once"
     assert "[Errno" not in result.stderr
     assert not capture.exists() and list((tmp_path / "temp").iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mitmproxy-conf", "temp"]

@@ -182,7 +182,8 @@ class Engine:
                 opts.set(setting)
             except exceptions.OptionsError as e:
                 name = setting.split("=", 1)[0]
-                raise EngineError(f"--set {name}: {e}") from None
+                # mitmproxy 11 says "Not an integer: abc"; 12 names the option itself
+                raise EngineError(str(e) if name in str(e) else f"--set {name}: {e}") from None
         raise EngineError(error)
 
     def listen_addrs(self) -> list[tuple[str, int]]:
