@@ -273,3 +273,32 @@ def test_headless_prints_a_transparent_mode_failure(request, tmp_path):
     proxy.wait_line(r"^\d\d:\d\d:\d\d proxy error: Transparent mode failure: ")
     assert proxy.stop() == 0
     assert_printable(proxy.output())
+
+
+async def test_replay_prints_the_recorded_url_escaped(tmp_path, echo_server):
+    """`wsinspect replay` announces the recorded URL on stdout: through the command line's
+    escaping streams, whichever module prints it."""
+    capture = tmp_path / "recorded.db"
+    store = SessionStore(capture)
+    hop = Hop(
+        mode="regular", url=f"ws://127.0.0.1:{echo_server}/{HOSTILE}",
+        request_line=f"GET /{HOSTILE} HTTP/1.1", http_version="HTTP/1.1",
+        request_headers=[("Host", f"127.0.0.1:{echo_server}"), ("Upgrade", "websocket"),
+                         ("Connection", "Upgrade"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                         ("Sec-WebSocket-Version", "13")],
+        timestamp_start=time.time(), response_status=101, response_reason="Switching Protocols",
+    )
+    store.add_hop(hop)
+    payload = HOSTILE.encode()
+    for from_client in (True, False):
+        store.add_message(hop, Message(from_client=from_client, type=MessageType.TEXT,
+                                       size=len(payload), payload=payload, timestamp=time.time()))
+    hop.outcome, hop.close = Outcome.CLOSED, Close(code=1000, by="client")
+    store.hop_changed(hop)
+    store.close()
+    result = await asyncio.to_thread(
+        run, "replay", str(capture), "1", "--direct", "-w", str(tmp_path / "replay.db")
+    )
+    assert result.returncode in (0, 1, 2)
+    assert_printable(result.stdout + result.stderr, lines_intact=False)
+    assert f"replaying session #1 to ws://127.0.0.1:{echo_server}/\\x1b]0;pwned\\x07" in result.stdout
