@@ -271,6 +271,12 @@ def test_unknown_command_is_one_line_with_the_commands(argv):
     assert all(name in result.stderr for name in COMMAND_NAMES)
 
 
+def test_a_command_after_options_is_told_to_come_first():
+    result = subprocess.run(wsinspect("-w", "cap.db", "report", "cap.db"), capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr == "wsinspect: a command comes first, before any option: wsinspect report …\n"
+
+
 def big_capture(path: Path, sessions: int = 300) -> None:
     """A capture whose report is larger than a pipe's buffer."""
     from wsinspect.model import Hop

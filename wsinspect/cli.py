@@ -289,6 +289,9 @@ def run_help(argv: Sequence[str]) -> int:
 
 
 def unknown_command(word: str) -> int:
+    if word in COMMANDS:  # e.g. `wsinspect -w cap.db report …`
+        print_error(f"a command comes first, before any option: wsinspect {word} …")
+        return 2
     print_error(
         f"{word!r} is not a wsinspect command; the commands are "
         f"{', '.join(COMMANDS)} (wsinspect --help lists them)"

@@ -96,6 +96,10 @@ class HelloClient:
             self.pending.extend(self.ws.events())
 
 
+def url(echo_port: int) -> str:
+    return f"ws://127.0.0.1:{echo_port}{PATH}"
+
+
 def describe(event) -> str:
     if isinstance(event, RejectConnection):
         return f"HTTP {event.status_code}"
@@ -134,10 +138,10 @@ async def session(proxy: tuple[str, int], echo_port: int, say) -> None:
             said = body.decode("utf-8", "replace").strip().splitlines()
             hint = " (the proxy wants credentials: --set proxyauth)" if answer.status_code == 407 else ""
             raise StepFailed(
-                f"the upgrade to ws://{authority}{PATH} was refused: HTTP {answer.status_code}"
+                f"the upgrade to {url(echo_port)} was refused: HTTP {answer.status_code}"
                 + hint + (f": {said[0]}" if said else "")
             )
-        say(f"handshake: ws://{authority}{PATH} upgraded (101)")
+        say(f"handshake: {url(echo_port)} upgraded (101)")
         await client.send(TextMessage(data=TEXT))
         echoed = await client.next_event(TextMessage)
         if echoed.data != TEXT:
@@ -183,10 +187,7 @@ async def run(proxy: tuple[str, int]) -> int:
             return 1
     finally:
         await backend.stop()
-    say(
-        "OK: a WebSocket session went through the proxy and back; wsinspect shows it as "
-        f"ws://127.0.0.1:{backend.port}{PATH}"
-    )
+    say(f"OK: the session went through the proxy; wsinspect lists it as {url(backend.port)}")
     return 0
 
 
