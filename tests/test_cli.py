@@ -116,7 +116,8 @@ async def test_headless_records_and_stops_cleanly_on_signal(tmp_path, confdir, e
 async def test_capture_survives_sigkill_mid_session(tmp_path, confdir, echo_server):
     capture = tmp_path / "killed.db"
     process, port = await start_process(
-        *wsinspect("--headless", "-w", str(capture), "--listen-port", "0", "--confdir", str(confdir)),
+        *wsinspect("--headless", "-w", str(capture), "--listen-port", "0",
+                   "--confdir", str(confdir)),
         listening=r"listening at 127\.0\.0\.1:(\d+)",
     )
     async with connect(f"ws://127.0.0.1:{echo_server}/", proxy=f"http://127.0.0.1:{port}") as ws:
@@ -272,9 +273,13 @@ def test_unknown_command_is_one_line_with_the_commands(argv):
 
 
 def test_a_command_after_options_is_told_to_come_first():
-    result = subprocess.run(wsinspect("-w", "cap.db", "report", "cap.db"), capture_output=True, text=True)
+    result = subprocess.run(
+        wsinspect("-w", "cap.db", "report", "cap.db"), capture_output=True, text=True
+    )
     assert result.returncode == 2
-    assert result.stderr == "wsinspect: a command comes first, before any option: wsinspect report …\n"
+    assert result.stderr == (
+        "wsinspect: a command comes first, before any option: wsinspect report …\n"
+    )
 
 
 def big_capture(path: Path, sessions: int = 300) -> None:
@@ -283,9 +288,11 @@ def big_capture(path: Path, sessions: int = 300) -> None:
 
     store = SessionStore(path)
     for i in range(sessions):
-        store.add_hop(Hop(mode="regular", url=f"ws://127.0.0.1:1/{i}", request_line=f"GET /{i} HTTP/1.1",
-                          http_version="HTTP/1.1", request_headers=[("Upgrade", "websocket")],
-                          timestamp_start=1000.0 + i, response_status=101))
+        store.add_hop(Hop(
+            mode="regular", url=f"ws://127.0.0.1:1/{i}", request_line=f"GET /{i} HTTP/1.1",
+            http_version="HTTP/1.1", request_headers=[("Upgrade", "websocket")],
+            timestamp_start=1000.0 + i, response_status=101,
+        ))
     store.close()
 
 
@@ -329,14 +336,16 @@ async def test_headless_ends_when_its_output_is_closed(tmp_path, confdir, echo_s
     the proxy as an interrupt would, its capture closed properly."""
     capture = tmp_path / "cap.db"
     process = await asyncio.create_subprocess_exec(
-        *wsinspect("--headless", "-w", str(capture), "--listen-port", "0", "--confdir", str(confdir)),
+        *wsinspect("--headless", "-w", str(capture), "--listen-port", "0",
+                   "--confdir", str(confdir)),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, preexec_fn=ignore_sigint,
     )
     line = (await asyncio.wait_for(process.stdout.readline(), 20)).decode()
     port = int(re.search(r"listening at 127\.0\.0\.1:(\d+)", line).group(1))
     await asyncio.wait_for(process.stdout.readline(), 20)  # recording to …
     process._transport.get_pipe_transport(1).close()  # the reader goes away
-    async with connect(f"ws://127.0.0.1:{echo_server}/closed", proxy=f"http://127.0.0.1:{port}") as ws:
+    url, proxy = f"ws://127.0.0.1:{echo_server}/closed", f"http://127.0.0.1:{port}"
+    async with connect(url, proxy=proxy) as ws:
         # the upgrade's event line meets the closed pipe: the proxy stops, ending the session
         await asyncio.wait_for(ws.wait_closed(), 20)
     _, err = await asyncio.wait_for(process.communicate(), 20)
@@ -362,8 +371,10 @@ def failed_start(tmp_path, confdir, *argv: str) -> subprocess.CompletedProcess:
     [
         (["--set", "nosuch=1"], r"Unknown options?\(s\)?: nosuch"),
         # mitmproxy 11: "Not an integer: abc"; 12 names the option itself
-        (["--set", "wsinspect_max_payload=abc"], r"wsinspect_max_payload: .*[Nn]ot an integer: abc"),
-        (["--mode", "reverse:notaurl"], r"--mode reverse:notaurl: the reverse target must be a URL"),
+        (["--set", "wsinspect_max_payload=abc"],
+         r"wsinspect_max_payload: .*[Nn]ot an integer: abc"),
+        (["--mode", "reverse:notaurl"],
+         r"--mode reverse:notaurl: the reverse target must be a URL"),
         # an address of no interface here: bind fails locally, nothing is sent anywhere
         (["--listen-host", "192.0.2.1"], r"failed to listen on 192\.0\.2\.1:0: "),
     ],
@@ -408,7 +419,9 @@ async def test_a_reverse_listener_is_announced_once(confdir):
     out, _ = await asyncio.wait_for(process.communicate(), 20)
     announced = [line for line in process.early_output.splitlines() if "listening at" in line]
     (line,) = announced
-    assert re.fullmatch(r"wsinspect: reverse:https://127\.0\.0\.1:1 proxy listening at 127\.0\.0\.1:\d+", line)
+    assert re.fullmatch(
+        r"wsinspect: reverse:https://127\.0\.0\.1:1 proxy listening at 127\.0\.0\.1:\d+", line
+    )
     assert "0 sessions recorded" in out.decode()
 
 
@@ -417,7 +430,8 @@ async def test_a_reverse_listener_is_announced_once(confdir):
 async def test_hello_sends_a_session_through_a_real_wsinspect(tmp_path, confdir):
     capture = tmp_path / "cap.db"
     process, port = await start_process(
-        *wsinspect("--headless", "-w", str(capture), "--listen-port", "0", "--confdir", str(confdir)),
+        *wsinspect("--headless", "-w", str(capture), "--listen-port", "0",
+                   "--confdir", str(confdir)),
         listening=r"listening at 127\.0\.0\.1:(\d+)",
     )
     try:
@@ -456,7 +470,8 @@ async def test_hello_without_a_proxy_says_so_and_fails():
         capture_output=True, text=True, timeout=30,
     )
     assert result.returncode == 1
-    assert f"FAILED: cannot reach the proxy at 127.0.0.1:{port}: Connection refused" in result.stdout
+    assert f"FAILED: cannot reach the proxy at 127.0.0.1:{port}: Connection refused" \
+        in result.stdout
     assert f"wsinspect --listen-port {port}" in result.stdout
 
 
@@ -480,6 +495,8 @@ async def test_hello_through_a_proxy_that_refuses_names_the_status(confdir):
 
 
 def test_hello_refuses_a_proxy_that_is_not_host_port():
-    result = subprocess.run(wsinspect("hello", "--proxy", "nonsense"), capture_output=True, text=True)
+    result = subprocess.run(
+        wsinspect("hello", "--proxy", "nonsense"), capture_output=True, text=True
+    )
     assert result.returncode == 2
     assert "'nonsense' is not HOST:PORT" in result.stderr

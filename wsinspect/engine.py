@@ -163,7 +163,8 @@ class Engine:
         first_error = len(self.logs.records)
         server = self.master.addons.get("proxyserver")
         if not await server.setup_servers():
-            errors = [r.message for r in list(self.logs.records)[first_error:] if r.level == "error"]
+            records = list(self.logs.records)[first_error:]
+            errors = [r.message for r in records if r.level == "error"]
             raise EngineError(listen_error(errors[-1]) if errors else "the proxy could not start")
         await self.master.running()
 

@@ -136,7 +136,9 @@ async def session(proxy: tuple[str, int], echo_port: int, say) -> None:
                 if part.body_finished:
                     break
             said = body.decode("utf-8", "replace").strip().splitlines()
-            hint = " (the proxy wants credentials: --set proxyauth)" if answer.status_code == 407 else ""
+            hint = ""
+            if answer.status_code == 407:
+                hint = " (the proxy wants credentials: --set proxyauth)"
             raise StepFailed(
                 f"the upgrade to {url(echo_port)} was refused: HTTP {answer.status_code}"
                 + hint + (f": {said[0]}" if said else "")
@@ -150,7 +152,9 @@ async def session(proxy: tuple[str, int], echo_port: int, say) -> None:
         await client.send(BytesMessage(data=BINARY))
         echoed = await client.next_event(BytesMessage)
         if bytes(echoed.data) != BINARY:
-            raise StepFailed(f"binary message: sent {BINARY.hex()}, got back {bytes(echoed.data).hex()}")
+            raise StepFailed(
+                f"binary message: sent {BINARY.hex()}, got back {bytes(echoed.data).hex()}"
+            )
         say(f"binary message: sent and echoed ({len(BINARY)} bytes)")
         await client.send(Ping(payload=PING))
         pong = await client.next_event(Pong)

@@ -121,7 +121,9 @@ def session_text(session: Session) -> list[str]:
     it."""
     stats = session.stats
     status = session.status if session.status is not None else "-"
-    lines = [f"#{session.id} {session.url}  {session.outcome.value}  {status}  hops {len(session.hops)}"]
+    lines = [
+        f"#{session.id} {session.url}  {session.outcome.value}  {status}  hops {len(session.hops)}"
+    ]
     for i, hop in enumerate(session.hops, start=1):
         answer = (
             f"{hop.response_status} {hop.response_reason}"
