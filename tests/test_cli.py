@@ -494,6 +494,27 @@ async def test_hello_through_a_proxy_that_refuses_names_the_status(confdir):
     assert "refused: HTTP 407 (the proxy wants credentials" in result.stdout
 
 
+async def test_hello_against_something_that_is_not_a_proxy_fails_in_one_line():
+    async def not_a_proxy(reader, writer):
+        await reader.read(100)
+        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\x1b]0;pwned\x07\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(not_a_proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        result = await asyncio.to_thread(
+            subprocess.run, wsinspect("hello", "--proxy", f"127.0.0.1:{port}"),
+            capture_output=True, text=True, timeout=30,
+        )
+    finally:
+        server.close()
+    assert result.returncode == 1 and result.stderr == ""
+    assert "FAILED: the answer is not WebSocket (Bad HTTP message): is this a proxy?" \
+        in result.stdout
+
+
 def test_hello_refuses_a_proxy_that_is_not_host_port():
     result = subprocess.run(
         wsinspect("hello", "--proxy", "nonsense"), capture_output=True, text=True

@@ -14,6 +14,7 @@ import os
 from collections.abc import Sequence
 
 from wsproto import ConnectionType, WSConnection
+from wsproto.utilities import RemoteProtocolError
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -92,8 +93,11 @@ class HelloClient:
             data = await asyncio.wait_for(self.reader.read(65536), STEP_TIMEOUT)
             if not data:
                 raise StepFailed("the connection ended")
-            self.ws.receive_data(data)
-            self.pending.extend(self.ws.events())
+            try:
+                self.ws.receive_data(data)
+                self.pending.extend(self.ws.events())
+            except RemoteProtocolError as e:
+                raise StepFailed(f"the answer is not WebSocket ({e}): is this a proxy?") from None
 
 
 def url(echo_port: int) -> str:
