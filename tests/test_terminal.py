@@ -5,6 +5,7 @@ a real subprocess on real files; the output must hold no control character but l
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import re
 import sqlite3
@@ -14,6 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 
 from wsinspect.model import Close, Hop, Message, MessageType, Outcome
@@ -178,8 +181,6 @@ def test_file_names_with_escapes_are_escaped_in_errors(tmp_path):
 
 
 def test_the_stream_keeps_line_breaks_and_the_raw_byte_stream():
-    import io
-
     raw = io.BytesIO()
     target = io.TextIOWrapper(raw, encoding="utf-8")
     stream = TerminalStream(target)
@@ -188,6 +189,21 @@ def test_the_stream_keeps_line_breaks_and_the_raw_byte_stream():
     assert raw.getvalue().decode() == "a\\x1b[2Jb\nc\\td\\u202ee\n"
     assert stream.buffer is raw  # binary exports to stdout (-o -) are data, not text
     assert not stream.isatty()  # so rich writes no colour sequences to it
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8")))
+def test_any_text_comes_out_printable(text):
+    """printable(): one line, nothing a terminal interprets; the stream: the same, with the
+    line breaks kept; neither loses a character's identity (unicode_escape round-trips)."""
+    shown = printable(text)
+    assert shown.isprintable()
+    raw = io.StringIO()
+    TerminalStream(raw).write(text)
+    lines = raw.getvalue().split("\n")
+    assert len(lines) == text.count("\n") + 1 and all(line.isprintable() for line in lines)
+    if "\\" not in text:  # only then is the escaping unambiguous
+        assert shown.encode("ascii", "backslashreplace").decode("unicode_escape") == text
 
 
 async def hostile_server(reason: bytes):
