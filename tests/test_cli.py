@@ -67,7 +67,7 @@ def wsinspect(*args: str) -> list[str]:
     return [str(BIN / "wsinspect"), *args]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 async def test_headless_records_and_stops_cleanly_on_signal(tmp_path, confdir, echo_server, sig):
     capture = tmp_path / "cap.db"
     process, port = await start_process(

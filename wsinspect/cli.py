@@ -89,10 +89,10 @@ def _discard_capture(store: SessionStore) -> None:
 
 
 def install_stop_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
-    """SIGINT and SIGTERM stop cleanly. Handlers on the loop also work when the process was
-    started with `&` by a script, where SIGINT is ignored and Python raises no
-    KeyboardInterrupt."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    """SIGINT, SIGTERM and SIGHUP (its terminal closed) stop cleanly. Handlers on the loop
+    also work when the process was started with `&` by a script, where SIGINT is ignored and
+    Python raises no KeyboardInterrupt."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
 
 
@@ -135,7 +135,7 @@ class HeadlessPrinter:
             return
         try:
             print(line, flush=True)
-        except BrokenPipeError:
+        except OSError:  # a closed pipe; EIO from a terminal that went away
             self.output_closed = True
             discard_closed_stdout()
             self.stop.set()
