@@ -67,7 +67,7 @@ def wsinspect(*args: str) -> list[str]:
     return [str(BIN / "wsinspect"), *args]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 async def test_headless_records_and_stops_cleanly_on_signal(tmp_path, confdir, echo_server, sig):
     capture = tmp_path / "cap.db"
     process, port = await start_process(
@@ -83,7 +83,7 @@ async def test_headless_records_and_stops_cleanly_on_signal(tmp_path, confdir, e
     text = out.decode()
     assert re.search(r"#1 upgrade +GET /headless HTTP/1\.1 \(ws://127\.0\.0\.1:\d+/headless\) via regular", text)
     assert re.search(r"#1 closed +101 .* 1000 by client", text)
-    assert "1 session(s) recorded to" in text
+    assert "1 session recorded to" in text
     assert oct(capture.stat().st_mode & 0o777) == "0o600"
 
     result = subprocess.run(
@@ -110,12 +110,14 @@ async def test_headless_records_and_stops_cleanly_on_signal(tmp_path, confdir, e
     ).stdout
     assert "hop 1 [regular] GET /headless HTTP/1.1 -> 101 Switching Protocols" in text_report
     assert "end: 1000 by client" in text_report
+    assert text_report.endswith("\n1 session\n")
 
 
 async def test_capture_survives_sigkill_mid_session(tmp_path, confdir, echo_server):
     capture = tmp_path / "killed.db"
     process, port = await start_process(
-        *wsinspect("--headless", "-w", str(capture), "--listen-port", "0", "--confdir", str(confdir)),
+        *wsinspect("--headless", "-w", str(capture), "--listen-port", "0",
+                   "--confdir", str(confdir)),
         listening=r"listening at 127\.0\.0\.1:(\d+)",
     )
     async with connect(f"ws://127.0.0.1:{echo_server}/", proxy=f"http://127.0.0.1:{port}") as ws:
@@ -231,3 +233,291 @@ def test_domain_modules_import_without_textual():
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={**os.environ})
+
+
+# ----- issue 18: the command line a newcomer meets ---------------------------------------------
+
+COMMAND_NAMES = ["report", "open", "export", "replay", "hello", "demo", "gateway", "help"]
+
+
+def test_help_lists_every_command_with_one_line_and_the_defaults():
+    result = subprocess.run(wsinspect("--help"), capture_output=True, text=True)
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    for name in COMMAND_NAMES:
+        (line,) = [line for line in lines if line.startswith(f"  {name} ") or line == f"  {name}"]
+        assert len(line.split("  ")) > 2, f"{name} has no one-line summary: {line!r}"
+    assert "(default: 127.0.0.1)" in result.stdout and "(default: 8080)" in result.stdout
+    assert all(len(line) <= 80 for line in lines), "fits an 80-column terminal"
+
+
+def test_help_command_shows_a_commands_options():
+    own = subprocess.run(wsinspect("help"), capture_output=True, text=True)
+    assert own.returncode == 0
+    assert own.stdout == subprocess.run(wsinspect("--help"), capture_output=True, text=True).stdout
+    for name in ("report", "replay", "gateway", "hello", "gateway setup"):
+        via_help = subprocess.run(wsinspect("help", *name.split()), capture_output=True, text=True)
+        direct = subprocess.run(wsinspect(*name.split(), "--help"), capture_output=True, text=True)
+        assert via_help.returncode == 0 and via_help.stdout == direct.stdout
+        assert via_help.stdout.startswith(f"usage: wsinspect {name}")
+
+
+@pytest.mark.parametrize("argv", [["bogus"], ["help", "bogus"], ["--headless", "bogus"]])
+def test_unknown_command_is_one_line_with_the_commands(argv):
+    result = subprocess.run(wsinspect(*argv), capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "'bogus' is not a wsinspect command" in result.stderr
+    assert "unrecognized" not in result.stderr
+    assert all(name in result.stderr for name in COMMAND_NAMES)
+
+
+def test_a_command_after_options_is_told_to_come_first():
+    result = subprocess.run(
+        wsinspect("-w", "cap.db", "report", "cap.db"), capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "wsinspect: a command comes first, before any option: wsinspect report …\n"
+    )
+
+
+def big_capture(path: Path, sessions: int = 300) -> None:
+    """A capture whose report is larger than a pipe's buffer."""
+    from wsinspect.model import Hop
+
+    store = SessionStore(path)
+    for i in range(sessions):
+        store.add_hop(Hop(
+            mode="regular", url=f"ws://127.0.0.1:1/{i}", request_line=f"GET /{i} HTTP/1.1",
+            http_version="HTTP/1.1", request_headers=[("Upgrade", "websocket")],
+            timestamp_start=1000.0 + i, response_status=101,
+        ))
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["report", "CAP"], ["report", "CAP", "--json"], ["--help"], ["help", "replay"],
+     ["hello", "--proxy", "127.0.0.1:1"]],
+    ids=["report", "report-json", "help", "help-replay", "hello"],
+)
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path, argv):
+    """`wsinspect report cap.db | head -3`: the reader goes away; no traceback, no
+    "Exception ignored" note, the status a filter killed by SIGPIPE has."""
+    capture = tmp_path / "big.db"
+    big_capture(capture)
+    argv = [str(capture) if a == "CAP" else a for a in argv]
+    process = subprocess.Popen(wsinspect(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # before the command writes anything
+    _, err = process.communicate(timeout=60)
+    assert err.decode() == ""
+    if "help" in argv or "--help" in argv:
+        # argparse ignores a failed write of its help (when stdout is unbuffered) and exits 0
+        assert process.returncode in (0, 128 + signal.SIGPIPE)
+    else:
+        assert process.returncode == 128 + signal.SIGPIPE
+
+
+def test_a_closed_pipe_after_some_lines_is_quiet_in_a_shell_pipeline(tmp_path):
+    capture = tmp_path / "big.db"
+    big_capture(capture, 2000)
+    result = subprocess.run(
+        ["bash", "-c", f"{wsinspect()[0]} report {capture} | head -3; exit ${{PIPESTATUS[0]}}"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.stdout.count("\n") == 3
+    assert result.stderr == ""
+    assert result.returncode == 128 + signal.SIGPIPE
+
+
+async def test_headless_ends_when_its_output_is_closed(tmp_path, confdir, echo_server):
+    """`wsinspect --headless | head -2`: the first event line after the reader went away stops
+    the proxy as an interrupt would, its capture closed properly."""
+    capture = tmp_path / "cap.db"
+    process = await asyncio.create_subprocess_exec(
+        *wsinspect("--headless", "-w", str(capture), "--listen-port", "0",
+                   "--confdir", str(confdir)),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, preexec_fn=ignore_sigint,
+    )
+    line = (await asyncio.wait_for(process.stdout.readline(), 20)).decode()
+    port = int(re.search(r"listening at 127\.0\.0\.1:(\d+)", line).group(1))
+    await asyncio.wait_for(process.stdout.readline(), 20)  # recording to …
+    process._transport.get_pipe_transport(1).close()  # the reader goes away
+    url, proxy = f"ws://127.0.0.1:{echo_server}/closed", f"http://127.0.0.1:{port}"
+    async with connect(url, proxy=proxy) as ws:
+        # the upgrade's event line meets the closed pipe: the proxy stops, ending the session
+        await asyncio.wait_for(ws.wait_closed(), 20)
+    _, err = await asyncio.wait_for(process.communicate(), 20)
+    assert err.decode() == ""
+    assert process.returncode == 128 + signal.SIGPIPE
+    store = SessionStore.open(capture)
+    (session,) = store.sessions()
+    assert session.url.endswith("/closed")
+
+
+def failed_start(tmp_path, confdir, *argv: str) -> subprocess.CompletedProcess:
+    """Run a start that fails, with a temp folder of its own to check for leftovers."""
+    temp = tmp_path / "temp"
+    temp.mkdir(exist_ok=True)
+    return subprocess.run(
+        wsinspect("--headless", "--listen-port", "0", "--confdir", str(confdir), *argv),
+        capture_output=True, text=True, timeout=30, env={**os.environ, "TMPDIR": str(temp)},
+    )
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--set", "nosuch=1"], r"Unknown options?\(s\)?: nosuch"),
+        # mitmproxy 11: "Not an integer: abc"; 12 names the option itself
+        (["--set", "wsinspect_max_payload=abc"],
+         r"wsinspect_max_payload: .*[Nn]ot an integer: abc"),
+        (["--mode", "reverse:notaurl"],
+         r"--mode reverse:notaurl: the reverse target must be a URL"),
+        # an address of no interface here: bind fails locally, nothing is sent anywhere
+        (["--listen-host", "192.0.2.1"], r"failed to listen on 192\.0\.2\.1:0: "),
+    ],
+    ids=["unknown-option", "bad-integer", "reverse-not-a-url", "foreign-host"],
+)
+@pytest.mark.parametrize("named", [True, False], ids=["-w", "temporary"])
+def test_a_failed_start_is_one_line_and_leaves_no_capture(tmp_path, confdir, argv, message, named):
+    capture = tmp_path / "cap.db"
+    result = failed_start(tmp_path, confdir, *(["-w", str(capture)] if named else []), *argv)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and re.search(message, result.stderr), result.stderr
+    assert result.stderr.count(argv[-1].split("=")[0]) == 1, "the option named once"
+    assert "[Errno" not in result.stderr
+    assert not capture.exists() and list((tmp_path / "temp").iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mitmproxy-conf", "temp"]
+
+
+async def test_port_in_use_leaves_no_capture_and_says_so_once(tmp_path, confdir):
+    blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = blocker.sockets[0].getsockname()[1]
+    capture = tmp_path / "cap.db"
+    try:
+        result = await asyncio.to_thread(
+            failed_start, tmp_path, confdir, "-w", str(capture), "--listen-port", str(port)
+        )
+    finally:
+        blocker.close()
+    assert result.returncode == 2
+    assert result.stderr.count("in use") == 1 and "[Errno" not in result.stderr, result.stderr
+    assert f"127.0.0.1:{port}: address already in use" in result.stderr
+    assert not capture.exists() and list((tmp_path / "temp").iterdir()) == []
+
+
+async def test_a_reverse_listener_is_announced_once(confdir):
+    """A reverse listener to https:// also listens on UDP (HTTP/3) at the same address."""
+    process, port = await start_process(
+        *wsinspect("--headless", "--listen-port", "0", "--confdir", str(confdir),
+                   "--mode", "reverse:https://127.0.0.1:1"),
+        listening=r"recording to ()",
+    )
+    process.terminate()
+    out, _ = await asyncio.wait_for(process.communicate(), 20)
+    announced = [line for line in process.early_output.splitlines() if "listening at" in line]
+    (line,) = announced
+    assert re.fullmatch(
+        r"wsinspect: reverse:https://127\.0\.0\.1:1 proxy listening at 127\.0\.0\.1:\d+", line
+    )
+    assert "0 sessions recorded" in out.decode()
+
+
+# ----- wsinspect hello -----------------------------------------------------------------------
+
+async def test_hello_sends_a_session_through_a_real_wsinspect(tmp_path, confdir):
+    capture = tmp_path / "cap.db"
+    process, port = await start_process(
+        *wsinspect("--headless", "-w", str(capture), "--listen-port", "0",
+                   "--confdir", str(confdir)),
+        listening=r"listening at 127\.0\.0\.1:(\d+)",
+    )
+    try:
+        hello = await asyncio.create_subprocess_exec(
+            *wsinspect("hello", "--proxy", f"127.0.0.1:{port}"),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(hello.communicate(), 30)
+        await asyncio.sleep(0.3)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        proxy_out, _ = await asyncio.wait_for(process.communicate(), 20)
+    lines = out.decode().splitlines()
+    assert hello.returncode == 0, out.decode() + err.decode()
+    assert err == b""
+    echo_port = int(re.search(r"echo server listening at 127\.0\.0\.1:(\d+)", lines[0]).group(1))
+    steps = [line.removeprefix("wsinspect hello: ").split(":")[0] for line in lines]
+    assert steps == ["echo server listening at 127.0.0.1", "connected to the proxy at 127.0.0.1",
+                     "handshake", "text message", "binary message", "ping", "close", "OK"]
+    assert lines[-1].endswith(f"ws://127.0.0.1:{echo_port}/hello")
+    assert f"#1 closed   101 ws://127.0.0.1:{echo_port}/hello msgs=7 1000 'bye' by client" \
+        in proxy_out.decode()
+    store = SessionStore.open(capture)
+    (session,) = store.sessions()
+    assert session.url == f"ws://127.0.0.1:{echo_port}/hello"
+    assert session.stats.by_type == {"text": 2, "binary": 2, "ping": 1, "pong": 1, "close": 1}
+
+
+async def test_hello_without_a_proxy_says_so_and_fails():
+    listener = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    listener.close()
+    await listener.wait_closed()  # a port nothing listens on
+    result = await asyncio.to_thread(
+        subprocess.run, wsinspect("hello", "--proxy", f"127.0.0.1:{port}"),
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 1
+    assert f"FAILED: cannot reach the proxy at 127.0.0.1:{port}: Connection refused" \
+        in result.stdout
+    assert f"wsinspect --listen-port {port}" in result.stdout
+
+
+async def test_hello_through_a_proxy_that_refuses_names_the_status(confdir):
+    process, port = await start_process(
+        *wsinspect("--headless", "--listen-port", "0", "--confdir", str(confdir),
+                   "--set", "proxyauth=user:secret"),
+        listening=r"listening at 127\.0\.0\.1:(\d+)",
+    )
+    try:
+        result = await asyncio.to_thread(
+            subprocess.run, wsinspect("hello", "--proxy", f"127.0.0.1:{port}"),
+            capture_output=True, text=True, timeout=30,
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.communicate(), 20)
+    assert result.returncode == 1
+    assert "FAILED: the upgrade to ws://127.0.0.1:" in result.stdout
+    assert "refused: HTTP 407 (the proxy wants credentials" in result.stdout
+
+
+async def test_hello_against_something_that_is_not_a_proxy_fails_in_one_line():
+    async def not_a_proxy(reader, writer):
+        await reader.read(100)
+        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\x1b]0;pwned\x07\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(not_a_proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        result = await asyncio.to_thread(
+            subprocess.run, wsinspect("hello", "--proxy", f"127.0.0.1:{port}"),
+            capture_output=True, text=True, timeout=30,
+        )
+    finally:
+        server.close()
+    assert result.returncode == 1 and result.stderr == ""
+    assert "FAILED: the answer is not WebSocket (Bad HTTP message): is this a proxy?" \
+        in result.stdout
+
+
+def test_hello_refuses_a_proxy_that_is_not_host_port():
+    result = subprocess.run(
+        wsinspect("hello", "--proxy", "nonsense"), capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "'nonsense' is not HOST:PORT" in result.stderr

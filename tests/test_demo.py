@@ -75,7 +75,7 @@ def test_headless_demo_records_a_healthy_a_broken_and_a_chatty_session(tmp_path,
     result, store = run_demo(tmp_path, hop, "--port", str(port))
     assert f"clients -> wsinspect 127.0.0.1:{port} -> {hop} hop 127.0.0.1:" in result.stdout
     assert "error upgrade-dropped (hop 2)" in result.stdout
-    assert result.stdout.rstrip().endswith("3 session(s)")
+    assert result.stdout.rstrip().endswith("3 sessions")
     healthy, broken, chatty = store.sessions()
 
     assert healthy.url.endswith("/fixed/chat") and healthy.outcome is Outcome.CLOSED

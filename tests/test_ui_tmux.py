@@ -101,7 +101,7 @@ async def test_the_app_in_a_real_terminal(tmp_path, confdir, echo_server):
 
         tmux.keys("q")
         screen = await tmux.wait_screen("EXIT=0")
-        assert "1 session(s) recorded to" in screen
+        assert "1 session recorded to" in screen
         assert "Traceback" not in screen
     finally:
         subprocess.run(["tmux", "-L", tmux.socket_name, "kill-server"], capture_output=True)
@@ -128,7 +128,7 @@ async def test_sigterm_stops_the_app_cleanly(tmp_path, confdir):
         assert len(children) == 1, children  # the wsinspect process the pane's shell started
         os.kill(int(children[0]), signal.SIGTERM)
         screen = await tmux.wait_screen("EXIT=0")
-        assert "0 session(s) recorded to" in screen and "Traceback" not in screen
+        assert "0 sessions recorded to" in screen and "Traceback" not in screen
     finally:
         subprocess.run(["tmux", "-L", tmux.socket_name, "kill-server"], capture_output=True)
 

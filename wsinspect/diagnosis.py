@@ -408,13 +408,14 @@ def _rejected(session: Session) -> list[Finding]:
     reason = hops[depth].response_reason
     answer = f"{status}{f' {reason}' if reason else ''}"
     if hops[depth].answered_by == "proxy":
+        refusal = (hops[depth].error or "no reason given").rstrip(".")  # mitmproxy ends with "."
         return [
             Finding(
                 "handshake-rejected",
                 Severity.ERROR,
                 depth + 1,
                 f"The upgrade was answered with {answer} by the proxy at hop {depth + 1} "
-                f"itself, which refused the request: {hops[depth].error}.",
+                f"itself, which refused the request: {refusal}.",
                 REFUSED_FIX,
             )
         ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import ipaddress
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -53,6 +54,29 @@ class _LogKeeper(logging.Handler):
         self.records.append(entry)
         for listener in list(self.listeners):
             listener(entry)
+
+
+def reverse_target_error(spec: str) -> str | None:
+    """Why `spec` is not a reverse listener wsinspect accepts, or None. mitmproxy takes
+    `reverse:anything` as `reverse:https://anything:443`; a target with no scheme is far more
+    often a mistake than that."""
+    if not spec.startswith("reverse:"):
+        return None
+    target = spec[len("reverse:") :].rsplit("@", 1)[0]
+    if "://" in target:
+        return None
+    return f"--mode {spec}: the reverse target must be a URL, e.g. reverse:http://HOST:PORT"
+
+
+def listen_error(message: str) -> str:
+    """mitmproxy's "[Errno 98] HTTP(S) proxy failed to listen on H:P with [Errno 98] error while
+    attempting to bind on address ('H', P): address already in use" as one statement."""
+    message = re.sub(r"\[Errno -?\d+\] ", "", message)
+    message = re.sub(r"error while attempting to bind on address \(.*?\): ", "", message)
+    message = message.replace(" with ", ": ", 1)
+    if "in use" in message:
+        message += " (choose another with --listen-port, or @PORT in --mode)"
+    return message
 
 
 def is_loopback(host: str) -> bool:
@@ -101,6 +125,11 @@ class Engine:
             raise
 
     async def _start(self) -> None:
+        # Before any Master exists: one shut down before its confdir is set makes a CA in the
+        # default ~/.mitmproxy.
+        for spec in self.modes:
+            if (problem := reverse_target_error(spec)) is not None:
+                raise EngineError(problem)
         opts = options.Options()
         self.master = master.Master(opts)
         self.recorder = Recorder(self.store)
@@ -128,28 +157,49 @@ class Engine:
                 listen_host=self.listen_host,
                 **({"listen_port": self.listen_port} if self.listen_port is not None else {}),
             )
-            if self.settings:
-                opts.set(*self.settings)
         except exceptions.OptionsError as e:
             raise EngineError(str(e)) from None
+        self._apply_settings(opts)
         first_error = len(self.logs.records)
         server = self.master.addons.get("proxyserver")
         if not await server.setup_servers():
-            errors = [r.message for r in list(self.logs.records)[first_error:] if r.level == "error"]
-            raise EngineError(errors[-1] if errors else "the proxy could not start")
+            records = list(self.logs.records)[first_error:]
+            errors = [r.message for r in records if r.level == "error"]
+            raise EngineError(listen_error(errors[-1]) if errors else "the proxy could not start")
         await self.master.running()
+
+    def _apply_settings(self, opts: options.Options) -> None:
+        """`--set NAME=VALUE`s, all at once; a failure names the option it came from (but not
+        its value, which may be a credential)."""
+        if not self.settings:
+            return
+        try:
+            opts.set(*self.settings)
+            return
+        except exceptions.OptionsError as e:
+            error = str(e)
+        for setting in self.settings:  # which one? (the batch was rolled back)
+            try:
+                opts.set(setting)
+            except exceptions.OptionsError as e:
+                name = setting.split("=", 1)[0]
+                # mitmproxy 11 says "Not an integer: abc"; 12 names the option itself
+                raise EngineError(str(e) if name in str(e) else f"--set {name}: {e}") from None
+        raise EngineError(error)
 
     def listen_addrs(self) -> list[tuple[str, int]]:
         if self.master is None:
             return []
-        return [tuple(a[:2]) for a in self.master.addons.get("proxyserver").listen_addrs()]
+        addrs = self.master.addons.get("proxyserver").listen_addrs()
+        return list(dict.fromkeys(tuple(a[:2]) for a in addrs))
 
     def servers(self) -> list[tuple[str, list[tuple[str, int]]]]:
         """Each listener's mode spec and addresses."""
         if self.master is None:
             return []
+        # A reverse listener to https:// also listens on UDP (HTTP/3), at the same address.
         return [
-            (s.mode.full_spec, [tuple(a[:2]) for a in s.listen_addrs])
+            (s.mode.full_spec, list(dict.fromkeys(tuple(a[:2]) for a in s.listen_addrs)))
             for s in self.master.addons.get("proxyserver").servers
         ]
 

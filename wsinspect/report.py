@@ -10,17 +10,9 @@ import time
 from . import diagnosis
 from .model import Hop, MessageType, Session
 from .store import SessionStore
+from .text import printable  # also imported from here by modules older than wsinspect.text
 
 REPORT_FORMAT = "wsinspect-report/1"
-
-
-def printable(text: str) -> str:
-    """Text safe to print to a terminal: control characters (ANSI/OSC escapes included) are
-    shown escaped instead of being interpreted."""
-    return "".join(
-        ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii")
-        for ch in text
-    )
 
 
 def hop_json(hop: Hop, position: int) -> dict:
@@ -118,36 +110,41 @@ def destination(hop: Hop) -> str:
     return ""
 
 
+def plural(count: int, noun: str) -> str:
+    """"1 session", "2 sessions"."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def session_text(session: Session) -> list[str]:
+    """The report's lines for one session. Each line is made printable whole (not field by
+    field), so no recorded value can add a line or a control sequence whichever field holds
+    it."""
     stats = session.stats
     status = session.status if session.status is not None else "-"
     lines = [
-        f"#{session.id} {printable(session.url)}  {session.outcome.value}  {status}  "
-        f"hops {len(session.hops)}"
+        f"#{session.id} {session.url}  {session.outcome.value}  {status}  hops {len(session.hops)}"
     ]
     for i, hop in enumerate(session.hops, start=1):
         answer = (
-            f"{hop.response_status} {printable(hop.response_reason)}"
+            f"{hop.response_status} {hop.response_reason}"
             if hop.response_status is not None
-            else (printable(hop.error or "no response"))
+            else (hop.error or "no response")
         )
-        lines.append(
-            f"  hop {i} [{hop.mode}]{destination(hop)} {printable(hop.request_line)} -> {answer}"
-        )
+        lines.append(f"  hop {i} [{hop.mode}]{destination(hop)} {hop.request_line} -> {answer}")
     by_type = ", ".join(f"{t} {n}" for t, n in sorted(stats.by_type.items()))
     lines.append(
         f"  messages: {stats.from_client} from client, {stats.from_server} from server, "
         f"{_size(stats.bytes)}" + (f" ({by_type})" if by_type else "")
     )
     if (ended := close_text(session)):
-        lines.append(f"  end: {printable(ended)}")
+        lines.append(f"  end: {ended}")
     for boundary in diagnosis.boundaries(session):
         lines += boundary_text(boundary)
     fixes_shown: set[str] = set()
     for finding in diagnosis.diagnose(session):
         lines += finding_text(finding, fix_shown=finding.fix in fixes_shown)
         fixes_shown.add(finding.fix)
-    return lines
+    return [printable(line) for line in lines]
 
 
 def boundary_text(boundary: diagnosis.HopBoundary) -> list[str]:
@@ -163,22 +160,20 @@ def boundary_text(boundary: diagnosis.HopBoundary) -> list[str]:
         if altered:
             lines.append(
                 f"  hop {boundary.index} -> {boundary.index + 1} {direction}: "
-                + printable("; ".join(altered))
+                + "; ".join(altered)
             )
-    return lines
+    return [printable(line) for line in lines]
 
 
 def finding_text(finding: diagnosis.Finding, fix_shown: bool = False) -> list[str]:
-    lines = [
-        f"  {finding.severity.value} {finding.code} (hop {finding.hop}): "
-        + printable(finding.message)
-    ]
+    lines = [f"  {finding.severity.value} {finding.code} (hop {finding.hop}): {finding.message}"]
     if fix_shown:
-        return lines + ["    fix: as above"]
-    fix = finding.fix.splitlines()
-    lines.append("    fix: " + printable(fix[0]))
-    lines += ["         " + printable(line) for line in fix[1:]]
-    return lines
+        lines.append("    fix: as above")
+    else:
+        first, *more = finding.fix.splitlines() or [""]
+        lines.append("    fix: " + first)
+        lines += ["         " + line for line in more]
+    return [printable(line) for line in lines]
 
 
 def report_text(store: SessionStore) -> str:
@@ -188,7 +183,7 @@ def report_text(store: SessionStore) -> str:
     lines = []
     for session in sessions:
         lines += session_text(session)
-    lines.append(f"{len(sessions)} session(s)")
+    lines.append(plural(len(sessions), "session"))
     return "\n".join(lines)
 
 
@@ -199,9 +194,9 @@ def _clock(timestamp: float) -> str:
 def upgrade_line(session: Session) -> str:
     """The line headless mode prints when an upgrade attempt appears."""
     hop = session.first_hop
-    return (
-        f"{_clock(hop.timestamp_start)} #{session.id} upgrade  {printable(hop.request_line)} "
-        f"({printable(session.url)}) via {hop.mode}{destination(hop)}"
+    return printable(
+        f"{_clock(hop.timestamp_start)} #{session.id} upgrade  {hop.request_line} "
+        f"({session.url}) via {hop.mode}{destination(hop)}"
     )
 
 
@@ -211,7 +206,13 @@ def event_line(session: Session) -> str:
     status = session.status if session.status is not None else "-"
     detail = close_text(session) if session.outcome.value != "open" else ""
     hops = f" hops={len(session.hops)}" if len(session.hops) > 1 else ""
-    return (
-        f"{stamp} #{session.id} {session.outcome.value:<8} {status} {printable(session.url)}"
-        f"{hops} msgs={session.stats.count}" + (f" {printable(detail)}" if detail else "")
+    return printable(
+        f"{stamp} #{session.id} {session.outcome.value:<8} {status} {session.url}"
+        f"{hops} msgs={session.stats.count}" + (f" {detail}" if detail else "")
     )
+
+
+def log_line(timestamp: float, level: str, message: str) -> str:
+    """The line headless mode prints for a proxy warning or error (a client's failed TLS
+    handshake, a transparent-mode failure): their text quotes what peers sent."""
+    return printable(f"{_clock(timestamp)} proxy {level}: {message}")
