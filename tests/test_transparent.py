@@ -314,7 +314,7 @@ def test_ipv6_clients_are_intercepted_through_ip6tables_on_a_dual_stack_listener
         assert client(lab, url, proxy, ca, address) == ["hello", "0001", seen]
     proxy.wait_line(r"#3 closed +101 .* 1000 by client")
     assert proxy.stop() == 0, proxy.output()
-    assert f"via transparent to {SERVER_ADDR6}:443" in proxy.output()
+    assert f"via transparent to [{SERVER_ADDR6}]:443" in proxy.output()
 
     store = SessionStore.open(capture)
     sessions = store.sessions()

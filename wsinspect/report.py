@@ -106,7 +106,8 @@ def destination(hop: Hop) -> str:
     """The suffix " to host:port" for a transparent hop: the address its client really
     connected to, which the URL (built from the Host header) need not show."""
     if hop.server_addr and hop.mode.startswith("transparent"):
-        return f" to {hop.server_addr[0]}:{hop.server_addr[1]}"
+        host, port = hop.server_addr[:2]
+        return f" to [{host}]:{port}" if ":" in host else f" to {host}:{port}"
     return ""
 
 
