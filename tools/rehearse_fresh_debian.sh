@@ -116,7 +116,7 @@ echo "rehearse: fresh clone of ${commit:0:12} in $root/root/wsinspect"
 in_root() {  # in_root COMMAND: bash -c COMMAND in the clone, as root, with a clean environment
   chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=xterm-256color \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "${passed_env[@]}" \
-    /bin/bash -c "cd /root/wsinspect && $1"
+    /bin/bash -c "cd /root/wsinspect && $1" </dev/null
 }
 
 failed=0
@@ -124,10 +124,10 @@ echo
 echo "== 1. bash install.sh && .venv/bin/wsinspect --mode regular"
 first='bash install.sh
 echo "-- the app in a terminal for 10 s (a pseudo-terminal from script(1)), then SIGINT"
-script -qec "timeout -s INT 10 .venv/bin/wsinspect --mode regular; echo app exit \$?" /tmp/tui.log >/dev/null
-sed -e "s/\x1b\[[0-9;?<>=]*[A-Za-z]//g; s/\x1b[()][A-Z0-9]//g; s/\x1b[=>]//g" /tmp/tui.log |
-  tr -s " " | grep -E "8080|app exit" | tail -n 3
-grep -q "127.0.0.1:8080" /tmp/tui.log && grep -q "app exit 0" /tmp/tui.log
+script -qec "timeout --foreground --preserve-status -s INT 10 .venv/bin/wsinspect --mode regular; echo app exit \$?" /tmp/tui.log >/dev/null
+sed -e "s/\x1b\[[0-9;?<>=]*[A-Za-z]//g; s/\x1b[()][A-Z0-9]//g; s/\x1b[=>]//g" /tmp/tui.log | tr -s " " >/tmp/tui.txt
+grep -aoE "wsinspect regular 127.0.0.1:8080[^│]*│[^│]*│|The regular proxy listens at [0-9.:]+|app exit [0-9]+" /tmp/tui.txt | sort -u
+grep -q "wsinspect regular 127.0.0.1:8080" /tmp/tui.txt && grep -qE "app exit (0|130)" /tmp/tui.txt
 echo "-- headless for 10 s"
 status=0; timeout 10 .venv/bin/wsinspect --mode regular --headless || status=$?
 [ $status = 124 ]  # still running when the timeout stopped it
