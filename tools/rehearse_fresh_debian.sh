@@ -77,6 +77,9 @@ copy_in() {  # copy_in PATH...: each existing file or directory to the same plac
     cp -a "$path" "$root$path"
   done
 }
+if compgen -G "/etc/apt/sources.list.d/*.sources" >/dev/null || [ -e /etc/apt/sources.list ]; then
+  rm -f "$root/etc/apt/sources.list"  # debootstrap's; the host's sources replace it
+fi
 copy_in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources \
   /etc/apt/trusted.gpg.d /etc/apt/keyrings \
   /etc/ssl/certs/ca-certificates.crt /usr/local/share/ca-certificates \
