@@ -16,6 +16,7 @@ with_tests=0
 # list of them (tests/test_install_provides.py fails when the sources call one not listed).
 TEST_PROGRAMS=(
   cat=coreutils
+  env=coreutils
   sysctl=procps
   ip=iproute2
   iptables=iptables

@@ -21,7 +21,7 @@ OPTIONAL = {
 }
 # Programs the collector must find today, so that it cannot go blind unnoticed.
 KNOWN = {
-    "nginx", "iptables", "ip", "sysctl", "cat", "tmux", "chromium", "node", "npm",
+    "nginx", "iptables", "ip", "sysctl", "cat", "env", "tmux", "chromium", "node", "npm",
     "rsvg-convert",
 }
 # Calls that start a process -> the position of argv[0] among their arguments (a string, or
@@ -56,13 +56,26 @@ def _program(value: str) -> str | None:
     return name if PROGRAM_NAME.fullmatch(name) else None
 
 
+def argv_functions(tree: ast.Module) -> dict[str, ast.expr]:
+    """Functions that return an argv list, by name: `def mitmdump(): return ["env", ...]`."""
+    found = {}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.Return) and isinstance(inner.value, ast.List):
+                    found[node.name] = inner.value
+    return found
+
+
 class ProgramCollector(ast.NodeVisitor):
     """Programs one Python module runs: `shutil.which("x")`, and the argv[0] of the
     calls in PROCESS_CALLS, also through a name bound to a list (`tmux = ["tmux", ...]`,
-    then `run([*tmux, ...])`)."""
+    then `run([*tmux, ...])`) or a call of a function returning one (`argv_functions`, from
+    every module read: `run([*mitmdump(confdir), ...])`)."""
 
-    def __init__(self, tree: ast.Module) -> None:
+    def __init__(self, tree: ast.Module, functions: dict[str, ast.expr] | None = None) -> None:
         self.programs: set[str] = set()
+        self.functions = functions or {}
         self.argv_names: dict[str, ast.expr] = {}
         for node in ast.walk(tree):
             if isinstance(node, ast.Assign) and isinstance(node.value, (ast.List, ast.Tuple)):
@@ -80,6 +93,11 @@ class ProgramCollector(ast.NodeVisitor):
             return self.argv0(node.value, depth + 1)
         if isinstance(node, ast.Name) and node.id in self.argv_names:
             return self.argv0(self.argv_names[node.id], depth + 1)
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if name in self.functions:
+                return self.argv0(self.functions[name], depth + 1)
         if isinstance(node, (ast.List, ast.Tuple)) and node.elts:
             return self.argv0(node.elts[0], depth + 1)
         return None
@@ -108,13 +126,16 @@ class ProgramCollector(ast.NodeVisitor):
 def collect_programs() -> dict[str, set[str]]:
     """program -> the files that run it."""
     found: dict[str, set[str]] = {}
-    for folder in PYTHON_SOURCES:
-        for path in sorted((ROOT / folder).rglob("*.py")):
-            if "node_modules" in path.parts:
-                continue
-            tree = ast.parse(path.read_text(), filename=str(path))
-            for program in ProgramCollector(tree).programs:
-                found.setdefault(program, set()).add(str(path.relative_to(ROOT)))
+    trees = {
+        path: ast.parse(path.read_text(), filename=str(path))
+        for folder in PYTHON_SOURCES
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if "node_modules" not in path.parts
+    }
+    functions = {name: v for tree in trees.values() for name, v in argv_functions(tree).items()}
+    for path, tree in trees.items():
+        for program in ProgramCollector(tree, functions).programs:
+            found.setdefault(program, set()).add(str(path.relative_to(ROOT)))
     for name in SHELL_SOURCES:
         for line in (ROOT / name).read_text().splitlines():
             code = SHELL_COMMENT.sub("", line)
@@ -152,9 +173,11 @@ subprocess.run([sys.executable, "-c", "pass"])
 asyncio.run(main())
 tmux.run("send-keys", "-t", "app")
 asyncio.create_subprocess_exec(str(BIN / "wsinspect"), "replay")
+asyncio.create_subprocess_exec(*launcher(home), "-x")
 """
-    assert ProgramCollector(ast.parse(source)).programs == {
-        "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta",
+    functions = argv_functions(ast.parse('def launcher(home):\n    return ["theta", home]\n'))
+    assert ProgramCollector(ast.parse(source), functions).programs == {
+        "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta",
     }
     shell = 'command -v nginx >/dev/null || [ -x "$(command -v "$x")" ]  # which a user'
     assert SHELL_LOOKUP.findall(SHELL_COMMENT.sub("", shell)) == ["nginx"]
