@@ -39,6 +39,9 @@ mounts_under_root() {  # deepest first
 cleanup() {
   local status=$? pid left
   trap - EXIT INT TERM HUP
+  # The background jobs lead process groups of their own (setsid): end each whole group.
+  for pid in $(jobs -p); do kill -KILL -- "-$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
   for pid in $(ls /proc | grep -E '^[0-9]+$'); do  # whatever still runs in the root
     if [ "$(readlink "/proc/$pid/root" 2>/dev/null)" = "$root" ]; then
       kill -KILL "$pid" 2>/dev/null || true
@@ -64,8 +67,9 @@ trap 'exit 143' TERM
 
 mirror=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
 echo "rehearse: debootstrap --variant=minbase bookworm (${mirror:-http://deb.debian.org/debian})"
-debootstrap --variant=minbase bookworm "$root" "${mirror:-http://deb.debian.org/debian}" \
-  >"$logs/debootstrap.log" 2>&1 || { tail -n 20 "$logs/debootstrap.log"; exit 1; }
+setsid debootstrap --variant=minbase bookworm "$root" "${mirror:-http://deb.debian.org/debian}" \
+  >"$logs/debootstrap.log" 2>&1 &
+wait $! || { tail -n 20 "$logs/debootstrap.log"; exit 1; }
 
 # Reach the package registries as this machine does: its apt sources and Acquire settings,
 # CA certificates, pip and npm configuration, and the local paths those name.
@@ -116,10 +120,13 @@ git clone --quiet --no-checkout "$repo" "$root/root/wsinspect"
 git -C "$root/root/wsinspect" checkout --quiet --detach "$commit"
 echo "rehearse: fresh clone of ${commit:0:12} in $root/root/wsinspect"
 
-in_root() {  # in_root COMMAND: bash -c COMMAND in the clone, as root, with a clean environment
-  chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=xterm-256color \
-    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "${passed_env[@]}" \
-    /bin/bash -c "cd /root/wsinspect && $1" </dev/null
+# A bash in the clone, as root, with a clean environment.
+root_shell=(chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=xterm-256color
+  PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "${passed_env[@]}"
+  /bin/bash -c)
+run_in_root() {  # run_in_root LOG COMMAND: a background job (`wait` gives way to signals)
+  setsid "${root_shell[@]}" "cd /root/wsinspect && $2" </dev/null >"$1" 2>&1 &
+  wait $!
 }
 
 failed=0
@@ -136,7 +143,7 @@ status=0; timeout 10 .venv/bin/wsinspect --mode regular --headless || status=$?
 [ $status = 124 ]  # still running when the timeout stopped it
 echo "-- wsinspect demo --headless"
 timeout 300 .venv/bin/wsinspect demo --headless'
-if in_root "set -e; $first" >"$logs/first.log" 2>&1; then
+if run_in_root "$logs/first.log" "set -e; $first"; then
   echo "(ok)"
 else
   echo "(FAILED, exit $?)"; failed=1
@@ -145,7 +152,7 @@ tail -n 25 "$logs/first.log"
 
 echo
 echo "== 2. bash tests/run.sh (up to $suite_timeout s)"
-if in_root "timeout $suite_timeout bash tests/run.sh" >"$logs/second.log" 2>&1; then
+if run_in_root "$logs/second.log" "timeout $suite_timeout bash tests/run.sh"; then
   echo "(ok)"
 else
   echo "(FAILED, exit $?)"; failed=1
