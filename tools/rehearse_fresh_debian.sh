@@ -148,7 +148,9 @@ if run_in_root "$logs/first.log" "set -e; $first"; then
 else
   echo "(FAILED, exit $?)"; failed=1
 fi
-tail -n 25 "$logs/first.log"
+grep -A 3 '^-- ' "$logs/first.log" | cut -c 1-160  # each check and its first lines
+echo "..."
+tail -n 5 "$logs/first.log"
 
 echo
 echo "== 2. bash tests/run.sh (up to $suite_timeout s)"
