@@ -106,7 +106,10 @@ def mitmdump(confdir: Path) -> list[str]:
     home = confdir.parent / "mitmdump-home"
     home.mkdir(exist_ok=True)
     mitmdump = Path(sys.executable).parent / "mitmdump"
-    return ["env", f"HOME={home}", str(mitmdump), "--set", f"confdir={confdir}"]
+    # Unbuffered, so that "listening at" reaches a pipe at once (not only where the machine's
+    # environment happens to set PYTHONUNBUFFERED).
+    environment = [f"HOME={home}", "PYTHONUNBUFFERED=1"]
+    return ["env", *environment, str(mitmdump), "--set", f"confdir={confdir}"]
 
 
 @pytest.fixture

@@ -3,11 +3,16 @@ nginx, leaves the expected sessions and findings and nothing running; the app sh
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
+import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -112,13 +117,52 @@ def start_demo(hop: str, scratch: Path) -> subprocess.Popen:
     return process
 
 
-def test_demo_stops_cleanly_on_sigterm(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_demo_stops_cleanly_on_a_signal(tmp_path, sig):
     scratch = tmp_path / "tmp"
     process = start_demo("auto", scratch)
-    process.send_signal(signal.SIGTERM)
+    assert [p.name for p in scratch.iterdir()][0].startswith("wsinspect-demo-")
+    process.send_signal(sig)
     _, stderr = process.communicate(timeout=30)
     assert process.returncode in (0, 130)  # 0 when the scenario had already finished
     assert "Traceback" not in stderr
+    assert list(scratch.iterdir()) == []
+    assert processes_mentioning(str(scratch)) == []
+
+
+def test_closing_the_apps_terminal_removes_the_demos_ca_and_files(tmp_path):
+    """The app in a pseudo-terminal whose other end is then closed, as when its terminal
+    window is: the kernel sends SIGHUP, and the demo's folder (the CA's key) goes."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "wsinspect", "demo", "--hop", "auto"],
+        stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+        # The pty becomes the demo's controlling terminal, whose hangup signals it.
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+        env={**env, "TERM": "xterm-256color", "TMPDIR": str(scratch)},
+    )
+    os.close(slave)
+    try:
+        screen = b""
+        deadline = time.monotonic() + 60
+        while b"/fixed/ticker" not in screen:  # the app lists the demo's sessions
+            assert time.monotonic() < deadline, screen[-2000:]
+            ready, _, _ = select.select([master], [], [], 1)
+            if ready:
+                screen += os.read(master, 65536)
+        assert [p.name for p in scratch.iterdir()][0].startswith("wsinspect-demo-")
+        assert any((p / "mitmproxy" / "mitmproxy-ca.pem").exists() for p in scratch.iterdir())
+    finally:
+        os.close(master)  # the terminal goes away
+    try:
+        # 129: the app's exit was stuck on the dead terminal and the watchdog ended it.
+        assert process.wait(timeout=30) in (0, 130, 128 + signal.SIGHUP)
+    finally:
+        process.kill()
     assert list(scratch.iterdir()) == []
     assert processes_mentioning(str(scratch)) == []
 

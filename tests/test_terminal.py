@@ -88,7 +88,7 @@ def hostile_capture(path: Path, *, typed: bool = True) -> None:
     store.close()
 
 
-def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
+def run_wsinspect(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(wsinspect(*args), capture_output=True, text=True, timeout=60, **kwargs)
 
 
@@ -96,7 +96,7 @@ def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
 def test_report_of_a_hostile_capture_prints_no_control_characters(tmp_path, typed):
     capture = tmp_path / "hostile.db"
     hostile_capture(capture, typed=typed)
-    result = run("report", str(capture))
+    result = run_wsinspect("report", str(capture))
     assert result.returncode in (0, 2), result.stderr  # 2: a loader that refuses bad types
     assert_printable(result.stdout + result.stderr)
     if result.returncode == 0 and typed:
@@ -113,7 +113,7 @@ def test_report_of_a_hostile_capture_prints_no_control_characters(tmp_path, type
 def test_report_json_of_a_hostile_capture_escapes_in_json(tmp_path):
     capture = tmp_path / "hostile.db"
     hostile_capture(capture)
-    result = run("report", str(capture), "--json")
+    result = run_wsinspect("report", str(capture), "--json")
     assert result.returncode == 0, result.stderr
     assert_printable(result.stdout)
     (first, second) = json.loads(result.stdout)["sessions"]  # the values themselves are intact
@@ -127,12 +127,12 @@ def test_har_and_flow_files_with_hostile_fields_report_printably(tmp_path):
     capture = tmp_path / "hostile.db"
     hostile_capture(capture)
     for name in ("hostile.har", "hostile.mitm"):
-        exported = run("export", str(capture), "-o", str(tmp_path / name), "--no-redact")
+        exported = run_wsinspect("export", str(capture), "-o", str(tmp_path / name), "--no-redact")
         assert_printable(exported.stdout + exported.stderr, lines_intact=False)
         if exported.returncode != 0:  # a writer that refuses the values says so in one line
             assert exported.returncode == 2 and exported.stderr.count("\n") == 1
             continue
-        result = run("report", str(tmp_path / name))
+        result = run_wsinspect("report", str(tmp_path / name))
         assert result.returncode in (0, 2)
         assert_printable(result.stdout + result.stderr)
         if result.returncode == 0:  # the crafted mode string, read back from the file
@@ -141,7 +141,7 @@ def test_har_and_flow_files_with_hostile_fields_report_printably(tmp_path):
     har["log"]["entries"][0]["request"]["url"] = f"http://h/{HOSTILE}"
     har["log"]["entries"][0]["response"]["statusText"] = HOSTILE
     (tmp_path / "crafted.har").write_text(json.dumps(har))
-    result = run("report", str(tmp_path / "crafted.har"))
+    result = run_wsinspect("report", str(tmp_path / "crafted.har"))
     assert result.returncode in (0, 2)
     assert_printable(result.stdout + result.stderr)
 
@@ -174,7 +174,7 @@ def test_sqlite_error_text_is_escaped_on_stderr(tmp_path, command):
 
 def test_file_names_with_escapes_are_escaped_in_errors(tmp_path):
     missing = tmp_path / f"{HOSTILE.replace('/', '')}.db"
-    result = run("report", str(missing))
+    result = run_wsinspect("report", str(missing))
     assert result.returncode == 2
     assert_printable(result.stderr)
     assert "pwned" in result.stderr

@@ -21,10 +21,13 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,6 +54,7 @@ HOST = "127.0.0.1"
 CHATTY_MESSAGES = 300
 log = logging.getLogger("wsinspect.demo")
 SETTLE_TIMEOUT = 15.0
+HANGUP_GRACE = 10.0  # seconds to stop cleanly once the terminal is gone
 
 
 class DemoError(Exception):
@@ -322,6 +326,9 @@ class NginxHop:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 preexec_fn=_ends_with_parent(),
+                # Its own process group: the terminal's signals (Ctrl-C, hangup) reach the
+                # demo only, which stops nginx itself; SIGHUP would make nginx reload.
+                process_group=0,
             )
             deadline = time.monotonic() + 5
             while self.process.poll() is None and time.monotonic() < deadline:
@@ -460,15 +467,19 @@ class Demo:
         self.hop_choice = hop
         self.port = port
         self.folder = Path(tempfile.mkdtemp(prefix="wsinspect-demo-"))
+        # The folder holds the CA's private key: removed by stop(), or at the latest when the
+        # interpreter exits, whatever way out it took.
+        self.remove_files = weakref.finalize(self, shutil.rmtree, self.folder, True)
         try:
             self.store = SessionStore(capture or self.folder / "demo.db")
         except BaseException:
-            shutil.rmtree(self.folder, ignore_errors=True)
+            self.remove_files()
             raise
         self.backend: EchoBackend | None = None
         self.engine: Engine | None = None
         self.hop: PythonHop | NginxHop | None = None
         self.proxy_port = 0
+        self.stopped = False
 
     async def __aenter__(self) -> Demo:
         try:
@@ -539,17 +550,22 @@ class Demo:
         self.store.flush()
 
     async def stop(self) -> None:
-        if self.hop is not None:
-            await self.hop.stop()
-            self.hop = None
-        if self.engine is not None:
-            await self.engine.stop()
-            self.engine = None
-        if self.backend is not None:
-            await self.backend.stop()
-            self.backend = None
-        self.store.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if self.stopped:
+            return
+        self.stopped = True
+        try:
+            if self.hop is not None:
+                await self.hop.stop()
+                self.hop = None
+            if self.engine is not None:
+                await self.engine.stop()
+                self.engine = None
+            if self.backend is not None:
+                await self.backend.stop()
+                self.backend = None
+            self.store.close()
+        finally:
+            self.remove_files()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -574,10 +590,14 @@ async def run(args: argparse.Namespace) -> int:
     from .cli import install_stop_handlers
 
     stop = asyncio.Event()
-    install_stop_handlers(asyncio.get_running_loop(), stop)
+    loop = asyncio.get_running_loop()
+    install_stop_handlers(loop, stop)
+    # Closing the demo's terminal (SIGHUP) must not leave the CA's key behind either.
+    loop.add_signal_handler(signal.SIGHUP, stop.set)
     try:
         capture = Path(args.capture) if args.capture else None
         async with Demo(hop=args.hop, port=args.port, capture=capture) as demo:
+            loop.add_signal_handler(signal.SIGHUP, HangUp(stop, demo, app=not args.headless))
             print(
                 f"wsinspect demo: clients -> wsinspect {HOST}:{demo.proxy_port} -> "
                 f"{demo.hop.kind} hop {HOST}:{demo.hop.port} -> wsinspect reverse -> echo backend",
@@ -607,6 +627,46 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         await _let_connections_end()
     return 0
+
+
+class HangUp:
+    """SIGHUP: the terminal is gone, and writing to it fails. Whatever was a terminal becomes
+    /dev/null (pipes and files keep their output), then the demo stops as on SIGTERM. The
+    app's writer thread has usually died on the dead terminal already, and the app's exit then
+    blocks on it for good: with the app, the demo stops everything it started and removes its
+    files first, and a watchdog ends the process if it is still there after HANGUP_GRACE."""
+
+    def __init__(self, stop: asyncio.Event, demo: Demo, *, app: bool) -> None:
+        self.stop = stop
+        self.demo = demo
+        self.app = app
+        self.stopping: asyncio.Task | None = None
+
+    def __call__(self) -> None:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            try:
+                if stat.S_ISCHR(os.fstat(fd).st_mode):
+                    os.dup2(devnull, fd)
+            except OSError:
+                pass  # not open
+        os.close(devnull)
+        threading.Thread(target=self._end_if_stuck, name="demo-hangup", daemon=True).start()
+        if self.app and self.stopping is None:
+            self.stopping = asyncio.ensure_future(self._stop_demo_first())
+        else:
+            self.stop.set()
+
+    async def _stop_demo_first(self) -> None:
+        try:
+            await self.demo.stop()
+        finally:
+            self.stop.set()
+
+    def _end_if_stuck(self) -> None:
+        time.sleep(HANGUP_GRACE)
+        self.demo.remove_files()
+        os._exit(128 + signal.SIGHUP)
 
 
 def _log_failure(clients: asyncio.Future) -> None:
