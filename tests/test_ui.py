@@ -18,7 +18,7 @@ from wsinspect.model import MessageType
 from wsinspect.store import SessionStore
 from wsinspect.ui import WsInspectApp
 from wsinspect.ui.commands import BindingCommands
-from wsinspect.ui.messages import MessageList
+from wsinspect.ui.message_list import MessageList
 from wsinspect.ui.payload import PayloadPane
 from wsinspect.ui.session_view import SessionScreen
 from wsinspect.ui.sessions import COLUMNS, SessionsTable

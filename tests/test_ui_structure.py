@@ -10,7 +10,7 @@ from wsinspect.model import Message, MessageType
 from wsinspect.store import SessionStore
 from wsinspect.ui import WsInspectApp
 from wsinspect.ui.commands import BindingCommands
-from wsinspect.ui.messages import MessageList
+from wsinspect.ui.message_list import MessageList
 from wsinspect.ui.session_view import SessionScreen
 from wsinspect.ui.sessions import SessionsScreen, SessionsTable
 

@@ -8,7 +8,7 @@ the text; they build it again when the theme changes."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from rich.style import Style
@@ -28,6 +28,28 @@ COLOUR_CLASSES = frozenset({
 Colours = Mapping[str, Style]
 
 
+class ComponentColours(Mapping[str, Style]):
+    """A widget's data colours, each looked up when used (Textual caches the styles): the
+    sessions list asks for them at every refresh of its counters, and most cells use none."""
+
+    __slots__ = ("_widget",)
+
+    def __init__(self, widget: Widget) -> None:
+        self._widget = widget
+
+    def __getitem__(self, name: str) -> Style:
+        if name not in COLOUR_CLASSES:
+            raise KeyError(name)
+        # Partial: a colour never brings the background of the widget that asked.
+        return self._widget.get_component_rich_style(name, partial=True)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(COLOUR_CLASSES)
+
+    def __len__(self) -> int:
+        return len(COLOUR_CLASSES)
+
+
 class Coloured:
     """Mixed into a widget or a screen: the data colours as its theme resolves them."""
 
@@ -37,6 +59,4 @@ class Coloured:
         cls.COMPONENT_CLASSES = {*cls.__dict__.get("COMPONENT_CLASSES", ()), *COLOUR_CLASSES}
 
     def colours(self: Widget) -> Colours:
-        # Partial styles: a colour never brings the background of the widget that asked.
-        return {name: self.get_component_rich_style(name, partial=True)
-                for name in COLOUR_CLASSES}
+        return ComponentColours(self)

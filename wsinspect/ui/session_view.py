@@ -27,7 +27,7 @@ from .dialogs import EditedPayload, EditPayloadScreen
 from .findings import findings_text, hops_text
 from .format import SafeText, is_text, printable
 from .handshake import session_handshakes
-from .messages import FilterError, MessageFilter, MessageList, list_header
+from .message_list import FilterError, MessageFilter, MessageList, list_header
 from .pacing import BUSY_SUMMARY_INTERVAL
 from .payload import PayloadPane, SavePayloadScreen, payload_for_clipboard
 from .sessions import MESSAGE_COUNTS_INTERVAL
