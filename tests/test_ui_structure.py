@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from tests.test_ui_keyboard import two_hop_store
 from tests.ui_helpers import T0, deterministic_store, handshake_hop, screen_text
 from wsinspect.model import Message, MessageType
 from wsinspect.store import SessionStore
@@ -147,3 +148,31 @@ async def test_each_screens_palette_entries_come_from_its_own_bindings():
         assert app.screen is view
         assert view.query_one("#session-tabs").active == "handshake"
         assert "Sec-WebSocket-Accept" in screen_text(app)
+
+
+def span_styles(text) -> set:
+    return {span.style for span in text.spans}
+
+
+async def test_data_colours_follow_the_theme():
+    """Badges, header changes and checks take their colours from the theme's variables
+    (app.tcss), and text already on screen is built again when the theme changes."""
+    app = WsInspectApp(two_hop_store(), clock=lambda: 110.0)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("enter", "b")  # the session's Hops tab
+        await pilot.pause()
+        view = app.screen
+        hops = view.query_one("#hops-text").content
+        dark = view.colours()["change--dropped"]
+        assert dark.color is not None and dark in span_styles(hops)
+        assert view.colours()["outcome--rejected"].bgcolor.triplet.hex.lower() == (
+            app.theme_variables["warning"].lower()
+        )
+
+        app.action_toggle_theme()  # "t" belongs to the sessions list
+        await pilot.pause()
+        await pilot.pause()
+        light = view.colours()["change--dropped"]
+        assert light != dark, "the light theme's error text is not the dark one's"
+        hops = view.query_one("#hops-text").content
+        assert light in span_styles(hops) and dark not in span_styles(hops)
