@@ -18,7 +18,7 @@ from wsinspect.model import Message, MessageType
 from wsinspect.store import SessionStore
 from wsinspect.ui import WsInspectApp
 from wsinspect.ui.dialogs import ComparisonScreen, EditPayloadScreen
-from wsinspect.ui.messages import MessageList
+from wsinspect.ui.message_list import MessageList
 from wsinspect.ui.session_view import SessionScreen
 from wsinspect.ui.sessions import SessionsTable
 

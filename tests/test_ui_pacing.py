@@ -11,7 +11,7 @@ from tests.ui_helpers import handshake_hop, screen_text
 from wsinspect.model import Message, MessageType
 from wsinspect.store import SessionStore
 from wsinspect.ui import WsInspectApp
-from wsinspect.ui.messages import MessageList
+from wsinspect.ui.message_list import MessageList
 from wsinspect.ui.pacing import (
     BUSY_ENTER_SAMPLES,
     BUSY_NOTIFY_INTERVAL,

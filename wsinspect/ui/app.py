@@ -18,19 +18,20 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
+from textual.signal import Signal
 
 from ..engine import Engine, LogRecord
 from ..formats import export
 from ..replay import ProxyRoute, ReplayError, ReplayPlan, replay
 from ..resend import Injection, ResendError, SessionClosedError
 from ..store import CaptureError, SessionStore, StoreChanges
+from .colours import Colours
 from .dialogs import ComparisonScreen, ExportRequest, ExportScreen
 from .format import SafeText, printable
 from .logs import LogScreen
 from .pacing import SAMPLE_INTERVAL, LoopLoad
 from .session_view import SessionScreen
 from .sessions import SessionsScreen
-from .status import StatusBar
 
 THEMES = ("textual-dark", "textual-light")
 PROBLEM_LEVELS = ("warning", "error")
@@ -121,6 +122,9 @@ class WsInspectApp(App):
         self.messages_per_second = 0.0
         self.problems = 0
         self.loop_load = LoopLoad()
+        # Screens and widgets subscribe on mount; Textual drops a subscriber once it is gone.
+        self.store_changed_signal: Signal[StoreChanges] = Signal(self, "store-changed")
+        self.log_arrived_signal: Signal[LogRecord] = Signal(self, "log-arrived")
 
     # ----- wiring to the core --------------------------------------------------------------
 
@@ -150,12 +154,7 @@ class WsInspectApp(App):
         self.store.notify_interval = self.loop_load.notify_interval
 
     def on_store_changed(self, event: StoreChanged) -> None:
-        for screen in self.screen_stack:
-            if isinstance(screen, (SessionsScreen, SessionScreen)):
-                screen.store_changed(event.changes)
-        if (event.changes.added or event.changes.updated) and self.screen_stack:
-            for bar in self.screen.query(StatusBar):
-                bar.update_status()
+        self.store_changed_signal.publish(event.changes)
 
     def on_log_arrived(self, event: LogArrived) -> None:
         record = event.record
@@ -163,8 +162,7 @@ class WsInspectApp(App):
             self.problems += 1
         if record.level == "error":
             self.notify(record.message, title="proxy error", severity="error")
-        if isinstance(self.screen, LogScreen):
-            self.screen.add_record(record)
+        self.log_arrived_signal.publish(record)
 
     def log_records(self) -> list[LogRecord]:
         return list(self.engine.logs.records) if self.engine is not None else []
@@ -179,7 +177,7 @@ class WsInspectApp(App):
         self.messages_per_second = total - self._counted_messages
         self._counted_messages = total
 
-    def status_fields(self) -> list[SafeText]:
+    def status_fields(self, colours: Colours) -> list[SafeText]:
         """The status line's parts, most telling first: the status bar leaves out whole
         parts from the end when the screen is narrow."""
         fields = [SafeText.line(" wsinspect ", style="bold reverse")]
@@ -194,7 +192,8 @@ class WsInspectApp(App):
             where = str(self.store.path) if self.store.path else "(in memory)"
             fields.append(SafeText.line(f"capture {where}"))
         if self.problems:
-            fields.append(SafeText.line(f"{self.problems} problems, press l", style="bold red"))
+            fields.append(SafeText.line(f"{self.problems} problems, press l",
+                                        style=colours["status--problems"]))
         sessions = self.store.sessions()
         by_outcome: dict[str, int] = {}
         for session in sessions:
@@ -339,42 +338,12 @@ class WsInspectApp(App):
         ) else THEMES[0]
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """The app's commands, on every screen; each screen adds its own (BindingCommands)."""
         yield from super().get_system_commands(screen)
         yield SystemCommand("Show log", "The proxy's log records and errors", self.action_show_log)
         yield SystemCommand(
             "Toggle dark/light", "Switch between the dark and light theme", self.action_toggle_theme
         )
-        if isinstance(screen, SessionsScreen):
-            yield SystemCommand("Open session", "Open the selected session", screen.action_open_session)
-            yield SystemCommand("Newest session", "Jump to the newest session", screen.action_follow)
-            yield SystemCommand("Export all sessions", "Write HAR, flows or JSON lines (redacted)",
-                                self.action_export)
-        if isinstance(screen, SessionScreen):
-            yield SystemCommand("Handshake", "Show the handshake of each hop",
-                                lambda: screen.action_show_tab("handshake"))
-            yield SystemCommand("Messages", "Show the message list",
-                                lambda: screen.action_show_tab("messages"))
-            yield SystemCommand("Findings", "What went wrong and how to fix it",
-                                lambda: screen.action_show_tab("findings"))
-            yield SystemCommand("Hops", "Header changes at each proxy between hops",
-                                lambda: screen.action_show_tab("hops"))
-            yield SystemCommand("Resend message", "Send the selected message where it went",
-                                screen.action_resend)
-            yield SystemCommand("Resend to the other side",
-                                "Send the selected message to the other peer",
-                                screen.action_resend_other_side)
-            yield SystemCommand("Edit and resend", "Edit the selected payload, then send it",
-                                screen.action_edit_resend)
-            yield SystemCommand("Replay session", "Replay the session and compare the answers",
-                                screen.action_replay)
-            yield SystemCommand("Export session", "Write HAR, flows or JSON lines (redacted)",
-                                screen.action_export)
-            yield SystemCommand("Filter messages", "Filter by text or /regex/", screen.action_focus_filter)
-            yield SystemCommand("Next match", "Jump to the next matching message", screen.action_next_match)
-            yield SystemCommand("Copy payload", "Copy the selected payload to the clipboard",
-                                screen.action_copy_payload)
-            yield SystemCommand("Save payload", "Save the selected payload to a file",
-                                screen.action_save_payload)
 
 
 async def run_live(store: SessionStore, engine: Engine, stop: asyncio.Event) -> None:

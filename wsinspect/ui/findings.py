@@ -7,28 +7,18 @@ from rich.padding import Padding
 
 from ..diagnosis import Change, Finding, HeaderChange, Severity, boundaries, diagnose, worst
 from ..model import Session
+from .colours import Colours
 from .format import SafeText
 
-SEVERITY_STYLES = {
-    Severity.ERROR: "bold white on red",
-    Severity.WARNING: "bold black on yellow",
-    Severity.INFO: "bold white on blue",
-}
-CHANGE_STYLES = {
-    Change.KEPT: "dim",
-    Change.CHANGED: "bold yellow",
-    Change.DROPPED: "bold red",
-    Change.ADDED: "bold green",
-}
 CHANGE_MARKS = {Change.KEPT: " ", Change.CHANGED: "~", Change.DROPPED: "-", Change.ADDED: "+"}
 
 
-def findings_badge(session: Session) -> SafeText:
+def findings_badge(session: Session, colours: Colours) -> SafeText:
     """The worst finding's severity, or "ok"."""
     severity = worst(diagnose(session))
     if severity is None:
-        return SafeText(" ok ", style="dim")
-    return SafeText(f" {severity.value} ", style=SEVERITY_STYLES[severity])
+        return SafeText(" ok ", style=colours["severity--none"])
+    return SafeText(f" {severity.value} ", style=colours[f"severity--{severity.value}"])
 
 
 def indented(text: SafeText, cells: int) -> Padding:
@@ -36,13 +26,14 @@ def indented(text: SafeText, cells: int) -> Padding:
     return Padding(text, (0, 0, 0, cells))
 
 
-def findings_text(findings: list[Finding]) -> Group:
+def findings_text(findings: list[Finding], colours: Colours) -> Group:
     if not findings:
         return Group(SafeText("No findings: the handshake and close look healthy on every hop."))
     parts = []
     for finding in findings:
         head = SafeText()
-        head.append(f" {finding.severity.value} ", style=SEVERITY_STYLES[finding.severity])
+        head.append(f" {finding.severity.value} ",
+                    style=colours[f"severity--{finding.severity.value}"])
         head.append(SafeText.line(f" {finding.code}", style="bold"))
         head.append(f"  hop {finding.hop}")
         parts += [
@@ -55,8 +46,8 @@ def findings_text(findings: list[Finding]) -> Group:
     return Group(*parts)
 
 
-def _change_line(text: SafeText, change: HeaderChange) -> None:
-    style = CHANGE_STYLES[change.change]
+def _change_line(text: SafeText, change: HeaderChange, colours: Colours) -> None:
+    style = colours[f"change--{change.change.value}"]
     text.append(f"  {CHANGE_MARKS[change.change]} {change.change.value:<7} ", style=style)
     text.append(SafeText.line(change.name, style="bold"))
     if change.change is Change.CHANGED:
@@ -65,11 +56,11 @@ def _change_line(text: SafeText, change: HeaderChange) -> None:
         value = change.after if change.change is Change.ADDED else change.before
         text.append(SafeText.line(f": {value or ''}"))
     if change.hop_by_hop:
-        text.append("  [hop-by-hop]", style="italic magenta")
+        text.append("  [hop-by-hop]", style=colours["change--hop-by-hop"])
     text.append("\n")
 
 
-def hops_text(session: Session) -> SafeText:
+def hops_text(session: Session, colours: Colours) -> SafeText:
     """The header diff at each hop boundary, with each hop's HTTP version."""
     text = SafeText()
     found = boundaries(session)
@@ -87,11 +78,11 @@ def hops_text(session: Session) -> SafeText:
         text.append(f"  hop {boundary.index} {before}, hop {boundary.index + 1} {after}\n")
         text.append("Request (as forwarded)\n", style="bold underline")
         for change in boundary.request:
-            _change_line(text, change)
+            _change_line(text, change, colours)
         text.append("Response (as passed back)\n", style="bold underline")
         if not boundary.response:
             text.append("  (no response on both sides to compare)\n")
         for change in boundary.response:
-            _change_line(text, change)
+            _change_line(text, change, colours)
         text.append("\n")
     return text

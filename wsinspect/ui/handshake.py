@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..model import Hop, Session, accept_for_key, header_tokens, header_value
+from .colours import Colours
 from .format import SafeText
 
 
@@ -44,7 +45,7 @@ def negotiated(hop: Hop, header: str) -> str:
     return f"offered {offered or '(none)'}; chosen {chosen or '(none)'}"
 
 
-def hop_text(hop: Hop, position: int) -> SafeText:
+def hop_text(hop: Hop, position: int, colours: Colours) -> SafeText:
     text = SafeText()
     text.append(f"Hop {position}", style="bold reverse")
     text.append(
@@ -68,7 +69,8 @@ def hop_text(hop: Hop, position: int) -> SafeText:
         _headers(text, hop.response_headers)
     text.append("Negotiation\n", style="bold underline")
     ok, words = accept_check(hop)
-    mark, style = {True: ("✓", "green"), False: ("✗", "bold red"), None: ("-", "")}[ok]
+    mark, style = {True: ("✓", colours["check--passed"]), False: ("✗", colours["check--failed"]),
+                   None: ("-", "")}[ok]
     text.append(f"  {mark} ", style=style)
     text.append(f"Sec-WebSocket-Accept: {words}\n")
     text.append(f"  Subprotocol: {negotiated(hop, 'Sec-WebSocket-Protocol')}\n")
@@ -77,7 +79,8 @@ def hop_text(hop: Hop, position: int) -> SafeText:
     connection = header_tokens(hop.request_headers, "Connection")
     if "websocket" not in upgrade or "upgrade" not in connection:
         text.append(
-            "  ✗ the request lacks Upgrade: websocket / Connection: Upgrade\n", style="bold red"
+            "  ✗ the request lacks Upgrade: websocket / Connection: Upgrade\n",
+            style=colours["check--failed"],
         )
     if hop.close is not None:
         close = hop.close
@@ -93,6 +96,6 @@ def hop_text(hop: Hop, position: int) -> SafeText:
     return text
 
 
-def session_handshakes(session: Session) -> SafeText:
-    parts = [hop_text(hop, i) for i, hop in enumerate(session.hops, start=1)]
+def session_handshakes(session: Session, colours: Colours) -> SafeText:
+    parts = [hop_text(hop, i, colours) for i, hop in enumerate(session.hops, start=1)]
     return SafeText("\n").join(parts)

@@ -8,21 +8,24 @@ from textual.screen import Screen
 from textual.widgets import Footer, RichLog
 
 from ..engine import LogRecord
+from .app_access import AppAccess
+from .colours import Coloured, Colours
 from .format import SafeText, clock
 from .status import StatusBar
 
-LEVEL_STYLES = {"error": "bold red", "warning": "yellow", "warn": "yellow"}
+LEVEL_CLASSES = {"error": "level--error", "warning": "level--warning", "warn": "level--warning"}
 
 
-def log_line(record: LogRecord) -> SafeText:
+def log_line(record: LogRecord, colours: Colours) -> SafeText:
     text = SafeText()
     text.append(clock(record.timestamp) + " ", style="dim")
-    text.append(SafeText.line(f"{record.level:<7} ", style=LEVEL_STYLES.get(record.level, "dim")))
+    level = colours[LEVEL_CLASSES.get(record.level, "level--other")]
+    text.append(SafeText.line(f"{record.level:<7} ", style=level))
     text.append(record.message)
     return text
 
 
-class LogScreen(Screen):
+class LogScreen(AppAccess, Coloured, Screen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("l", "app.pop_screen", "Back", show=False),
@@ -34,12 +37,19 @@ class LogScreen(Screen):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
+        self._write_records()
+        self.wsapp.log_arrived_signal.subscribe(self, self.add_record, immediate=True)
+        self.app.theme_changed_signal.subscribe(self, lambda _: self._write_records())
+
+    def _write_records(self) -> None:
         log = self.query_one(RichLog)
-        records = self.app.log_records()
+        log.clear()
+        records = self.wsapp.log_records()
         if not records:
             log.write(SafeText("No log records yet.", style="italic"))
+        colours = self.colours()
         for record in records:
-            log.write(log_line(record))
+            log.write(log_line(record, colours))
 
     def add_record(self, record: LogRecord) -> None:
-        self.query_one(RichLog).write(log_line(record))
+        self.query_one(RichLog).write(log_line(record, self.colours()))

@@ -19,12 +19,15 @@ from textual.widgets import Footer, Input, Select, Static, TabbedContent, TabPan
 from ..diagnosis import diagnose
 from ..model import Message, MessageType
 from ..resend import ResendError, decode_payload
-from ..store import CaptureError, StoreChanges
+from ..store import CaptureError, SessionStore, StoreChanges
+from .app_access import AppAccess
+from .colours import Coloured
+from .commands import BindingCommands
 from .dialogs import EditedPayload, EditPayloadScreen
 from .findings import findings_text, hops_text
 from .format import SafeText, is_text, printable
 from .handshake import session_handshakes
-from .messages import FilterError, MessageFilter, MessageList, list_header
+from .message_list import FilterError, MessageFilter, MessageList, list_header
 from .pacing import BUSY_SUMMARY_INTERVAL
 from .payload import PayloadPane, SavePayloadScreen, payload_for_clipboard
 from .sessions import MESSAGE_COUNTS_INTERVAL
@@ -60,31 +63,45 @@ class MessageHeader(Widget):
         return text
 
 
-class SessionScreen(Screen):
+class SessionScreen(AppAccess, Coloured, Screen):
     """Tabs: Handshake, Messages, Findings and Hops. The footer offers what the current tab
     can do, most used first (at 80 columns the rightmost keys are cut before the left ones)."""
 
+    # A tooltip makes a binding a command of the palette too (see commands.py).
     BINDINGS = [
-        Binding("escape", "back", "Back"),
-        Binding("h", "show_tab('handshake')", "Handshake", group=TABS),
-        Binding("m", "show_tab('messages')", "Messages", group=TABS),
-        Binding("i", "show_tab('findings')", "Findings", group=TABS),
-        Binding("b", "show_tab('hops')", "Hops", group=TABS),
-        Binding("r", "resend", "Resend", group=RESEND),
-        Binding("R", "resend_other_side", "Resend to the other side", group=RESEND),
-        Binding("e", "edit_resend", "Edit and resend", group=RESEND),
-        Binding("p", "replay", "Replay"),
-        Binding("x", "export", "Export"),
-        Binding("slash", "focus_filter", "Filter", show=False),  # the filter box shows "/"
-        Binding("v", "cycle_view", "View"),
-        Binding("c", "copy_payload", "Copy"),
-        Binding("s", "save_payload", "Save"),
-        Binding("n", "next_match", "Next match", show=False),
-        Binding("N", "previous_match", "Prev match", show=False),
-        Binding("d", "cycle_direction", "Direction", show=False),
-        Binding("y", "cycle_type", "Type", show=False),
-        Binding("o", "toggle_only_matches", "Only matches", show=False),
+        Binding("escape", "back", "Back", tooltip="Back to the list of sessions"),
+        Binding("h", "show_tab('handshake')", "Handshake", group=TABS,
+                tooltip="Show the handshake of each hop"),
+        Binding("m", "show_tab('messages')", "Messages", group=TABS,
+                tooltip="Show the message list"),
+        Binding("i", "show_tab('findings')", "Findings", group=TABS,
+                tooltip="What went wrong and how to fix it"),
+        Binding("b", "show_tab('hops')", "Hops", group=TABS,
+                tooltip="Header changes at each proxy between hops"),
+        Binding("r", "resend", "Resend", group=RESEND,
+                tooltip="Send the selected message where it went"),
+        Binding("R", "resend_other_side", "Resend to the other side", group=RESEND,
+                tooltip="Send the selected message to the other peer"),
+        Binding("e", "edit_resend", "Edit and resend", group=RESEND,
+                tooltip="Edit the selected payload, then send it"),
+        Binding("p", "replay", "Replay", tooltip="Replay the session and compare the answers"),
+        Binding("x", "export", "Export", tooltip="Write HAR, flows or JSON lines (redacted)"),
+        Binding("slash", "focus_filter", "Filter", show=False,  # the filter box shows "/"
+                tooltip="Filter by text or /regex/"),
+        Binding("v", "cycle_view", "View", tooltip="Show the payload as text, JSON or hex"),
+        Binding("c", "copy_payload", "Copy", tooltip="Copy the selected payload to the clipboard"),
+        Binding("s", "save_payload", "Save", tooltip="Save the selected payload to a file"),
+        Binding("n", "next_match", "Next match", show=False,
+                tooltip="Jump to the next matching message"),
+        Binding("N", "previous_match", "Prev match", show=False,
+                tooltip="Jump to the previous matching message"),
+        Binding("d", "cycle_direction", "Direction", show=False,
+                tooltip="Filter by direction: both ways, client → server, server → client"),
+        Binding("y", "cycle_type", "Type", show=False, tooltip="Filter by message type"),
+        Binding("o", "toggle_only_matches", "Only matches", show=False,
+                tooltip="Show only matching messages, or mark them among all"),
     ]
+    COMMANDS = {BindingCommands}
 
     def __init__(self, session_id: int) -> None:
         super().__init__()
@@ -94,8 +111,8 @@ class SessionScreen(Screen):
         self._summary_shown = 0.0
 
     @property
-    def store(self):
-        return self.app.store
+    def store(self) -> SessionStore:
+        return self.wsapp.store
 
     def compose(self) -> ComposeResult:
         session = self.store.session(self.session_id)
@@ -115,7 +132,7 @@ class SessionScreen(Screen):
                     yield Select(TYPES, value="all", allow_blank=False, id="filter-type",
                                  compact=True)
                 yield MessageHeader(id="message-header")
-                yield MessageList(self.store, self.session_id, load=self.app.loop_load,
+                yield MessageList(self.store, self.session_id, load=self.wsapp.loop_load,
                                   id="message-list")
                 yield PayloadPane(session.timestamp_start, id="payload")
             with TabPane("Findings", id="findings"):
@@ -127,24 +144,22 @@ class SessionScreen(Screen):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        self.loaded = True
         # Kept, not queried per store batch: a query walks the whole screen's DOM, and batches
         # come up to 50 times a second under load.
-        self._live_widgets = (
-            self.query_one(SessionSummary),
-            self.query_one(MessageList),
-            self.query_one("#hops-text", Static),
-        )
+        self._summary = self.query_one(SessionSummary)
+        self._message_list = self.query_one(MessageList)
         self._show_session()
         self.set_interval(MESSAGE_COUNTS_INTERVAL, self._refresh_summary)
-        message_list = self.query_one(MessageList)
-        message_list.messages_arrived()  # any that came while the screen was being built
+        self._message_list.messages_arrived()  # any that came while the screen was built
         self._focus_tab(self.query_one(TabbedContent).active)
+        # The widgets read the store as they mounted; from here on they follow its changes.
+        self.wsapp.store_changed_signal.subscribe(self, self.store_changed, immediate=True)
+        self.app.theme_changed_signal.subscribe(self, lambda _: self._show_session())
 
     def _refresh_summary(self) -> None:
-        if not self._summary_stale or not self._live_widgets[0].is_attached:
+        if not self._summary_stale or not self._summary.is_attached:  # shutting down
             return
-        if self.app.loop_load.saturated and (
+        if self.wsapp.loop_load.saturated and (
             time.monotonic() - self._summary_shown < BUSY_SUMMARY_INTERVAL
         ):
             return  # each repaint is taken from the proxy: see pacing
@@ -154,20 +169,18 @@ class SessionScreen(Screen):
         self._summary_stale = False
         self._summary_shown = time.monotonic()
         session = self.store.session(self.session_id)
-        self.query_one(SessionSummary).show(session, self.app.clock())
+        self._summary.show(session, self.wsapp.clock())
         if handshakes:
-            self.query_one("#handshake-text", Static).update(session_handshakes(session))
-            self.query_one("#findings-text", Static).update(findings_text(diagnose(session)))
-            self.query_one("#hops-text", Static).update(hops_text(session))
-
-    loaded = False  # the widgets read the store when they mount; changes before are in it
+            colours = self.colours()
+            self.query_one("#handshake-text", Static).update(session_handshakes(session, colours))
+            self.query_one("#findings-text", Static).update(
+                findings_text(diagnose(session), colours)
+            )
+            self.query_one("#hops-text", Static).update(hops_text(session, colours))
 
     def store_changed(self, changes: StoreChanges) -> None:
-        # While the app shuts down, the widgets go before the screen does, one by one.
-        if not self.loaded or not all(widget.is_attached for widget in self._live_widgets):
-            return
         if self.session_id in changes.messages:
-            self._live_widgets[1].messages_arrived()
+            self._message_list.messages_arrived()
         if self.session_id in changes.updated:
             self._show_session()
         elif self.session_id in changes.messages:
@@ -289,7 +302,7 @@ class SessionScreen(Screen):
             try:
                 found = self.store.messages(self.session_id, event.index, event.index + 1)
             except CaptureError as e:
-                self.app.notify_problem(str(e), "damaged capture")
+                self.wsapp.notify_problem(str(e), "damaged capture")
                 found = []
             message = found[0] if found else None
         self.query_one(PayloadPane).show(message)
@@ -333,17 +346,17 @@ class SessionScreen(Screen):
     # ----- resend, replay, export ----------------------------------------------------------
 
     def _resendable(self) -> Message | None:
-        if self.app.live_proxy_missing("Resending"):
+        if self.wsapp.live_proxy_missing("Resending"):
             return None
         return self._selected_message()
 
     def action_resend(self) -> None:
         if (message := self._resendable()) is not None:
-            self.app.resend(self.session_id, message.index, None)
+            self.wsapp.resend(self.session_id, message.index, None)
 
     def action_resend_other_side(self) -> None:
         if (message := self._resendable()) is not None:
-            self.app.resend(self.session_id, message.index,
+            self.wsapp.resend(self.session_id, message.index,
                             "client" if message.from_client else "server")
 
     def action_edit_resend(self) -> None:
@@ -363,15 +376,15 @@ class SessionScreen(Screen):
             try:
                 payload = decode_payload(edited.text, edited.encoding)
             except ResendError as e:
-                self.app.notify_problem(str(e), "cannot resend")
+                self.wsapp.notify_problem(str(e), "cannot resend")
                 return
-            self.app.resend(self.session_id, message.index, edited.to, payload)
+            self.wsapp.resend(self.session_id, message.index, edited.to, payload)
 
         self.app.push_screen(EditPayloadScreen(initial, encoding, f"message #{message.index}"),
                              send)
 
     def action_replay(self) -> None:
-        self.app.replay_session(self.session_id)
+        self.wsapp.replay_session(self.session_id)
 
     def action_export(self) -> None:
-        self.app.export_sessions(self.session_id)
+        self.wsapp.export_sessions(self.session_id)

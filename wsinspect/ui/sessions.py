@@ -12,6 +12,9 @@ from textual.widgets import DataTable, Footer, Static
 
 from ..model import Outcome, Session
 from ..store import StoreChanges
+from .app_access import AppAccess
+from .colours import Coloured, Colours
+from .commands import BindingCommands
 from .findings import findings_badge
 from .format import MiddleShortened, SafeText, clock, duration, format_size
 from .status import StatusBar, is_covered, outcome_badge
@@ -44,15 +47,15 @@ COUNT_COLUMNS = ("messages", "bytes", "duration", "last")
 
 
 def session_cells(
-    session: Session, now: float, columns: Iterable[str] | None = None
+    session: Session, now: float, colours: Colours, columns: Iterable[str] | None = None
 ) -> dict[str, SafeText | MiddleShortened]:
     def right(value: object) -> SafeText:
         return SafeText.line(str(value), justify="right")
 
     cells: dict[str, Callable[[], SafeText | MiddleShortened]] = {
         "id": lambda: right(session.id),
-        "state": lambda: outcome_badge(session.outcome),
-        "findings": lambda: findings_badge(session),
+        "state": lambda: outcome_badge(session.outcome, colours),
+        "findings": lambda: findings_badge(session, colours),
         "url": lambda: MiddleShortened(SafeText.line(session.url)),
         "status": lambda: right(session.status if session.status is not None else "-"),
         "hops": lambda: right(len(session.hops)),
@@ -64,13 +67,13 @@ def session_cells(
     return {key: cells[key]() for key in (columns or cells)}
 
 
-class SessionsTable(DataTable):
+class SessionsTable(Coloured, DataTable):
     """One row per session, in the order they started. The URL column takes the width the
     other columns leave (long URLs lose their middle), so the figures after it stay
     on screen in a narrow terminal."""
 
     BINDINGS = [
-        Binding("enter", "select_cursor", "Open"),
+        Binding("enter", "select_cursor", "Open", tooltip="Open the selected session"),
         Binding("home", "first", "First", show=False),
         Binding("end", "last", "Last", show=False),
     ]
@@ -128,7 +131,7 @@ class SessionsTable(DataTable):
         if str(session.id) in self.rows:  # already listed when the app started
             self.update_session(session, now)
             return
-        cells = session_cells(session, now)
+        cells = session_cells(session, now, self.colours())
         self.add_row(*(cells[key] for key, _ in COLUMNS), key=str(session.id))
         self._url_width = max(self._url_width, cells["url"].cell_len)
         self._refit_soon()
@@ -138,7 +141,7 @@ class SessionsTable(DataTable):
     def update_session(
         self, session: Session, now: float, columns: Iterable[str] | None = None
     ) -> None:
-        for key, cell in session_cells(session, now, columns).items():
+        for key, cell in session_cells(session, now, self.colours(), columns).items():
             self.update_cell(str(session.id), key, cell, update_width=key != "url")
             if key == "url":
                 self._url_width = max(self._url_width, cell.cell_len)
@@ -149,39 +152,50 @@ class EmptyState(Static):
     """Tells a newcomer how to send a first WebSocket through the proxy."""
 
 
-class SessionsScreen(Screen):
+class SessionsScreen(AppAccess, Screen):
+    # A tooltip makes a binding a command of the palette too (see commands.py); the log and
+    # the theme are the app's commands, on every screen.
     BINDINGS = [
-        Binding("f", "follow", "Newest"),
-        Binding("x", "app.export", "Export all"),
+        Binding("f", "follow", "Newest", tooltip="Jump to the newest session"),
+        Binding("x", "app.export", "Export all",
+                tooltip="Write all sessions as HAR, flows or JSON lines (redacted)"),
         Binding("l", "app.show_log", "Log"),
         Binding("t", "app.toggle_theme", "Theme"),
         Binding("q", "app.quit", "Quit"),
     ]
+    COMMANDS = {BindingCommands}
 
     def compose(self) -> ComposeResult:
         yield StatusBar()
-        yield EmptyState(self.app.empty_state(), id="empty")
+        yield EmptyState(self.wsapp.empty_state(), id="empty")
         yield SessionsTable(id="sessions")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
         table = self.query_one(SessionsTable)
-        now = self.app.clock()
-        for session in self.app.store.sessions():
+        now = self.wsapp.clock()
+        for session in self.wsapp.store.sessions():
             table.add_session(session, now)
         if table.row_count:
             table.move_cursor(row=table.row_count - 1)
         self._show_empty_state()
         self.set_interval(1.0, self._tick_durations)
         self.set_interval(MESSAGE_COUNTS_INTERVAL, self._update_message_counts)
-        self.loaded = True
+        # From here on the list follows the store (what came before on_mount is listed).
+        self.wsapp.store_changed_signal.subscribe(self, self.store_changed, immediate=True)
+        self.app.theme_changed_signal.subscribe(self, lambda _: self._recolour())
+
+    def _recolour(self) -> None:
+        """Paint the badges again in the new theme's colours."""
+        table, now = self.query_one(SessionsTable), self.wsapp.clock()
+        for session in self.wsapp.store.sessions():
+            if str(session.id) in table.rows:
+                table.update_session(session, now, ("state", "findings"))
 
     def _show_empty_state(self) -> None:
         has_sessions = self.query_one(SessionsTable).row_count > 0
         self.query_one("#empty").display = not has_sessions
         self.query_one(SessionsTable).display = has_sessions
-
-    loaded = False  # on_mount lists the sessions there are; changes before that are in it
 
     def __init__(self) -> None:
         super().__init__()
@@ -189,13 +203,11 @@ class SessionsScreen(Screen):
         self._changed_while_hidden: set[int] = set()
 
     def store_changed(self, changes: StoreChanges) -> None:
-        if not self.loaded or not self.query(SessionsTable):  # not yet, or shutting down
-            return
         if is_covered(self):  # catch up on resume
             self._changed_while_hidden |= changes.added | changes.updated | changes.messages
             return
         table = self.query_one(SessionsTable)
-        store, now = self.app.store, self.app.clock()
+        store, now = self.wsapp.store, self.wsapp.clock()
         following = table.at_newest
         for session_id in sorted(changes.added):
             table.add_session(store.session(session_id), now)
@@ -210,12 +222,12 @@ class SessionsScreen(Screen):
     def on_screen_resume(self) -> None:
         for bar in self.query(StatusBar):
             bar.update_status()
-        if not self._changed_while_hidden or not self.loaded:
+        if not self._changed_while_hidden:
             return
-        table, now = self.query_one(SessionsTable), self.app.clock()
+        table, now = self.query_one(SessionsTable), self.wsapp.clock()
         following = table.at_newest
         for session_id in sorted(self._changed_while_hidden):
-            table.add_session(self.app.store.session(session_id), now)
+            table.add_session(self.wsapp.store.session(session_id), now)
         self._changed_while_hidden.clear()
         self._show_empty_state()
         if following and table.row_count:
@@ -224,16 +236,16 @@ class SessionsScreen(Screen):
     def _update_message_counts(self) -> None:
         if not self._counts_stale or is_covered(self) or not self.query(SessionsTable):
             return
-        table, now = self.query_one(SessionsTable), self.app.clock()
+        table, now = self.query_one(SessionsTable), self.wsapp.clock()
         for session_id in self._counts_stale:
-            table.update_session(self.app.store.session(session_id), now, COUNT_COLUMNS)
+            table.update_session(self.wsapp.store.session(session_id), now, COUNT_COLUMNS)
         self._counts_stale.clear()
 
     def _tick_durations(self) -> None:
         if is_covered(self):
             return
-        table, now = self.query_one(SessionsTable), self.app.clock()
-        for session in self.app.store.sessions():
+        table, now = self.query_one(SessionsTable), self.wsapp.clock()
+        for session in self.wsapp.store.sessions():
             if session.outcome is Outcome.OPEN:
                 table.update_session(session, now, ["duration"])
 
@@ -243,12 +255,5 @@ class SessionsScreen(Screen):
             table.move_cursor(row=table.row_count - 1)
         table.focus()
 
-    def action_open_session(self) -> None:
-        table = self.query_one(SessionsTable)
-        if table.row_count == 0:
-            return
-        row_key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
-        self.app.open_session(int(row_key.value))
-
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        self.app.open_session(int(event.row_key.value))
+        self.wsapp.open_session(int(event.row_key.value))

@@ -7,15 +7,10 @@ from textual.widget import Widget
 
 from ..model import Outcome, Session
 from ..report import close_text
+from ..store import StoreChanges
+from .app_access import AppAccess
+from .colours import Coloured, Colours
 from .format import SafeText, duration, fit_fields, format_size
-
-OUTCOME_STYLES = {
-    Outcome.OPEN: "bold black on green",
-    Outcome.CLOSED: "bold white on grey37",
-    Outcome.REJECTED: "bold black on yellow",
-    Outcome.FAILED: "bold white on red",
-}
-
 
 def is_covered(screen: Screen) -> bool:
     """Whether another screen is on top of `screen`. Textual still counts it as visible and
@@ -24,16 +19,18 @@ def is_covered(screen: Screen) -> bool:
     return screen is not screen.app.screen and screen in screen.app.screen_stack
 
 
-def outcome_badge(outcome: Outcome) -> SafeText:
-    return SafeText(f" {outcome.value} ", style=OUTCOME_STYLES[outcome])
+def outcome_badge(outcome: Outcome, colours: Colours) -> SafeText:
+    return SafeText(f" {outcome.value} ", style=colours[f"outcome--{outcome.value}"])
 
 
-def summary_fields(session: Session, now: float) -> tuple[SafeText, list[SafeText]]:
+def summary_fields(
+    session: Session, now: float, colours: Colours
+) -> tuple[SafeText, list[SafeText]]:
     """What the summary says: the session (id, state, URL), then its figures, most telling
     first."""
     stats = session.stats
     head = SafeText.line(f"#{session.id} ", style="bold")
-    head.append(outcome_badge(session.outcome))
+    head.append(outcome_badge(session.outcome, colours))
     head.append(SafeText.line(f" {session.url}", style="bold"))
     status = session.status if session.status is not None else "-"
     fields = [
@@ -48,41 +45,44 @@ def summary_fields(session: Session, now: float) -> tuple[SafeText, list[SafeTex
     return head, fields
 
 
-class SessionSummary(Widget):
+class SessionSummary(Coloured, Widget):
     """Two lines: the session and its URL, then its figures. Each line fits the width by
     whole fields: the URL is shortened with an ellipsis, figures that do not fit are left out
     (the Handshake tab has them all), nothing wraps."""
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
-        self._fields: tuple[SafeText, list[SafeText]] = (SafeText(), [])
+        self._shown: tuple[Session, float] | None = None
 
     def show(self, session: Session, now: float) -> None:
-        self._fields = summary_fields(session, now)
+        self._shown = (session, now)
         self.refresh()
 
     def render(self) -> SafeText:
-        head, fields = self._fields
+        if self._shown is None:
+            return SafeText()
+        head, fields = summary_fields(*self._shown, self.colours())  # in the current theme
         width = self.content_region.width or self.size.width
         return SafeText("\n").join([fit_fields([head], width), fit_fields(fields, width)])
 
 
-class StatusBar(Widget):
+class StatusBar(AppAccess, Coloured, Widget):
     """Listen addresses and modes, messages per second, log problems, session counts: whole
     parts from the end are left out when they do not fit."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._fields: list[SafeText] = []
 
     def on_mount(self) -> None:
         self.update_status()
         self.set_interval(1.0, self.update_status)
+        self.wsapp.store_changed_signal.subscribe(self, self._store_changed, immediate=True)
+
+    def _store_changed(self, changes: StoreChanges) -> None:
+        if changes.added or changes.updated:  # new messages wait for the 1-second refresh
+            self.update_status()
 
     def update_status(self) -> None:
         if not is_covered(self.screen):
-            self._fields = self.app.status_fields()
             self.refresh()
 
     def render(self) -> SafeText:
-        return fit_fields(self._fields, self.size.width, gap=" │ ")
+        fields = self.wsapp.status_fields(self.colours())  # read now, in the current theme
+        return fit_fields(fields, self.size.width, gap=" │ ")
