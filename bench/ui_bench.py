@@ -44,7 +44,7 @@ from recorder_bench import ECHO_SERVER, echo_rate, free_port, wait_port  # noqa:
 from wsinspect.model import Hop, Message, MessageType  # noqa: E402
 from wsinspect.store import SessionStore  # noqa: E402
 from wsinspect.ui import WsInspectApp  # noqa: E402
-from wsinspect.ui.messages import MessageList  # noqa: E402
+from wsinspect.ui.message_list import MessageList  # noqa: E402
 from wsinspect.ui.pacing import LIVE_NOTIFY_INTERVAL  # noqa: E402
 from wsinspect.ui.session_view import SessionScreen  # noqa: E402
 

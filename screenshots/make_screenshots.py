@@ -156,7 +156,7 @@ async def shoot(store: SessionStore, engine: Engine, out: Path) -> list[Path]:
     from textual.widgets import TabbedContent, TabPane
 
     from wsinspect.ui import WsInspectApp
-    from wsinspect.ui.messages import MessageList
+    from wsinspect.ui.message_list import MessageList
     from wsinspect.ui.session_view import SessionScreen
     from wsinspect.ui.sessions import SessionsTable
 
