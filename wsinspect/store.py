@@ -276,11 +276,21 @@ class SessionStore:
             self._db.execute("INSERT INTO meta VALUES ('format', ?)", (CAPTURE_FORMAT,))
             self._db.commit()
         except sqlite3.Error as e:
-            if self.path is not None:  # ours: created above, and empty
-                self.path.unlink()
+            self._remove_failed_capture()
             raise CaptureError(f"{self.path}: cannot be created as a capture ({e})") from None
         if self.path is not None:
             self._writer = _BackgroundWriter(self.path)
+
+    def _remove_failed_capture(self) -> None:
+        """Undo a creation that failed: the file created above, and a -wal SQLite left."""
+        if getattr(self, "_db", None) is not None:
+            self._db.close()
+        if self.path is None:
+            return
+        wal = self.path.with_name(self.path.name + "-wal")
+        if wal.is_file() and not wal.is_symlink() and wal.stat().st_size == 0:
+            wal.unlink()
+        self.path.unlink()
 
     def _init_state(
         self,
@@ -290,6 +300,8 @@ class SessionStore:
         commit_interval: float = 0.5,
     ) -> None:
         self.path = Path(path) if path is not None else None
+        # The file the sessions were read from: the capture, or a HAR or flow file imported
+        self.source = self.path
         self.max_payload = max_payload
         self.notify_interval = notify_interval
         self.commit_interval = commit_interval
