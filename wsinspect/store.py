@@ -349,6 +349,8 @@ class SessionStore:
         except CaptureError as e:
             raise CaptureError(f"{path}: {e}") from None
         except sqlite3.DatabaseError as e:
+            if e.sqlite_errorcode == sqlite3.SQLITE_CANTOPEN:  # a -wal without its -shm on a
+                raise CaptureError(f"{path}: cannot be read ({e})") from None  # read-only disk
             raise CaptureError(f"{path}: not a wsinspect capture ({e})") from None
         for session in store._sessions.values():
             session.hops.sort(key=lambda h: h.timestamp_start)

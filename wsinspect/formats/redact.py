@@ -33,7 +33,8 @@ _CREDENTIAL_MARKERS = {"bearer", "basic"}
 # (graphql-transport-ws, v12.stomp, ocpp2.0.1 and wamp.2.json are kept).
 _TOKEN_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_.-]*|(?=.*[0-9])(?=.*[A-Za-z])[A-Za-z0-9+/=_.~-]{20,}")
 # Where a URL may sit in free text: from a scheme, or any word with a query in it.
-_URL_IN_TEXT = re.compile(r"""[a-zA-Z][a-zA-Z0-9+.-]*://[^\s"'<>]*|[^\s"'<>]*\?[^\s"'<>]*""")
+# Quotes, brackets and parentheses around it are punctuation, not part of it.
+_URL_IN_TEXT = re.compile(r"""[a-zA-Z][a-zA-Z0-9+.-]*://[^\s"'<>()\[\]]*|[^\s"'<>()\[\]]*\?[^\s"'<>()\[\]]*""")
 
 
 def is_secret_name(name: str) -> bool:
