@@ -93,8 +93,9 @@ _INSERT_MESSAGE = "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _UPSERT_HOP = "INSERT OR REPLACE INTO hops VALUES (?, ?, ?)"
 
 
-# Reading a capture: it may come from anyone. A file bigger than these is damaged, not a
-# capture (payloads are capped at the recorder's max_payload, 16 MiB by default).
+# SQLite's limits on a connection reading a capture, which may come from anyone: far above what
+# wsinspect's own queries and records need (a payload is capped at the recorder's max_payload,
+# 16 MiB by default), far below what a crafted file could make a reader spend.
 _READ_LIMITS = {
     sqlite3.SQLITE_LIMIT_LENGTH: 1 << 30,  # one payload or hop record
     sqlite3.SQLITE_LIMIT_SQL_LENGTH: 100_000,
