@@ -50,7 +50,17 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_by_hop ON messages (hop_id, idx);
 
 
 class CaptureError(Exception):
-    """A capture file that cannot be opened or read; the message names the file and why."""
+    """A capture file that cannot be opened or read; the message names the file and why, on
+    one line: what it quotes (SQLite's and mitmproxy's errors, which may quote the file) has
+    its line breaks and runs of spaces made single spaces, and is cut after MAX_CHARS."""
+
+    MAX_CHARS = 400
+
+    def __init__(self, message: str) -> None:
+        line = " ".join(message.split())
+        if len(line) > self.MAX_CHARS:
+            line = line[: self.MAX_CHARS - 1] + "…"
+        super().__init__(line)
 
 
 @dataclass
@@ -350,9 +360,11 @@ class SessionStore:
         except CaptureError as e:
             raise CaptureError(f"{path}: {e}") from None
         except sqlite3.DatabaseError as e:
-            if e.sqlite_errorcode == sqlite3.SQLITE_CANTOPEN:  # a -wal without its -shm on a
+            if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_CANTOPEN:  # a -wal without its -shm on a
                 raise CaptureError(f"{path}: cannot be read ({e})") from None  # read-only disk
             raise CaptureError(f"{path}: not a wsinspect capture ({e})") from None
+        except UnicodeDecodeError:  # Python 3.12's sqlite3 raises it for a text column
+            raise CaptureError(f"{path}: not a wsinspect capture (text that is not UTF-8)") from None
         for session in store._sessions.values():
             session.hops.sort(key=lambda h: h.timestamp_start)
         store._next_session_id = max(store._sessions, default=0) + 1

@@ -37,6 +37,7 @@ from ..model import (
     member,
     mode,
     optional,
+    payload,
     tuple_of,
 )
 from ..recorder import ABNORMAL_CLOSURE, _headers, hop_from_request, is_upgrade_attempt
@@ -153,27 +154,29 @@ def write_flows(store: SessionStore, hops: Iterable[ExportedHop], out: BinaryIO)
 
 def _messages(flow: http.HTTPFlow, extra: dict) -> list[Message]:
     """The flow's messages, with the control frames wsinspect kept aside put back in place."""
-    data = [
-        Message(
-            from_client=m.from_client,
-            type=TYPES_BY_OPCODE[int(m.type)],
-            size=len(m.content),
-            payload=m.content,
-            timestamp=m.timestamp,
-            injected=m.injected,
-        )
-        for m in (flow.websocket.messages if flow.websocket else [])
-        if int(m.type) in TYPES_BY_OPCODE
-    ]
+    data = []
+    for m in flow.websocket.messages if flow.websocket else []:
+        integer(0, 15)(int(m.type) if isinstance(m.type, int) else m.type, "message opcode")
+        payload(m.content, "message content")
+        if int(m.type) in TYPES_BY_OPCODE:
+            data.append(Message(
+                from_client=m.from_client,
+                type=TYPES_BY_OPCODE[int(m.type)],
+                size=len(m.content),
+                payload=m.content,
+                timestamp=m.timestamp,
+                injected=m.injected,
+            ))
     control = {}
     for item in _records(extra, "control", 5):
-        index, from_client, kind, payload, timestamp = item
+        index, from_client, kind, content, timestamp = item
         COUNT(index, "control frame index")
+        payload(content, "control frame payload")
         control[index] = Message(
             from_client=from_client,
             type=member(MessageType, kind, "control frame type"),
-            size=len(payload) if type(payload) is bytes else 0,
-            payload=payload,
+            size=len(content),
+            payload=content,
             timestamp=timestamp,
         )
     total = len(data) + len(control)
@@ -236,6 +239,8 @@ def hop_from_flow(flow: mitmproxy_flow.Flow) -> tuple[Hop, list[Message]] | None
         flow.websocket is None and not is_upgrade_attempt(flow.request)
     ):
         return None
+    if type(flow.metadata) is not dict:  # mitmproxy loads it unchecked
+        raise RecordError("the flow's metadata is not an object")
     record = flow.metadata.get("wsinspect")
     if record:
         hop = hop_from_record(
@@ -284,6 +289,8 @@ def read_flows(path: Path, fo: BinaryIO) -> SessionStore:
             read = hop_from_flow(flow)
         except (ValueError, OverflowError) as e:  # RecordError, and what parsing a field raised
             raise CaptureError(f"{path}: flow {number} is damaged ({e})") from None
+        except (TypeError, AttributeError) as e:  # mitmproxy loads some of a flow unchecked
+            raise CaptureError(f"{path}: flow {number} is damaged ({type(e).__name__})") from None
         if read is not None:
             add_imported_hop(store, *read)
     store.flush()
