@@ -28,7 +28,7 @@ from websockets.http11 import Response
 from wsinspect import formats
 from wsinspect.cli import main
 from wsinspect.formats.common import add_imported_hop
-from wsinspect.formats.redact import MASK, redact_url
+from wsinspect.formats.redact import MASK, redact_subprotocols, redact_text, redact_url
 from wsinspect.model import Close, Hop, Message, MessageType, Outcome
 from wsinspect.store import CaptureError, SessionStore
 
@@ -608,6 +608,58 @@ def test_exports_are_redacted_unless_asked_not_to(capture_with_secrets, tmp_path
     original = formats.open_capture(kept).sessions()[0].first_hop
     assert original.request_headers == make_hop().request_headers
     assert original.url == make_hop().url
+
+
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJzM2NyM3QtdmFsdWUifQ.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg"
+
+
+@pytest.mark.parametrize("fmt", ["har", "flows"])
+def test_tokens_in_subprotocols_nameless_cookies_and_error_texts_are_redacted(tmp_path, capsys, fmt):
+    """`Sec-WebSocket-Protocol: access_token, <JWT>` is how a browser passes a token to a
+    WebSocket; a refused request's error quotes its request line, query and password included."""
+    hop = make_hop(
+        request_headers=[
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Protocol", f"graphql-transport-ws, access_token, {JWT}"),
+            ("Cookie", f"theme=dark; {SECRET}"),
+        ],
+        response_headers=[("Sec-WebSocket-Protocol", JWT), ("Set-Cookie", f"{SECRET}; Path=/")],
+        response_status=502,
+        outcome=Outcome.REJECTED,
+        close=Close(abnormal=True, abnormal_reason=f"lost http://u:{SECRET}@h/", by="server"),
+        error=f"refused: b'GET http://user:{SECRET}@api.example/ws?room=1&token={SECRET} HTTP/1.1'",
+    )
+    capture = tmp_path / "c.db"
+    store = SessionStore(capture)
+    add_imported_hop(store, hop, [])
+    store.close()
+    out = tmp_path / f"x.{fmt}"
+    assert run_cli(capsys, "export", str(capture), "--format", fmt, "-o", str(out))[0] == 0
+    assert SECRET.encode() not in out.read_bytes() and JWT.encode() not in out.read_bytes()
+    redacted = formats.open_capture(out).sessions()[0].first_hop
+    assert dict(redacted.request_headers)["Sec-WebSocket-Protocol"] == (
+        f"graphql-transport-ws, access_token, {MASK}"
+    )
+    assert dict(redacted.request_headers)["Cookie"] == f"theme={MASK}; {MASK}"
+    assert dict(redacted.response_headers) == {
+        "Sec-WebSocket-Protocol": MASK, "Set-Cookie": f"{MASK}; Path=/"
+    }
+    assert redacted.error == (
+        f"refused: b'GET http://user:{MASK}@api.example/ws?room=1&token={MASK} HTTP/1.1'"
+    )
+    assert redacted.close.abnormal_reason == f"lost http://u:{MASK}@h/"
+    kept = SessionStore.open(capture).sessions()[0].first_hop  # the capture keeps it all
+    assert kept.error == hop.error and dict(kept.request_headers)["Cookie"].endswith(SECRET)
+
+
+def test_redact_text_masks_urls_wherever_they_sit():
+    assert redact_text("no url here, a ? alone") == "no url here, a ? alone"
+    assert redact_text(f"url=https://a:{SECRET}@h/p?sig={SECRET}&x=1, (GET /p?key={SECRET})") == (
+        f"url=https://a:{MASK}@h/p?sig={MASK}&x=1, (GET /p?key={MASK})"
+    )
+    assert redact_subprotocols("v12.stomp, wamp.2.json, ocpp2.0.1, Bearer, abc") == (
+        f"v12.stomp, wamp.2.json, ocpp2.0.1, Bearer, {MASK}"
+    )
 
 
 def test_redact_url_keeps_everything_but_the_secrets():

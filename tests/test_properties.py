@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wsinspect.diagnosis import Severity, boundaries, diagnose
-from wsinspect.model import Hop, Message, MessageType, Outcome, Session
+from wsinspect.model import Hop, Message, MessageType, Outcome, RecordError, Session
 from wsinspect.report import printable
 from wsinspect.seams import parse_close_frame
 from wsinspect.store import CaptureError, SessionStore
@@ -95,6 +95,35 @@ def test_a_truncated_capture_opens_or_says_why(keep):
                 reopened.messages(s.id, 0, 1000)
         except CaptureError as e:
             assert str(e).startswith(f"{path}: ")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**400), 10**400)
+    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_hop_records_load_checked_or_raise_record_error(data):
+    """Any JSON in any field of a hop record: a hop whose every field has its type and range,
+    or RecordError (which readers make a CaptureError), never another exception."""
+    good = hop([("Sec-WebSocket-Key", "k")]).to_json()
+    good["close"] = {"code": 1000, "reason": "", "by": "client", "abnormal": False,
+                     "abnormal_reason": None, "timestamp": 2.0, "offender": None,
+                     "told_client": [1000, "bye"], "told_server": None}
+    record = dict(good)
+    for key in data.draw(st.lists(st.sampled_from(sorted(good)), min_size=1, max_size=3)):
+        record[key] = data.draw(json_values)
+    try:
+        loaded = Hop.from_json(record)
+    except RecordError as e:
+        assert "\n" not in str(e) and len(str(e)) < 200
+        return
+    loaded.validate()
+    assert Hop.from_json(loaded.to_json()) == loaded
 
 
 @given(

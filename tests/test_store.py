@@ -73,6 +73,20 @@ def test_hops_with_the_same_key_from_two_listeners_are_one_session():
     assert len(store.sessions()) == 3
 
 
+def test_a_second_listeners_hop_finds_its_session_among_many():
+    """add_hop looks sessions up by key: a hop joins its session however many sessions
+    started since (more than the 200 newest once looked at), and keyless hops still follow
+    their predecessor by elimination."""
+    store = SessionStore()
+    first = store.add_hop(make_hop("abc", "regular@8080", 100.0))
+    for n in range(500):
+        store.add_hop(make_hop(f"k{n}", "regular@8080", 100.001 + n / 100_000))
+    assert store.add_hop(make_hop("abc", "reverse:http://127.0.0.1:9000@8081", 100.2)) is first
+    keyless = store.add_hop(make_hop(None, "regular@8080", 200.0))
+    assert store.add_hop(make_hop(None, "reverse:http://127.0.0.1:9000@8081", 200.1)) is keyless
+    assert len(store.sessions()) == 502
+
+
 async def test_subscribers_hear_of_changes_in_batches():
     store = SessionStore(notify_interval=0.05)
     batches = []

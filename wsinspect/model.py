@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -36,6 +37,180 @@ def accept_for_key(key: str) -> str:
     """The Sec-WebSocket-Accept value RFC 6455 derives from a Sec-WebSocket-Key."""
     digest = hashlib.sha1((key.strip() + WS_GUID).encode()).digest()
     return base64.b64encode(digest).decode()
+
+
+# ----- validation of records read from files ---------------------------------------------------
+#
+# Everything a reader builds from a file (a capture, a HAR or flow file) is checked field by
+# field against these rules before it reaches the store, so the rest of the program can trust
+# that a status is an int and a payload is bytes. Values are described by type and size in
+# errors, never quoted: they came from the file.
+
+MAX_TIMESTAMP = 7_258_118_400.0  # 2200-01-01: later, negative or not finite is damage
+MAX_COUNT = 1 << 53  # sizes, counts and ids: the largest a float still holds exactly
+MAX_TEXT = 16 * 1024 * 1024  # one header value, URL or error text
+MAX_MODE = 1000
+
+
+class RecordError(ValueError):
+    """A field of a record read from a file has the wrong type or is out of range; readers
+    turn it into a CaptureError naming the file."""
+
+
+Check = Callable[[object, str], None]
+
+
+def _kind(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _fail(what: str, problem: str) -> RecordError:
+    return RecordError(f"{what} {problem}")
+
+
+def integer(low: int, high: int) -> Check:
+    def check(value: object, what: str) -> None:
+        if type(value) is not int:
+            raise _fail(what, f"is {_kind(value)}, not an integer")
+        if not low <= value <= high:
+            shown = str(value) if abs(value) < 10**20 else f"a {len(str(abs(value)))}-digit number"
+            raise _fail(what, f"{shown} is out of range ({low} to {high})")
+
+    return check
+
+
+def timestamp(value: object, what: str) -> None:
+    if type(value) not in (float, int):
+        raise _fail(what, f"is {_kind(value)}, not a timestamp")
+    if not 0 <= value <= MAX_TIMESTAMP:  # also false for NaN, infinities and huge integers
+        raise _fail(what, "is not a timestamp between 1970 and 2200")
+
+
+def text(value: object, what: str) -> None:
+    if type(value) is not str:
+        raise _fail(what, f"is {_kind(value)}, not text")
+    if len(value) > MAX_TEXT:
+        raise _fail(what, f"is {len(value)} characters long (at most {MAX_TEXT})")
+
+
+def flag(value: object, what: str) -> None:
+    if type(value) is not bool:
+        raise _fail(what, f"is {_kind(value)}, not true or false")
+
+
+def payload(value: object, what: str) -> None:
+    if type(value) is not bytes:
+        raise _fail(what, f"is {_kind(value)}, not bytes")
+
+
+def mode(value: object, what: str) -> None:
+    """A listener's mitmproxy mode spec: short printable text."""
+    text(value, what)
+    if not 0 < len(value) <= MAX_MODE or not value.isprintable():
+        raise _fail(what, "is not a proxy mode (printable text, at most 1000 characters)")
+
+
+def one_of(*allowed: object) -> Check:
+    def check(value: object, what: str) -> None:
+        if type(value) not in (type(a) for a in allowed) or value not in allowed:
+            raise _fail(what, f"is not one of {', '.join(map(str, allowed))}")
+
+    return check
+
+
+def optional(inner: Check) -> Check:
+    def check(value: object, what: str) -> None:
+        if value is not None:
+            inner(value, what)
+
+    return check
+
+
+def instance(cls: type) -> Check:
+    def check(value: object, what: str) -> None:
+        if not isinstance(value, cls):
+            raise _fail(what, f"is {_kind(value)}, not {cls.__name__}")
+        if hasattr(value, "validate"):
+            value.validate()
+
+    return check
+
+
+def pair(first: Check, second: Check) -> Check:
+    def check(value: object, what: str) -> None:
+        if type(value) is not tuple or len(value) != 2:
+            raise _fail(what, "is not a pair")
+        first(value[0], what)
+        second(value[1], what)
+
+    return check
+
+
+def header_list(value: object, what: str) -> None:
+    if type(value) is not list:
+        raise _fail(what, f"is {_kind(value)}, not a list of headers")
+    for number, header in enumerate(value, start=1):
+        pair(text, text)(header, f"{what} {number}")
+
+
+def sha256(value: object, what: str) -> None:
+    text(value, what)
+    if len(value) != 64 or value.strip("0123456789abcdef"):
+        raise _fail(what, "is not a SHA-256 in hex")
+
+
+def counts_by_type(value: object, what: str) -> None:
+    """A count of messages by MessageType value."""
+    if type(value) is not dict:
+        raise _fail(what, f"is {_kind(value)}, not an object")
+    for kind, count in value.items():
+        member(MessageType, kind, what)
+        COUNT(count, f"{what} {kind}")
+
+
+def check_fields(record: object, rules: dict[str, Check]) -> None:
+    """Check each of `record`'s fields against its rule; the error names the first bad one."""
+    what = type(record).__name__.lower()
+    for name, rule in rules.items():
+        rule(getattr(record, name), f"{what} {name}")
+
+
+COUNT = integer(0, MAX_COUNT)
+ID = integer(-1, MAX_COUNT)  # -1 until the store assigns one
+PORT = integer(0, 65535)
+CLOSE_CODE = integer(0, 65535)
+ADDRESS = pair(text, PORT)
+SIDE = one_of("client", "server", "proxy")
+
+
+def field_of(data: object, key: str, what: str, default: object = ...) -> object:
+    """`data[key]` of a JSON object read from a file."""
+    if type(data) is not dict:
+        raise _fail(what, f"is {_kind(data)}, not an object")
+    if key in data:
+        return data[key]
+    if default is ...:
+        raise _fail(what, f"has no {key} field")
+    return default
+
+
+def tuple_of(value: object, what: str, length: int) -> tuple | None:
+    """A JSON array of `length` items as a tuple (null stays None)."""
+    if value is None:
+        return None
+    if type(value) not in (list, tuple) or len(value) != length:
+        raise _fail(what, f"is not a list of {length}")
+    return tuple(value)
+
+
+def member(cls: type[Enum], value: object, what: str) -> Enum:
+    """The member of `cls` whose value is the text `value`."""
+    if type(value) is not str:
+        raise _fail(what, f"is {_kind(value)}, not text")
+    try:
+        return cls(value)
+    except ValueError:
+        raise _fail(what, f"is not one of {', '.join(m.value for m in cls)}") from None
 
 
 def header_values(headers: list[tuple[str, str]], name: str) -> list[str]:
@@ -74,6 +249,11 @@ class Message:
     @property
     def truncated(self) -> bool:
         return len(self.payload) < self.size
+
+    def validate(self) -> None:
+        check_fields(self, MESSAGE_FIELDS)
+        if len(self.payload) > self.size:
+            raise RecordError(f"message payload is longer than its size {self.size}")
 
     @property
     def direction(self) -> str:
@@ -121,15 +301,21 @@ class MessageStats:
             "last_timestamp": self.last_timestamp,
         }
 
+    def validate(self) -> None:
+        check_fields(self, STATS_FIELDS)
+
     @classmethod
     def from_json(cls, data: dict) -> MessageStats:
-        return cls(
-            from_client=data["from_client"],
-            from_server=data["from_server"],
-            bytes=data["bytes"],
-            by_type=dict(data["by_type"]),
-            last_timestamp=data.get("last_timestamp"),
+        stats = cls(
+            from_client=field_of(data, "from_client", "stats"),
+            from_server=field_of(data, "from_server", "stats"),
+            bytes=field_of(data, "bytes", "stats"),
+            by_type=field_of(data, "by_type", "stats"),
+            last_timestamp=field_of(data, "last_timestamp", "stats", None),
         )
+        stats.validate()
+        stats.by_type = dict(stats.by_type)
+        return stats
 
 
 @dataclass(slots=True)
@@ -165,11 +351,23 @@ class Close:
             "told_server": list(self.told_server) if self.told_server else None,
         }
 
+    def validate(self) -> None:
+        check_fields(self, CLOSE_FIELDS)
+
     @classmethod
     def from_json(cls, data: dict) -> Close:
-        close = cls(**data)
-        close.told_client = tuple(close.told_client) if close.told_client else None
-        close.told_server = tuple(close.told_server) if close.told_server else None
+        close = cls(
+            code=field_of(data, "code", "close", None),
+            reason=field_of(data, "reason", "close", ""),
+            by=field_of(data, "by", "close", None),
+            abnormal=field_of(data, "abnormal", "close", False),
+            abnormal_reason=field_of(data, "abnormal_reason", "close", None),
+            timestamp=field_of(data, "timestamp", "close", None),
+            offender=field_of(data, "offender", "close", None),
+            told_client=tuple_of(field_of(data, "told_client", "close", None), "close told_client", 2),
+            told_server=tuple_of(field_of(data, "told_server", "close", None), "close told_server", 2),
+        )
+        close.validate()
         return close
 
 
@@ -233,33 +431,50 @@ class Hop:
             "replay_of": self.replay_of,
         }
 
+    def validate(self) -> None:
+        check_fields(self, HOP_FIELDS)
+
     @classmethod
     def from_json(cls, data: dict) -> Hop:
-        return cls(
-            id=data["id"],
-            session_id=data["session_id"],
-            mode=data["mode"],
-            url=data["url"],
-            request_line=data["request_line"],
-            http_version=data["http_version"],
-            request_headers=[(k, v) for k, v in data["request_headers"]],
-            timestamp_start=data["timestamp_start"],
-            client_addr=tuple(data["client_addr"]) if data.get("client_addr") else None,
-            server_addr=tuple(data["server_addr"]) if data.get("server_addr") else None,
-            response_status=data.get("response_status"),
-            response_reason=data.get("response_reason", ""),
-            response_headers=[(k, v) for k, v in data.get("response_headers", [])],
-            response_http_version=data.get("response_http_version"),
-            timestamp_response=data.get("timestamp_response"),
-            timestamp_end=data.get("timestamp_end"),
-            outcome=Outcome(data["outcome"]),
-            error=data.get("error"),
-            close=Close.from_json(data["close"]) if data.get("close") else None,
-            stats=MessageStats.from_json(data["stats"]),
-            flow_id=data.get("flow_id"),
-            answered_by=data.get("answered_by"),
-            replay_of=data.get("replay_of"),
+        """A hop from its JSON record, every field checked (RecordError when damaged)."""
+
+        def get(key: str, default: object = ...) -> object:
+            return field_of(data, key, "hop", default)
+
+        def pairs(key: str) -> list:
+            value = get(key, [])
+            if type(value) is not list:
+                raise _fail(f"hop {key}", f"is {_kind(value)}, not a list")
+            return [tuple_of(item, f"hop {key}", 2) for item in value]
+
+        close = get("close", None)
+        hop = cls(
+            id=get("id"),
+            session_id=get("session_id"),
+            mode=get("mode"),
+            url=get("url"),
+            request_line=get("request_line"),
+            http_version=get("http_version"),
+            request_headers=pairs("request_headers"),
+            timestamp_start=get("timestamp_start"),
+            client_addr=tuple_of(get("client_addr", None), "hop client_addr", 2),
+            server_addr=tuple_of(get("server_addr", None), "hop server_addr", 2),
+            response_status=get("response_status", None),
+            response_reason=get("response_reason", ""),
+            response_headers=pairs("response_headers"),
+            response_http_version=get("response_http_version", None),
+            timestamp_response=get("timestamp_response", None),
+            timestamp_end=get("timestamp_end", None),
+            outcome=member(Outcome, get("outcome"), "hop outcome"),
+            error=get("error", None),
+            close=Close.from_json(close) if close is not None else None,
+            stats=MessageStats.from_json(get("stats")),
+            flow_id=get("flow_id", None),
+            answered_by=get("answered_by", None),
+            replay_of=get("replay_of", None),
         )
+        hop.validate()
+        return hop
 
 
 @dataclass(slots=True)
@@ -323,3 +538,59 @@ class Session:
     def duration(self, now: float) -> float:
         end = self.timestamp_end if self.timestamp_end is not None else now
         return max(0.0, end - self.timestamp_start)
+
+
+# The rule for each field of each record; tests check that every field has one.
+MESSAGE_FIELDS: dict[str, Check] = {
+    "from_client": flag,
+    "type": instance(MessageType),
+    "size": COUNT,
+    "payload": payload,
+    "timestamp": timestamp,
+    "injected": flag,
+    "sha256": optional(sha256),
+    "index": ID,
+}
+STATS_FIELDS: dict[str, Check] = {
+    "from_client": COUNT,
+    "from_server": COUNT,
+    "bytes": COUNT,
+    "by_type": counts_by_type,
+    "last_timestamp": optional(timestamp),
+}
+CLOSE_FIELDS: dict[str, Check] = {
+    "code": optional(CLOSE_CODE),
+    "reason": text,
+    "by": optional(SIDE),
+    "abnormal": flag,
+    "abnormal_reason": optional(text),
+    "timestamp": optional(timestamp),
+    "offender": optional(SIDE),
+    "told_client": optional(pair(optional(CLOSE_CODE), text)),
+    "told_server": optional(pair(optional(CLOSE_CODE), text)),
+}
+HOP_FIELDS: dict[str, Check] = {
+    "mode": mode,
+    "url": text,
+    "request_line": text,
+    "http_version": text,
+    "request_headers": header_list,
+    "timestamp_start": timestamp,
+    "client_addr": optional(ADDRESS),
+    "server_addr": optional(ADDRESS),
+    "response_status": optional(integer(0, 999)),
+    "response_reason": text,
+    "response_headers": header_list,
+    "response_http_version": optional(text),
+    "timestamp_response": optional(timestamp),
+    "timestamp_end": optional(timestamp),
+    "outcome": instance(Outcome),
+    "error": optional(text),
+    "close": optional(instance(Close)),
+    "stats": instance(MessageStats),
+    "flow_id": optional(text),
+    "answered_by": optional(text),
+    "replay_of": optional(integer(1, MAX_COUNT)),
+    "id": ID,
+    "session_id": ID,
+}

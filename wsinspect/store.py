@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import correlate
-from .model import Hop, Message, MessageType, Session
+from .model import Hop, Message, MessageType, RecordError, Session, member, one_of
 
 logger = logging.getLogger("wsinspect")
 
@@ -50,7 +50,17 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_by_hop ON messages (hop_id, idx);
 
 
 class CaptureError(Exception):
-    """A capture file that cannot be opened or read; the message names the file and why."""
+    """A capture file that cannot be opened or read; the message names the file and why, on
+    one line: what it quotes (SQLite's and mitmproxy's errors, which may quote the file) has
+    its line breaks and runs of spaces made single spaces, and is cut after MAX_CHARS."""
+
+    MAX_CHARS = 400
+
+    def __init__(self, message: str) -> None:
+        line = " ".join(message.split())
+        if len(line) > self.MAX_CHARS:
+            line = line[: self.MAX_CHARS - 1] + "…"
+        super().__init__(line)
 
 
 @dataclass
@@ -82,8 +92,102 @@ def _create_private(path: Path) -> None:
     os.close(fd)
 
 
+# Candidates add_hop hands correlate.find_session, so that adding a hop costs the same with a
+# hundred sessions or a million: the newest sessions for a keyless hop (which must follow its
+# predecessor within seconds), and the newest sessions whose hops carried a given key (a client
+# reusing one key for many handshakes is the only way there are several).
+_KEYLESS_CANDIDATES = 200
+_SAME_KEY_CANDIDATES = 16
+
 _INSERT_MESSAGE = "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _UPSERT_HOP = "INSERT OR REPLACE INTO hops VALUES (?, ?, ?)"
+
+
+# SQLite's limits on a connection reading a capture, which may come from anyone: far above what
+# wsinspect's own queries and records need (a payload is capped at the recorder's max_payload,
+# 16 MiB by default), far below what a crafted file could make a reader spend.
+_READ_LIMITS = {
+    sqlite3.SQLITE_LIMIT_LENGTH: 1 << 30,  # one payload or hop record
+    sqlite3.SQLITE_LIMIT_SQL_LENGTH: 100_000,
+    sqlite3.SQLITE_LIMIT_COLUMN: 100,
+    sqlite3.SQLITE_LIMIT_EXPR_DEPTH: 100,
+    sqlite3.SQLITE_LIMIT_COMPOUND_SELECT: 4,
+    sqlite3.SQLITE_LIMIT_VDBE_OP: 100_000,
+    sqlite3.SQLITE_LIMIT_FUNCTION_ARG: 8,
+    sqlite3.SQLITE_LIMIT_ATTACHED: 0,
+    sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH: 100,
+    sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER: 100,
+    sqlite3.SQLITE_LIMIT_TRIGGER_DEPTH: 0,
+}
+# One query on a capture opened for reading gets this long; then it is interrupted.
+QUERY_SECONDS = 10.0
+_PROGRESS_STEPS = 10_000  # SQLite virtual machine steps between looks at the clock
+
+
+def _expected_schema() -> dict[tuple[str, str], set[str]]:
+    """(type, name) of each table and index a capture may hold, with a table's columns."""
+    db = sqlite3.connect(":memory:")
+    db.executescript(_SCHEMA)
+    schema = {
+        (kind, name): {column for (column,) in db.execute(
+            "SELECT name FROM pragma_table_info(?)", (name,))}
+        for kind, name in db.execute("SELECT type, name FROM sqlite_schema")
+    }
+    db.close()
+    return schema
+
+
+_EXPECTED_SCHEMA = _expected_schema()
+
+
+def _check_schema(db: sqlite3.Connection) -> None:
+    """Only the plain tables and index a capture has: no views, triggers, virtual tables or
+    generated columns, whose reading could run any query the file's author chose."""
+    for kind, name, sql in db.execute("SELECT type, name, sql FROM sqlite_schema").fetchall():
+        columns = _EXPECTED_SCHEMA.get((kind, name))
+        if columns is None:
+            raise CaptureError(f"not a wsinspect capture (unexpected {kind} in its schema)")
+        if kind != "table":
+            continue
+        if type(sql) is not str or not sql.startswith("CREATE TABLE "):
+            raise CaptureError(f"not a wsinspect capture ({name} is not a plain table)")
+        found = db.execute("SELECT name, hidden FROM pragma_table_xinfo(?)", (name,)).fetchall()
+        if any(hidden or column not in columns for column, hidden in found):
+            raise CaptureError(f"not a wsinspect capture ({name} has unexpected columns)")
+
+
+def _connect_readonly(path: Path, on_progress: Callable[[], bool]) -> sqlite3.Connection:
+    """A connection that reads `path` and never writes beside it: it neither folds a -wal
+    into the file nor deletes -wal and -shm, and works on a read-only mount. With a -wal (a
+    writer is running, or was killed) the file is read through it; without one no writer is
+    there and the file is opened immutable, which needs no -shm."""
+    wal = path.with_name(path.name + "-wal").exists()
+    uri = f"{path.absolute().as_uri()}?mode=ro" + ("" if wal else "&immutable=1")
+    db = sqlite3.connect(uri, uri=True, isolation_level=None)
+    for limit, value in _READ_LIMITS.items():
+        db.setlimit(limit, value)
+    db.set_progress_handler(on_progress, _PROGRESS_STEPS)
+    db.execute("PRAGMA trusted_schema=OFF")
+    return db
+
+
+def _message(row: tuple) -> Message:
+    """A messages row as a Message, every column checked."""
+    index, from_client, kind, size, timestamp, injected, sha256, payload = row
+    one_of(0, 1)(from_client, "message from_client")
+    one_of(0, 1)(injected, "message injected")
+    message = Message(
+        index=index,
+        from_client=bool(from_client),
+        type=member(MessageType, kind, "message type"),
+        size=size,
+        timestamp=timestamp,
+        injected=bool(injected),
+        sha256=sha256,
+        payload=payload,
+    )
+    message.validate()
+    return message
 
 
 def _connect(path: Path | None) -> sqlite3.Connection:
@@ -174,15 +278,30 @@ class SessionStore:
         """Create a new capture at `path` (it must not exist), or an in-memory one."""
         self._init_state(path, max_payload, notify_interval, commit_interval)
         if self.path is not None:
-            if self.path.exists():
+            if self.path.exists() or self.path.is_symlink():
                 raise CaptureError(f"{self.path}: already exists; choose a new capture file")
             _create_private(self.path)
-        self._db = _connect(self.path)
-        self._db.executescript(_SCHEMA)
-        self._db.execute("INSERT INTO meta VALUES ('format', ?)", (CAPTURE_FORMAT,))
-        self._db.commit()
+        try:
+            self._db = _connect(self.path)
+            self._db.executescript(_SCHEMA)
+            self._db.execute("INSERT INTO meta VALUES ('format', ?)", (CAPTURE_FORMAT,))
+            self._db.commit()
+        except sqlite3.Error as e:
+            self._remove_failed_capture()
+            raise CaptureError(f"{self.path}: cannot be created as a capture ({e})") from None
         if self.path is not None:
             self._writer = _BackgroundWriter(self.path)
+
+    def _remove_failed_capture(self) -> None:
+        """Undo a creation that failed: the file created above, and a -wal SQLite left."""
+        if getattr(self, "_db", None) is not None:
+            self._db.close()
+        if self.path is None:
+            return
+        wal = self.path.with_name(self.path.name + "-wal")
+        if wal.is_file() and not wal.is_symlink() and wal.stat().st_size == 0:
+            wal.unlink()
+        self.path.unlink()
 
     def _init_state(
         self,
@@ -192,6 +311,8 @@ class SessionStore:
         commit_interval: float = 0.5,
     ) -> None:
         self.path = Path(path) if path is not None else None
+        # The file the sessions were read from: the capture, or a HAR or flow file imported
+        self.source = self.path
         self.max_payload = max_payload
         self.notify_interval = notify_interval
         self.commit_interval = commit_interval
@@ -211,38 +332,79 @@ class SessionStore:
         self._tick_handle: asyncio.TimerHandle | None = None
         self._next_session_id = 1
         self._next_hop_id = 1
+        # Where add_hop looks for the session a new hop continues (see correlate): sessions by
+        # the Sec-WebSocket-Keys of their hops, and the newest sessions, for keyless hops.
+        self._by_key: dict[str, collections.deque[Session]] = {}
+        self._newest: collections.deque[Session] = collections.deque(maxlen=_KEYLESS_CANDIDATES)
+        self._query_deadline = float("inf")
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> SessionStore:
-        """Open a saved capture (also one whose writer was killed) through the same API."""
+        """Open a saved capture (also one whose writer was killed, or is still running)
+        through the same API, for reading only: nothing beside it is written or removed."""
         path = Path(path)
         if not path.is_file():
             raise CaptureError(f"{path}: no such capture file")
         store = cls.__new__(cls)
         store._init_state(path)
         try:
-            db = _connect(path)
-            row = db.execute("SELECT value FROM meta WHERE key='format'").fetchone()
-            if row is None or row[0] != CAPTURE_FORMAT:
-                raise CaptureError(f"{path}: not a wsinspect capture (format {row and row[0]!r})")
-            rows = db.execute("SELECT data FROM hops ORDER BY id").fetchall()
+            store._db = _connect_readonly(path, store._over_time)
+            store._read(_check_schema, store._db)
+            row = store._query("SELECT value FROM meta WHERE key='format'")
+            if not row or row[0][0] != CAPTURE_FORMAT:
+                raise CaptureError("not a wsinspect capture (no wsinspect-capture format mark)")
+            for hop_id, session_id, data in store._query(
+                "SELECT id, session_id, data FROM hops ORDER BY id"
+            ):
+                store._add_loaded_hop(hop_id, session_id, data)
+        except CaptureError as e:
+            raise CaptureError(f"{path}: {e}") from None
         except sqlite3.DatabaseError as e:
+            if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_CANTOPEN:  # a -wal without its -shm on a
+                raise CaptureError(f"{path}: cannot be read ({e})") from None  # read-only disk
             raise CaptureError(f"{path}: not a wsinspect capture ({e})") from None
-        store._db = db
-        for (data,) in rows:
-            try:
-                hop = Hop.from_json(json.loads(data))
-            except (ValueError, KeyError, TypeError) as e:
-                raise CaptureError(f"{path}: damaged hop record ({e!r})") from None
-            store._hops[hop.id] = hop
-            session = store._sessions.setdefault(hop.session_id, Session(hop.session_id))
-            session.hops.append(hop)
-            store._committed[hop.id] = hop.stats.count
+        except UnicodeDecodeError:  # Python 3.12's sqlite3 raises it for a text column
+            raise CaptureError(f"{path}: not a wsinspect capture (text that is not UTF-8)") from None
         for session in store._sessions.values():
             session.hops.sort(key=lambda h: h.timestamp_start)
         store._next_session_id = max(store._sessions, default=0) + 1
         store._next_hop_id = max(store._hops, default=0) + 1
         return store
+
+    def _add_loaded_hop(self, hop_id: object, session_id: object, data: object) -> None:
+        try:
+            if type(data) is not str:
+                raise RecordError(f"hop record is {type(data).__name__}, not JSON text")
+            hop = Hop.from_json(json.loads(data))
+            if (hop.id, hop.session_id) != (hop_id, session_id) or hop.id in self._hops:
+                raise RecordError("hop record does not match its row")
+        except RecursionError:
+            raise CaptureError(f"damaged hop record {hop_id} (nested too deeply)") from None
+        except ValueError as e:  # RecordError and JSON errors
+            raise CaptureError(f"damaged hop record ({e})") from None
+        self._hops[hop.id] = hop
+        session = self._sessions.setdefault(hop.session_id, Session(hop.session_id))
+        session.hops.append(hop)
+        self._committed[hop.id] = hop.stats.count
+
+    def _over_time(self) -> bool:
+        """SQLite's progress handler: True interrupts the running query."""
+        return time.monotonic() > self._query_deadline
+
+    def _read(self, reader: Callable, *args):
+        """Run `reader` with each query it makes bounded to QUERY_SECONDS."""
+        self._query_deadline = time.monotonic() + QUERY_SECONDS
+        try:
+            return reader(*args)
+        except sqlite3.OperationalError as e:
+            if str(e) == "interrupted":
+                raise CaptureError(f"reading it took over {QUERY_SECONDS:g} s") from None
+            raise
+        finally:
+            self._query_deadline = float("inf")
+
+    def _query(self, sql: str, parameters: tuple = ()) -> list[tuple]:
+        return self._read(lambda: self._db.execute(sql, parameters).fetchall())
 
     # ----- reading -------------------------------------------------------------------------
 
@@ -271,25 +433,13 @@ class SessionStore:
         result: list[Message] = []
         if start < committed:
             try:
-                rows = self._db.execute(
+                rows = self._query(
                     "SELECT idx, from_client, type, size, timestamp, injected, sha256, payload "
                     "FROM messages WHERE hop_id=? AND idx>=? AND idx<? ORDER BY idx",
                     (hop_id, start, min(stop, committed)),
-                ).fetchall()
-                result = [
-                    Message(
-                        index=idx,
-                        from_client=bool(fc),
-                        type=MessageType(typ),
-                        size=size,
-                        timestamp=ts,
-                        injected=bool(inj),
-                        sha256=sha,
-                        payload=bytes(payload),
-                    )
-                    for idx, fc, typ, size, ts, inj, sha, payload in rows
-                ]
-            except (sqlite3.DatabaseError, ValueError) as e:
+                )
+                result = [_message(row) for row in rows]
+            except (sqlite3.DatabaseError, CaptureError, ValueError) as e:
                 raise CaptureError(
                     f"{self.path or 'the capture'}: damaged, its messages cannot be read ({e})"
                 ) from None
@@ -310,15 +460,20 @@ class SessionStore:
         """Record a handshake seen by a listener: a new session, or another hop of one."""
         hop.id = self._next_hop_id
         self._next_hop_id += 1
-        recent = [s for s in reversed(self._sessions.values())][:200]
-        session = correlate.find_session(hop, recent)
+        key = hop.websocket_key
+        session = correlate.find_session(hop, self._by_key.get(key, ()) if key else self._newest)
         if session is None:
             session = Session(self._next_session_id)
             self._next_session_id += 1
             self._sessions[session.id] = session
+            self._newest.append(session)
             self._changes.added.add(session.id)
         else:
             self._changes.updated.add(session.id)
+        if key:
+            same_key = self._by_key.setdefault(key, collections.deque(maxlen=_SAME_KEY_CANDIDATES))
+            if session not in same_key:
+                same_key.append(session)
         hop.session_id = session.id
         session.hops.append(hop)
         session.hops.sort(key=lambda h: h.timestamp_start)

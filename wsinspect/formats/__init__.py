@@ -44,7 +44,7 @@ def open_capture(path: str | os.PathLike) -> SessionStore:
                 return SessionStore.open(path)
             if _TNETSTRING_START.match(head):
                 fo.seek(0)
-                return read_flows(path, fo)
+                return _read_from(path, read_flows(path, fo))
             if head.lstrip(_UTF8_BOM + b" \t\r\n").startswith(b"{"):
                 fo.seek(0)
                 if JSONL_FORMAT.encode() in fo.readline():
@@ -53,7 +53,7 @@ def open_capture(path: str | os.PathLike) -> SessionStore:
                         "open the capture, HAR or flow file it was made from"
                     )
                 fo.seek(0)
-                return read_har(path, fo)
+                return _read_from(path, read_har(path, fo))
     except IsADirectoryError:
         raise CaptureError(f"{path}: is a directory, not a capture file") from None
     except FileNotFoundError:
@@ -66,6 +66,11 @@ def open_capture(path: str | os.PathLike) -> SessionStore:
         f"{path}: not a format wsinspect reads "
         "(a wsinspect capture, a mitmproxy flow file or a HAR file)"
     )
+
+
+def _read_from(path: Path, store: SessionStore) -> SessionStore:
+    store.source = path
+    return store
 
 
 @dataclass(slots=True)
@@ -94,7 +99,7 @@ def export(
         known = {s.id for s in store.sessions()}
         missing = [i for i in session_ids if i not in known]
         if missing:
-            where = store.path or "the capture"
+            where = store.source or "the capture"
             raise CaptureError(f"{where}: no session {', '.join(map(str, missing))}")
     store.flush()
     hops = list(hops_to_export(store, session_ids, redact))
@@ -103,9 +108,12 @@ def export(
         sys.stdout.buffer.flush()
     else:
         out = Path(out)
-        if store.path is not None and out.exists() and out.resolve() == store.path.resolve():
+        if store.source is not None and out.exists() and os.path.samefile(out, store.source):
             raise CaptureError(f"{out}: is the capture being exported; choose another file")
-        fd, temporary = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+        try:
+            fd, temporary = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+        except OSError as e:  # name the folder, not the temporary file in it
+            raise OSError(e.errno, e.strerror, str(out.parent)) from None
         try:
             with os.fdopen(fd, "wb") as fo:
                 _write(store, hops, fmt, fo)

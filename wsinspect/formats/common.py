@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from ..model import Hop, Message, MessageStats, MessageType
+from ..model import Hop, Message, MessageStats, MessageType, RecordError
 from ..store import SessionStore
 from .redact import redact_hop
 
@@ -34,6 +34,8 @@ def hop_from_record(
     request_headers: list[tuple[str, str]],
     response_headers: list[tuple[str, str]],
 ) -> Hop:
+    if type(record) is not dict:
+        raise RecordError("wsinspect's hop record is not an object")
     return Hop.from_json(
         {
             **record,
@@ -44,6 +46,18 @@ def hop_from_record(
             "response_headers": response_headers,
         }
     )
+
+
+def checked(hop: Hop, messages: list[Message]) -> tuple[Hop, list[Message]]:
+    """`hop` and `messages` as a reader built them from a file, every field checked: a
+    RecordError names the first that is damaged."""
+    hop.validate()
+    for number, message in enumerate(messages, start=1):
+        try:
+            message.validate()
+        except RecordError as e:
+            raise RecordError(f"message {number}: {e}") from None
+    return hop, messages
 
 
 def add_imported_hop(store: SessionStore, hop: Hop, messages: Iterable[Message]) -> None:

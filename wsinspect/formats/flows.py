@@ -23,13 +23,30 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.websocket import WebSocketData, WebSocketMessage
 from wsproto.frame_protocol import Opcode
 
-from ..model import Close, Hop, Message, MessageType, Outcome
+from ..model import (
+    CLOSE_CODE,
+    COUNT,
+    Close,
+    Hop,
+    Message,
+    MessageType,
+    Outcome,
+    RecordError,
+    field_of,
+    integer,
+    member,
+    mode,
+    optional,
+    payload,
+    tuple_of,
+)
 from ..recorder import ABNORMAL_CLOSURE, _headers, hop_from_request, is_upgrade_attempt
 from ..store import CaptureError, SessionStore
 from .common import (
     TYPES_BY_OPCODE,
     ExportedHop,
     add_imported_hop,
+    checked,
     hop_from_record,
     hop_record,
 )
@@ -137,37 +154,49 @@ def write_flows(store: SessionStore, hops: Iterable[ExportedHop], out: BinaryIO)
 
 def _messages(flow: http.HTTPFlow, extra: dict) -> list[Message]:
     """The flow's messages, with the control frames wsinspect kept aside put back in place."""
-    data = [
-        Message(
-            from_client=m.from_client,
-            type=TYPES_BY_OPCODE[int(m.type)],
-            size=len(m.content),
-            payload=m.content,
-            timestamp=m.timestamp,
-            injected=m.injected,
+    data = []
+    for m in flow.websocket.messages if flow.websocket else []:
+        integer(0, 15)(int(m.type) if isinstance(m.type, int) else m.type, "message opcode")
+        payload(m.content, "message content")
+        if int(m.type) in TYPES_BY_OPCODE:
+            data.append(Message(
+                from_client=m.from_client,
+                type=TYPES_BY_OPCODE[int(m.type)],
+                size=len(m.content),
+                payload=m.content,
+                timestamp=m.timestamp,
+                injected=m.injected,
+            ))
+    control = {}
+    for item in _records(extra, "control", 5):
+        index, from_client, kind, content, timestamp = item
+        COUNT(index, "control frame index")
+        payload(content, "control frame payload")
+        control[index] = Message(
+            from_client=from_client,
+            type=member(MessageType, kind, "control frame type"),
+            size=len(content),
+            payload=content,
+            timestamp=timestamp,
         )
-        for m in (flow.websocket.messages if flow.websocket else [])
-        if int(m.type) in TYPES_BY_OPCODE
-    ]
-    control = {
-        int(index): Message(
-            from_client=bool(from_client),
-            type=MessageType(kind),
-            size=len(payload),
-            payload=bytes(payload),
-            timestamp=float(timestamp),
-        )
-        for index, from_client, kind, payload, timestamp in extra.get("control", [])
-    }
+    total = len(data) + len(control)
+    if any(index >= total for index in control):
+        raise RecordError("a control frame's index is past the last message")
     remaining = iter(data)
-    messages = [
-        control[i] if i in control else next(remaining)
-        for i in range(len(data) + len(control))
-    ]
-    for index, size, sha256 in extra.get("capped", []):
-        messages[int(index)].size = int(size)
-        messages[int(index)].sha256 = sha256
+    messages = [control[i] if i in control else next(remaining) for i in range(total)]
+    for index, size, sha256 in _records(extra, "capped", 3):
+        integer(0, total - 1)(index, "capped message index")
+        messages[index].size = size
+        messages[index].sha256 = sha256
     return messages
+
+
+def _records(extra: dict, key: str, length: int) -> list[tuple]:
+    """wsinspect's list of `length`-item records under `key` of the flow's metadata."""
+    items = field_of(extra, key, "wsinspect's metadata", [])
+    if type(items) is not list:
+        raise RecordError(f"wsinspect's {key} list is not a list")
+    return [tuple_of(item, f"wsinspect's {key} record", length) for item in items]
 
 
 def _end_as_recorded(hop: Hop, flow: http.HTTPFlow) -> None:
@@ -185,6 +214,7 @@ def _end_as_recorded(hop: Hop, flow: http.HTTPFlow) -> None:
         by = "client" if websocket.closed_by_client else "server"
         hop.outcome = Outcome.CLOSED
         hop.timestamp_end = websocket.timestamp_end or hop.timestamp_end
+        optional(CLOSE_CODE)(websocket.close_code, "close code")
         if websocket.close_code == ABNORMAL_CLOSURE:
             hop.close = Close(
                 by=by,
@@ -194,7 +224,7 @@ def _end_as_recorded(hop: Hop, flow: http.HTTPFlow) -> None:
             )
         else:
             hop.close = Close(
-                code=int(websocket.close_code) if websocket.close_code is not None else None,
+                code=websocket.close_code,
                 reason=websocket.close_reason or "",
                 by=by,
                 timestamp=hop.timestamp_end,
@@ -209,6 +239,8 @@ def hop_from_flow(flow: mitmproxy_flow.Flow) -> tuple[Hop, list[Message]] | None
         flow.websocket is None and not is_upgrade_attempt(flow.request)
     ):
         return None
+    if type(flow.metadata) is not dict:  # mitmproxy loads it unchecked
+        raise RecordError("the flow's metadata is not an object")
     record = flow.metadata.get("wsinspect")
     if record:
         hop = hop_from_record(
@@ -216,7 +248,8 @@ def hop_from_flow(flow: mitmproxy_flow.Flow) -> tuple[Hop, list[Message]] | None
             _headers(flow.request.headers),
             _headers(flow.response.headers) if flow.response else [],
         )
-        return hop, _messages(flow, record)
+        return checked(hop, _messages(flow, record))
+    mode(flow.client_conn.proxy_mode.full_spec, "proxy mode")
     hop = hop_from_request(flow)
     if flow.response is not None:
         hop.response_status = flow.response.status_code
@@ -225,7 +258,7 @@ def hop_from_flow(flow: mitmproxy_flow.Flow) -> tuple[Hop, list[Message]] | None
         hop.response_http_version = flow.response.http_version
         hop.timestamp_response = flow.response.timestamp_start
     _end_as_recorded(hop, flow)
-    return hop, _messages(flow, {})
+    return checked(hop, _messages(flow, {}))
 
 
 def _read(path: Path, fo: BinaryIO) -> Iterator[mitmproxy_flow.Flow]:
@@ -254,8 +287,10 @@ def read_flows(path: Path, fo: BinaryIO) -> SessionStore:
     for number, flow in enumerate(_read(path, fo), start=1):
         try:
             read = hop_from_flow(flow)
-        except (KeyError, TypeError, ValueError, IndexError, StopIteration) as e:
-            raise CaptureError(f"{path}: flow {number} has damaged wsinspect data ({e!r})") from None
+        except (ValueError, OverflowError) as e:  # RecordError, and what parsing a field raised
+            raise CaptureError(f"{path}: flow {number} is damaged ({e})") from None
+        except (TypeError, AttributeError) as e:  # mitmproxy loads some of a flow unchecked
+            raise CaptureError(f"{path}: flow {number} is damaged ({type(e).__name__})") from None
         if read is not None:
             add_imported_hop(store, *read)
     store.flush()

@@ -23,13 +23,28 @@ from typing import BinaryIO, TextIO
 from urllib.parse import unquote_plus, urlsplit
 
 from .. import __version__
-from ..model import Close, Hop, Message, Outcome, header_tokens, header_value
+from ..model import (
+    MAX_TIMESTAMP,
+    Close,
+    Hop,
+    Message,
+    Outcome,
+    RecordError,
+    field_of,
+    header_list,
+    header_tokens,
+    header_value,
+    integer,
+    text,
+    timestamp,
+)
 from ..store import CaptureError, SessionStore
 from .common import (
     OPCODES,
     TYPES_BY_OPCODE,
     ExportedHop,
     add_imported_hop,
+    checked,
     hop_from_record,
     hop_record,
 )
@@ -137,13 +152,24 @@ def write_har(store: SessionStore, hops: Iterable[ExportedHop], out: TextIO) -> 
 # ----- reading -------------------------------------------------------------------------------
 
 
-def _timestamp(value) -> float:
-    if isinstance(value, (int, float)):
-        return float(value)
-    moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
+def _timestamp(value: object, what: str) -> float:
+    """Epoch seconds, or an ISO 8601 time as HAR's startedDateTime has."""
+    if type(value) is str:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        value = moment.timestamp()
+    timestamp(value, what)
+    return float(value)
+
+
+def _milliseconds(value: object, what: str) -> float:
+    """A HAR duration ("time"), as seconds; absent or -1 is none."""
+    if value is None or value == -1:
+        return 0.0
+    if type(value) not in (int, float) or not 0 <= value <= MAX_TIMESTAMP:
+        raise RecordError(f"{what} is not a duration in milliseconds")
+    return value / 1000
 
 
 def _ws_url(url: str) -> str:
@@ -153,36 +179,39 @@ def _ws_url(url: str) -> str:
     return url
 
 
-def _message(item: dict, default_time: float) -> Message | None:
-    direction = item["type"]
+def _message(item: object, default_time: float) -> Message | None:
+    direction = field_of(item, "type", "message")
     if direction not in ("send", "receive"):
         return None  # Chrome also lists frame errors here
-    opcode = int(item["opcode"])
+    opcode = field_of(item, "opcode", "message")
+    integer(0, 15)(opcode, "message opcode")
     if opcode not in TYPES_BY_OPCODE:
-        raise ValueError(f"unknown opcode {opcode}")
-    data = item.get("data", "")
-    if opcode == 1 and item.get("_encoding") != "base64":
+        raise RecordError(f"unknown opcode {opcode}")
+    data = field_of(item, "data", "message", "")
+    text(data, "message data")
+    if opcode == 1 and field_of(item, "_encoding", "message", None) != "base64":
         payload = data.encode("utf-8")
     else:
         payload = base64.b64decode(data, validate=True)
+    when = field_of(item, "time", "message", None)
     return Message(
         from_client=direction == "send",
         type=TYPES_BY_OPCODE[opcode],
-        size=int(item.get("_size", len(payload))),
+        size=field_of(item, "_size", "message", len(payload)),
         payload=payload,
-        timestamp=_timestamp(item["time"]) if item.get("time") is not None else default_time,
-        injected=bool(item.get("_injected", False)),
-        sha256=item.get("_sha256"),
+        timestamp=_timestamp(when, "message time") if when is not None else default_time,
+        injected=field_of(item, "_injected", "message", False),
+        sha256=field_of(item, "_sha256", "message", None),
     )
 
 
 def _derived_end(hop: Hop, messages: list[Message], entry: dict) -> None:
     """How a hop ended, for HAR files without wsinspect's record of it."""
-    response = entry.get("response") or {}
-    hop.error = response.get("_error") or None
+    response = field_of(entry, "response", "HAR entry", None) or {}
+    hop.error = field_of(response, "_error", "response", None) or None
     if hop.response_status is None:
         hop.outcome = Outcome.FAILED
-        hop.timestamp_end = hop.timestamp_start + float(entry.get("time") or 0) / 1000
+        hop.timestamp_end = hop.timestamp_start + _milliseconds(entry.get("time"), "entry time")
     elif hop.response_status != 101:
         hop.outcome = Outcome.REJECTED
         hop.timestamp_end = hop.timestamp_response
@@ -197,69 +226,95 @@ def _derived_end(hop: Hop, messages: list[Message], entry: dict) -> None:
             )
 
 
-def _headers(items) -> list[tuple[str, str]]:
-    return [(str(h["name"]), str(h["value"])) for h in items or []]
+def _headers(items: object, what: str) -> list[tuple[str, str]]:
+    if items is None:
+        return []
+    if type(items) is not list:
+        raise RecordError(f"{what} is not a list")
+    pairs = [
+        (field_of(h, "name", f"{what} {n}"), field_of(h, "value", f"{what} {n}"))
+        for n, h in enumerate(items, start=1)
+    ]
+    header_list(pairs, what)
+    return pairs
+
+
+def _optional_text(record: object, key: str, what: str) -> str:
+    """A text field that may be absent or null (as empty)."""
+    value = field_of(record, key, what, None)
+    if value is None:
+        return ""
+    text(value, f"{what} {key}")
+    return value
 
 
 def _derived_hop(entry: dict, url: str, headers, response_headers) -> Hop:
     """A hop from a HAR entry's standard fields, as Chrome and mitmproxy write them."""
-    request, response = entry["request"], entry.get("response") or {}
-    start = _timestamp(entry["startedDateTime"])
-    status = int(response.get("status") or 0) or None
-    http_version = str(request.get("httpVersion") or "")
+    request = field_of(entry, "request", "HAR entry")
+    response = field_of(entry, "response", "HAR entry", None) or {}
+    start = _timestamp(field_of(entry, "startedDateTime", "HAR entry"), "startedDateTime")
+    status = field_of(response, "status", "response", 0)
+    integer(0, 999)(status, "response status")
+    http_version = _optional_text(request, "httpVersion", "request")
     split = urlsplit(url)
     target = (split.path or "/") + (f"?{split.query}" if split.query else "")
     server_addr = None
-    if entry.get("serverIPAddress"):  # HAR has no port: the URL's is the best guess
-        port = split.port or _DEFAULT_PORTS.get(split.scheme, 80)
-        server_addr = (str(entry["serverIPAddress"]).strip("[]"), port)
+    if address := _optional_text(entry, "serverIPAddress", "HAR entry"):
+        # HAR has no port: the URL's is the best guess
+        server_addr = (address.strip("[]"), split.port or _DEFAULT_PORTS.get(split.scheme, 80))
+    waited = _milliseconds(field_of(entry, "time", "HAR entry", None), "entry time")
     return Hop(
         mode=HAR_MODE,
         url=url,
-        request_line=f"{request.get('method') or 'GET'} {target} {http_version}",
+        request_line=f"{_optional_text(request, 'method', 'request') or 'GET'} {target} "
+        f"{http_version}",
         http_version=http_version,
         request_headers=headers,
         timestamp_start=start,
         server_addr=server_addr,
-        response_status=status,
-        response_reason=str(response.get("statusText") or ""),
+        response_status=status or None,
+        response_reason=_optional_text(response, "statusText", "response"),
         response_headers=response_headers,
-        response_http_version=(str(response.get("httpVersion") or "") or None) if status else None,
-        timestamp_response=start + float(entry.get("time") or 0) / 1000 if status else None,
+        response_http_version=(_optional_text(response, "httpVersion", "response") or None)
+        if status
+        else None,
+        timestamp_response=start + waited if status else None,
     )
 
 
-def _problem(error: Exception) -> str:
-    return f"no {error} field" if isinstance(error, KeyError) else str(error)
-
-
-def hop_from_entry(entry: dict) -> tuple[Hop, list[Message]] | None:
-    request = entry["request"]
-    headers = _headers(request.get("headers"))
-    url = str(request["url"])
+def hop_from_entry(entry: object) -> tuple[Hop, list[Message]] | None:
+    request = field_of(entry, "request", "HAR entry")
+    headers = _headers(field_of(request, "headers", "request", None), "request header")
+    url = field_of(request, "url", "request")
+    text(url, "request url")
+    kind = field_of(entry, "_resourceType", "HAR entry", None)
+    items = field_of(entry, "_webSocketMessages", "HAR entry", None) or []
     if not (
-        entry.get("_resourceType") == "websocket"
-        or entry.get("_webSocketMessages")
+        kind == "websocket"
+        or items
         or "websocket" in header_tokens(headers, "Upgrade")
         or url.startswith(("ws://", "wss://"))
     ):
         return None
-    response_headers = _headers((entry.get("response") or {}).get("headers"))
-    record = entry.get("_wsinspect")
+    response = field_of(entry, "response", "HAR entry", None) or {}
+    response_headers = _headers(field_of(response, "headers", "response", None), "response header")
+    record = field_of(entry, "_wsinspect", "HAR entry", None)
     if record:
         hop = hop_from_record(record, headers, response_headers)
     else:
         hop = _derived_hop(entry, _ws_url(url), headers, response_headers)
+    if type(items) is not list:
+        raise RecordError("_webSocketMessages is not a list")
     messages = []
-    for number, item in enumerate(entry.get("_webSocketMessages") or [], start=1):
+    for number, item in enumerate(items, start=1):
         try:
             if (message := _message(item, hop.timestamp_start)) is not None:
                 messages.append(message)
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ValueError(f"message {number}: {_problem(e)}") from None
+        except ValueError as e:
+            raise RecordError(f"message {number}: {e}") from None
     if not record:
         _derived_end(hop, messages, entry)
-    return hop, messages
+    return checked(hop, messages)
 
 
 def read_har(path: Path, fo: BinaryIO) -> SessionStore:
@@ -269,6 +324,8 @@ def read_har(path: Path, fo: BinaryIO) -> SessionStore:
         document = json.loads(fo.read().decode("utf-8-sig"))
     except UnicodeDecodeError as e:
         raise CaptureError(f"{path}: not UTF-8 JSON ({e.reason} at byte {e.start})") from None
+    except RecursionError:
+        raise CaptureError(f"{path}: JSON nested too deeply to be a HAR file") from None
     except ValueError as e:
         raise CaptureError(f"{path}: not valid JSON, truncated or damaged ({e})") from None
     log = document.get("log") if isinstance(document, dict) else None
@@ -280,8 +337,8 @@ def read_har(path: Path, fo: BinaryIO) -> SessionStore:
         entry, entries[number] = entries[number], None
         try:
             read = hop_from_entry(entry)
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise CaptureError(f"{path}: HAR entry {number + 1} is damaged ({_problem(e)})") from None
+        except (ValueError, OverflowError) as e:  # RecordError, and what parsing a field raised
+            raise CaptureError(f"{path}: HAR entry {number + 1} is damaged ({e})") from None
         if read is not None:
             add_imported_hop(store, *read)
     store.flush()

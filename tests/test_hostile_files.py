@@ -1,0 +1,437 @@
+"""Files made to break the readers: wrong types, Infinity, 400-digit numbers, deep JSON, a
+text payload where bytes belong, SQLite captures with views, triggers and huge "payloads",
+flow files with a crafted proxy mode. Each gets one line naming the file and exit 2 from
+`report` and `export`. Captures are read without writing beside them, also on a read-only
+mount."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import resource
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from mitmproxy.io import tnetstring
+
+from wsinspect import formats
+from wsinspect.cli import main
+from wsinspect.formats.common import add_imported_hop
+from wsinspect.model import CLOSE_FIELDS, HOP_FIELDS, MESSAGE_FIELDS, STATS_FIELDS, Close, Hop
+from wsinspect.model import Message, MessageStats, MessageType
+from wsinspect.store import QUERY_SECONDS, CaptureError, SessionStore
+
+from .test_formats import make_hop
+
+BIN = Path(sys.executable).parent
+MESSAGES = [
+    Message(True, MessageType.TEXT, 2, b"hi", 1000.5),
+    Message(False, MessageType.PING, 4, b"ping", 1000.6),
+    Message(False, MessageType.BINARY, 3, b"\x00\x01\x02", 1000.7),
+]
+
+
+def valid_capture(path: Path) -> Path:
+    store = SessionStore(path)
+    add_imported_hop(store, make_hop(), [dataclasses.replace(m) for m in MESSAGES])
+    store.close()
+    return path
+
+
+# ----- crafted files ---------------------------------------------------------------------------
+
+
+def har_file(tmp_path: Path, change: Callable[[dict], None], plain: bool = True) -> Path:
+    """An exported HAR (without wsinspect's record when `plain`), changed by `change`."""
+    source = formats.open_capture(valid_capture(tmp_path / "source.db"))
+    formats.export(source, tmp_path / "valid.har", "har", redact=False)
+    document = json.loads((tmp_path / "valid.har").read_text())
+    entry = document["log"]["entries"][0]
+    if plain:
+        del entry["_wsinspect"]
+    change(entry)
+    path = tmp_path / "crafted.har"
+    path.write_text(json.dumps(document))
+    return path
+
+
+def capture_file(tmp_path: Path, *statements: str, parameters: tuple = ()) -> Path:
+    path = valid_capture(tmp_path / "crafted.db")
+    with sqlite3.connect(path) as db:
+        for statement in statements:
+            db.execute(statement, parameters if "?" in statement else ())
+    db.close()
+    return path
+
+
+def hop_record_change(change: Callable[[dict], None]) -> Callable[[Path], Path]:
+    def make(tmp_path: Path) -> Path:
+        path = valid_capture(tmp_path / "crafted.db")
+        with sqlite3.connect(path) as db:
+            (data,) = db.execute("SELECT data FROM hops").fetchone()
+            record = json.loads(data)
+            change(record)
+            db.execute("UPDATE hops SET data=?", (json.dumps(record),))
+        db.close()
+        return path
+
+    return make
+
+
+def flow_file(tmp_path: Path, change: Callable[[dict], None], plain: bool = False) -> Path:
+    source = formats.open_capture(valid_capture(tmp_path / "source.db"))
+    formats.export(source, tmp_path / "valid.mitm", "flows", redact=False)
+    with open(tmp_path / "valid.mitm", "rb") as fo:
+        state = tnetstring.load(fo)
+    if plain:
+        del state["metadata"]["wsinspect"]
+    change(state)
+    path = tmp_path / "crafted.mitm"
+    with open(path, "wb") as fo:
+        tnetstring.dump(state, fo)
+    return path
+
+
+def setting(*keys, value) -> Callable[[dict], None]:
+    def change(record: dict) -> None:
+        for key in keys[:-1]:
+            record = record[key]
+        record[keys[-1]] = value
+
+    return change
+
+
+def nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+CRAFTED: dict[str, Callable[[Path], Path]] = {
+    # HAR, standard fields
+    "har status as text": lambda p: har_file(p, setting("response", "status", value="101")),
+    "har start 1e300": lambda p: har_file(p, setting("startedDateTime", value=1e300)),
+    "har start Infinity": lambda p: har_file(p, setting("startedDateTime", value=float("inf"))),
+    "har start year 9999": lambda p: har_file(
+        p, setting("startedDateTime", value="9999-12-31T23:59:59+00:00")
+    ),
+    "har time NaN": lambda p: har_file(p, setting("time", value=float("nan"))),
+    "har 400-digit size": lambda p: har_file(
+        p, setting("_webSocketMessages", 0, "_size", value=10**400)
+    ),
+    "har 400-digit message time": lambda p: har_file(
+        p, setting("_webSocketMessages", 0, "time", value=10**400)
+    ),
+    "har binary data not base64": lambda p: har_file(
+        p, setting("_webSocketMessages", 2, "data", value="not base64 at all!")
+    ),
+    "har text data as a number": lambda p: har_file(
+        p, setting("_webSocketMessages", 0, "data", value=12345)
+    ),
+    "har header value a number": lambda p: har_file(
+        p, setting("request", "headers", 0, "value", value=5)
+    ),
+    "har header value nested 500 deep": lambda p: har_file(
+        p, setting("request", "headers", 0, "value", value=nested(500))
+    ),
+    "har message a list": lambda p: har_file(p, setting("_webSocketMessages", 0, value=[1, 2])),
+    "har messages an object": lambda p: har_file(p, setting("_webSocketMessages", value={"a": 1})),
+    "har url a list": lambda p: har_file(p, setting("request", "url", value=["ws://x/"])),
+    "har payload longer than its size": lambda p: har_file(
+        p, setting("_webSocketMessages", 0, "_size", value=1)
+    ),
+    # HAR, wsinspect's record
+    "har record outcome a list": lambda p: har_file(
+        p, setting("_wsinspect", "outcome", value=nested(300)), plain=False
+    ),
+    "har record start 1e300": lambda p: har_file(
+        p, setting("_wsinspect", "timestamp_start", value=1e300), plain=False
+    ),
+    "har record close code 400 digits": lambda p: har_file(
+        p, setting("_wsinspect", "close", "code", value=10**400), plain=False
+    ),
+    "har record mode with escapes": lambda p: har_file(
+        p, setting("_wsinspect", "mode", value="regular\x1b]0;pwned\x07\x1b[2J"), plain=False
+    ),
+    "har record client_addr a number": lambda p: har_file(
+        p, setting("_wsinspect", "client_addr", value=7), plain=False
+    ),
+    "har record close not an object": lambda p: har_file(
+        p, setting("_wsinspect", "close", value="x"), plain=False
+    ),
+    # deep JSON documents
+    "har nested 100000 deep": lambda p: (
+        (p / "deep.har").write_text('{"log": {"entries": [' + "[" * 100_000 + "]" * 100_000 + "]}}"),
+        p / "deep.har",
+    )[1],
+    # wsinspect captures: hop records
+    "capture status as text": hop_record_change(setting("response_status", value="200")),
+    "capture start Infinity": hop_record_change(setting("timestamp_start", value=float("inf"))),
+    "capture 400-digit stats": hop_record_change(setting("stats", "bytes", value=10**400)),
+    "capture headers not pairs": hop_record_change(setting("request_headers", value=[[1, 2, 3]])),
+    "capture record a list": hop_record_change(lambda r: r.clear() or r.update({"x": nested(200)})),
+    "capture record nested 100000 deep": lambda p: capture_file(
+        p, "UPDATE hops SET data=?", parameters=("[" * 100_000 + "]" * 100_000,)
+    ),
+    "capture record a blob": lambda p: capture_file(
+        p, "UPDATE hops SET data=CAST(data AS BLOB)"
+    ),
+    # wsinspect captures: the schema
+    "capture hops an endless recursive view": lambda p: capture_file(
+        p,
+        "DROP TABLE hops",
+        "CREATE VIEW hops AS WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) "
+        "SELECT i AS id, i AS session_id, '{}' AS data FROM r",
+    ),
+    "capture meta an endless recursive view": lambda p: capture_file(
+        p,
+        "DROP TABLE meta",
+        "CREATE VIEW meta AS WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) "
+        "SELECT 'format' AS key, 'x' AS value FROM r WHERE i < 0",
+    ),
+    "capture with a trigger": lambda p: capture_file(
+        p, "CREATE TRIGGER t AFTER INSERT ON meta BEGIN DELETE FROM hops; END"
+    ),
+    "capture with a generated payload": lambda p: capture_file(
+        p,
+        "DROP TABLE messages",
+        "CREATE TABLE messages (hop_id INTEGER NOT NULL, idx INTEGER NOT NULL, "
+        "from_client INTEGER NOT NULL, type TEXT NOT NULL, size INTEGER NOT NULL, "
+        "timestamp REAL NOT NULL, injected INTEGER NOT NULL, sha256 TEXT, "
+        "payload BLOB GENERATED ALWAYS AS (zeroblob(900000000)))",
+    ),
+}
+# Damage in message rows, which only reading messages (export, the app) meets.
+CRAFTED_MESSAGES: dict[str, Callable[[Path], Path]] = {
+    "capture payload the integer 2000000000": lambda p: capture_file(
+        p, "UPDATE messages SET payload=2000000000"
+    ),
+    "capture payload text": lambda p: capture_file(p, "UPDATE messages SET payload='text'"),
+    "capture negative size": lambda p: capture_file(p, "UPDATE messages SET size=-5"),
+    "capture timestamp text": lambda p: capture_file(p, "UPDATE messages SET timestamp='now'"),
+    "capture unknown type": lambda p: capture_file(p, "UPDATE messages SET type='evil'"),
+    "capture from_client 7": lambda p: capture_file(p, "UPDATE messages SET from_client=7"),
+}
+CRAFTED_FLOWS: dict[str, Callable[[Path], Path]] = {
+    "flows proxy mode with escapes": lambda p: flow_file(
+        p, setting("client_conn", "proxy_mode", value="local:\x1b]0;pwned\x07"), plain=True
+    ),
+    "flows control payload the integer 2000000000": lambda p: flow_file(
+        p, setting("metadata", "wsinspect", "control", value=[[1, False, "ping", 2_000_000_000, 1.0]])
+    ),
+    "flows control index past the end": lambda p: flow_file(
+        p, setting("metadata", "wsinspect", "control", value=[[10**6, False, "ping", b"p", 1.0]])
+    ),
+    "flows control not a list": lambda p: flow_file(
+        p, setting("metadata", "wsinspect", "control", value=5)
+    ),
+    "flows capped index out of range": lambda p: flow_file(
+        p, setting("metadata", "wsinspect", "capped", value=[[-1, 5, "0" * 64]])
+    ),
+    "flows record status as text": lambda p: flow_file(
+        p, setting("metadata", "wsinspect", "response_status", value="101")
+    ),
+    "flows record mode with escapes": lambda p: flow_file(
+        p, setting("metadata", "wsinspect", "mode", value="regular\x1b[2J")
+    ),
+    "flows close code 400 digits": lambda p: flow_file(
+        p, setting("websocket", "close_code", value=10**40), plain=True
+    ),
+}
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, out: str, err: str, path: Path) -> None:
+    assert code == 2, (out, err)
+    assert err.startswith(f"wsinspect: {path}: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", sorted({**CRAFTED, **CRAFTED_FLOWS}))
+def test_crafted_files_get_one_line_and_exit_2(tmp_path, capsys, name):
+    path = {**CRAFTED, **CRAFTED_FLOWS}[name](tmp_path)
+    assert_one_line_error(*run_cli(capsys, "report", str(path)), path)
+    assert_one_line_error(*run_cli(capsys, "report", "--json", str(path)), path)
+    out = tmp_path / "out.har"
+    assert_one_line_error(*run_cli(capsys, "export", str(path), "-o", str(out)), path)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name", sorted(CRAFTED_MESSAGES))
+def test_damaged_message_rows_get_one_line_from_export_without_a_big_allocation(
+    tmp_path, capsys, name
+):
+    path = CRAFTED_MESSAGES[name](tmp_path)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for fmt in ("har", "mitm", "jsonl"):
+        code, out, err = run_cli(capsys, "export", str(path), "-o", str(tmp_path / f"out.{fmt}"))
+        assert_one_line_error(code, out, err, path)
+        assert "its messages cannot be read" in err
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 100 * 1024  # 2000000000 was allocated as bytes(2000000000) before
+    assert list(tmp_path.glob("*out.*")) == []
+
+
+def test_every_record_field_has_a_rule():
+    """A field added to the model without a rule would reach the program unchecked."""
+    for cls, rules in ((Hop, HOP_FIELDS), (Message, MESSAGE_FIELDS), (Close, CLOSE_FIELDS),
+                       (MessageStats, STATS_FIELDS)):
+        assert set(rules) == set(cls.__dataclass_fields__), cls
+
+
+def test_a_query_running_over_its_time_is_interrupted(tmp_path, monkeypatch):
+    """The progress handler: a query on a capture opened for reading is stopped after
+    QUERY_SECONDS (shortened here) instead of running forever."""
+    store = SessionStore.open(valid_capture(tmp_path / "c.db"))
+    monkeypatch.setattr("wsinspect.store.QUERY_SECONDS", 0.2)
+    endless = "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) SELECT max(i) FROM r"
+    with pytest.raises(CaptureError, match=r"^reading it took over 0.2 s$"):
+        store._query(endless)
+    assert QUERY_SECONDS == 10.0
+
+
+def test_a_recursive_view_capture_does_not_hang_the_real_command(tmp_path):
+    path = CRAFTED["capture hops an endless recursive view"](tmp_path)
+    for command in (["report"], ["open"], ["export", "-o", str(tmp_path / "x.har")], ["replay"]):
+        args = [str(BIN / "wsinspect"), command[0], str(path), *command[1:]]
+        if command == ["replay"]:
+            args.append("1")
+        result = subprocess.run(args, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2, (command, result.stderr)
+        assert result.stderr == (
+            f"wsinspect: {path}: not a wsinspect capture (unexpected view in its schema)\n"
+        )
+
+
+# ----- captures are read without writing beside them -------------------------------------------
+
+
+def killed_writer_capture(folder: Path) -> Path:
+    """A capture whose writer was killed: its -wal holds every session, not yet folded in."""
+    path = folder / "killed.db"
+    script = (
+        "import os, sys\n"
+        "from wsinspect.formats.common import add_imported_hop\n"
+        "from wsinspect.store import SessionStore\n"
+        "from tests.test_hostile_files import MESSAGES\n"
+        "from tests.test_formats import make_hop\n"
+        f"store = SessionStore({str(path)!r})\n"
+        "add_imported_hop(store, make_hop(), MESSAGES)\n"
+        "store.flush()\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent.parent,
+                   timeout=60)
+    assert path.with_name("killed.db-wal").stat().st_size > 0
+    return path
+
+
+def digests(folder: Path) -> dict[str, str | None]:
+    """The files in `folder` with their content's digest; a -shm's content is SQLite's shared
+    index, which readers update, so only its presence counts."""
+    return {
+        p.name: None if p.name.endswith("-shm") else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.iterdir())
+    }
+
+
+def test_read_only_commands_leave_a_killed_writers_wal_alone(tmp_path, capsys):
+    folder = tmp_path / "captures"
+    folder.mkdir()
+    path = killed_writer_capture(folder)
+    before = digests(folder)
+    assert set(before) == {"killed.db", "killed.db-wal", "killed.db-shm"}
+    code, out, _ = run_cli(capsys, "report", str(path))
+    assert code == 0 and "1 session(s)" in out
+    assert run_cli(capsys, "export", str(path), "-o", str(tmp_path / "x.jsonl"))[0] == 0
+    assert len((tmp_path / "x.jsonl").read_text().splitlines()) == len(MESSAGES)
+    store = SessionStore.open(path)
+    assert [m.payload for m in store.iter_messages(1)] == [m.payload for m in MESSAGES]
+    store.close()
+    assert digests(folder) == before
+
+
+def on_read_only_mount(folder: Path, *command: str) -> subprocess.CompletedProcess:
+    """Run `command` with `folder` bind-mounted read-only over itself, in a mount namespace of
+    its own (the mount vanishes with it)."""
+    script = 'mount --bind -o ro "$1" "$1" && shift && exec "$@"'
+    return subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, "sh", str(folder), *command],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+@pytest.mark.parametrize("killed", [False, True], ids=["closed", "killed writer"])
+def test_captures_on_a_read_only_mount_are_read(tmp_path, killed):
+    folder = tmp_path / "captures"
+    folder.mkdir()
+    path = killed_writer_capture(folder) if killed else valid_capture(folder / "closed.db")
+    before = digests(folder)
+    probe = on_read_only_mount(folder, "touch", str(folder / "probe"))
+    assert probe.returncode != 0 and "Read-only file system" in probe.stderr
+    report = on_read_only_mount(folder, str(BIN / "wsinspect"), "report", str(path))
+    assert report.returncode == 0, report.stderr
+    assert "1 session(s)" in report.stdout and "#1 wss://api.example/ws" in report.stdout
+    export = on_read_only_mount(
+        folder, str(BIN / "wsinspect"), "export", str(path), "-o", str(tmp_path / "x.jsonl")
+    )
+    assert export.returncode == 0, export.stderr
+    assert len((tmp_path / "x.jsonl").read_text().splitlines()) == len(MESSAGES)
+    assert digests(folder) == before
+
+
+@pytest.mark.parametrize("planted", ["-shm", "-wal"])
+def test_a_planted_symlink_beside_a_new_capture_is_one_line(tmp_path, planted):
+    target = tmp_path / "target"
+    capture = tmp_path / "new.db"
+    (tmp_path / f"new.db{planted}").symlink_to(target)
+    result = subprocess.run(
+        [str(BIN / "wsinspect"), "--headless", "-w", str(capture), "--listen-port", "0",
+         "--confdir", str(tmp_path / "confdir")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"wsinspect: {capture}: cannot be created as a capture (unable to open database file)"
+    ]
+    assert not target.exists() and not capture.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"new.db{planted}"]
+
+
+# ----- export does not replace its input, and names what is missing ---------------------------
+
+
+@pytest.mark.parametrize("suffix", [".har", ".mitm", ".db"])
+def test_export_refuses_to_replace_its_input(tmp_path, capsys, suffix):
+    capture = valid_capture(tmp_path / "source.db")
+    path = capture if suffix == ".db" else tmp_path / f"input{suffix}"
+    if suffix != ".db":
+        formats.export(formats.open_capture(capture), path, suffix.lstrip(".").replace("mitm", "flows"),
+                       redact=False)
+    before = path.read_bytes()
+    for out in (path, tmp_path / "link"):
+        if out.name == "link":
+            out.symlink_to(path)
+        code, _, err = run_cli(capsys, "export", str(path), "--format", "har", "-o", str(out))
+        assert code == 2
+        assert err == f"wsinspect: {out}: is the capture being exported; choose another file\n"
+    assert path.read_bytes() == before
+
+
+def test_export_into_a_missing_folder_names_the_folder(tmp_path, capsys):
+    capture = valid_capture(tmp_path / "c.db")
+    out = tmp_path / "missing" / "x.har"
+    code, _, err = run_cli(capsys, "export", str(capture), "-o", str(out))
+    assert code == 2
+    assert err == f"wsinspect: {tmp_path / 'missing'}: cannot write (No such file or directory)\n"
