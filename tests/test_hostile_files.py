@@ -353,7 +353,7 @@ def test_read_only_commands_leave_a_killed_writers_wal_alone(tmp_path, capsys):
     before = digests(folder)
     assert set(before) == {"killed.db", "killed.db-wal", "killed.db-shm"}
     code, out, _ = run_cli(capsys, "report", str(path))
-    assert code == 0 and "1 session(s)" in out
+    assert code == 0 and "1 session\n" in out
     assert run_cli(capsys, "export", str(path), "-o", str(tmp_path / "x.jsonl"))[0] == 0
     assert len((tmp_path / "x.jsonl").read_text().splitlines()) == len(MESSAGES)
     store = SessionStore.open(path)
@@ -382,7 +382,7 @@ def test_captures_on_a_read_only_mount_are_read(tmp_path, killed):
     assert probe.returncode != 0 and "Read-only file system" in probe.stderr
     report = on_read_only_mount(folder, str(BIN / "wsinspect"), "report", str(path))
     assert report.returncode == 0, report.stderr
-    assert "1 session(s)" in report.stdout and "#1 wss://api.example/ws" in report.stdout
+    assert "1 session\n" in report.stdout and "#1 wss://api.example/ws" in report.stdout
     export = on_read_only_mount(
         folder, str(BIN / "wsinspect"), "export", str(path), "-o", str(tmp_path / "x.jsonl")
     )

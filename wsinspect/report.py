@@ -8,11 +8,18 @@ from __future__ import annotations
 import time
 
 from . import diagnosis
+from .formats.redact import redact_text
 from .model import Hop, MessageType, Session
 from .store import SessionStore
 from .text import printable  # also imported from here by modules older than wsinspect.text
 
 REPORT_FORMAT = "wsinspect-report/1"
+
+
+def _error(text: str | None) -> str | None:
+    """An error text as the report shows it: a refused request's error quotes its whole request
+    line, so the URLs in it are masked as exports mask URLs (the capture keeps it whole)."""
+    return redact_text(text) if text else text
 
 
 def hop_json(hop: Hop, position: int) -> dict:
@@ -28,7 +35,7 @@ def hop_json(hop: Hop, position: int) -> dict:
         "response_reason": hop.response_reason,
         "response_headers": [[k, v] for k, v in hop.response_headers],
         "outcome": hop.outcome.value,
-        "error": hop.error,
+        "error": _error(hop.error),
         "answered_by": hop.answered_by,
         "timestamp_start": hop.timestamp_start,
         "timestamp_end": hop.timestamp_end,
@@ -57,12 +64,12 @@ def session_json(session: Session) -> dict:
             "reason": close.reason if close else "",
             "by": close.by if close else None,
             "abnormal": close.abnormal if close else False,
-            "abnormal_reason": close.abnormal_reason if close else None,
+            "abnormal_reason": _error(close.abnormal_reason) if close else None,
             "offender": close.offender if close else None,
             "told_client": list(close.told_client) if close and close.told_client else None,
             "told_server": list(close.told_server) if close and close.told_server else None,
         },
-        "error": session.first_hop.error,
+        "error": _error(session.first_hop.error),
         "findings": [f.to_json() for f in diagnosis.diagnose(session)],
     }
 
@@ -91,12 +98,12 @@ def _size(n: int) -> str:
 def close_text(session: Session) -> str:
     close = session.close
     if close is None:
-        return session.first_hop.error or ""
+        return _error(session.first_hop.error) or ""
     if close.abnormal:
         survivor = {"client": "server", "server": "client"}.get(close.by or "")
         told = getattr(close, f"told_{survivor}") if survivor else None
         told_text = f"; the {survivor} was told {told[0]}" if told else ""
-        return f"abnormal: {close.abnormal_reason}{told_text}"
+        return f"abnormal: {_error(close.abnormal_reason)}{told_text}"
     reason = f" {close.reason!r}" if close.reason else ""
     offender = f" (the {close.offender} broke the protocol)" if close.offender else ""
     return f"{close.code}{reason} by {close.by}{offender}"
@@ -129,7 +136,7 @@ def session_text(session: Session) -> list[str]:
         answer = (
             f"{hop.response_status} {hop.response_reason}"
             if hop.response_status is not None
-            else (hop.error or "no response")
+            else (_error(hop.error) or "no response")
         )
         lines.append(f"  hop {i} [{hop.mode}]{destination(hop)} {hop.request_line} -> {answer}")
     by_type = ", ".join(f"{t} {n}" for t, n in sorted(stats.by_type.items()))

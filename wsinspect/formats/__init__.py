@@ -20,7 +20,6 @@ from pathlib import Path
 
 from ..store import CaptureError, SessionStore
 from .common import hops_to_export
-from .flows import read_flows, write_flows
 from .har import read_har, write_har
 from .jsonl import JSONL_FORMAT, write_jsonl
 
@@ -43,6 +42,8 @@ def open_capture(path: str | os.PathLike) -> SessionStore:
                 fo.close()
                 return SessionStore.open(path)
             if _TNETSTRING_START.match(head):
+                from .flows import read_flows  # loads mitmproxy: only for a flow file
+
                 fo.seek(0)
                 return _read_from(path, read_flows(path, fo))
             if head.lstrip(_UTF8_BOM + b" \t\r\n").startswith(b"{"):
@@ -131,6 +132,8 @@ def export(
 def _write(store: SessionStore, hops, fmt: str, fo) -> None:
     # Damaged message records surface as the store's CaptureError.
     if fmt == "flows":
+        from .flows import write_flows  # loads mitmproxy: only for a flow file
+
         write_flows(store, hops, fo)
         return
     text = io.TextIOWrapper(fo, encoding="utf-8", newline="\n")
