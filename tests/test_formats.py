@@ -650,6 +650,13 @@ def test_tokens_in_subprotocols_nameless_cookies_and_error_texts_are_redacted(tm
     assert redacted.close.abnormal_reason == f"lost http://u:{MASK}@h/"
     kept = SessionStore.open(capture).sessions()[0].first_hop  # the capture keeps it all
     assert kept.error == hop.error and dict(kept.request_headers)["Cookie"].endswith(SECRET)
+    # report masks error texts as exports do (URLs and request lines it shows as recorded)
+    code, printed, _ = run_cli(capsys, "report", str(capture))
+    assert code == 0 and f"end: abnormal: lost http://u:{MASK}@h/" in printed
+    code, printed, _ = run_cli(capsys, "report", str(capture), "--json")
+    (reported,) = json.loads(printed)["sessions"]
+    assert reported["error"] == reported["hops"][0]["error"] == redacted.error
+    assert reported["close"]["abnormal_reason"] == redacted.close.abnormal_reason
 
 
 def test_redact_text_masks_urls_wherever_they_sit():
