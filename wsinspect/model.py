@@ -20,6 +20,9 @@ class MessageType(str, Enum):
     CLOSE = "close"
 
 
+MAX_VIOLATIONS = 100  # per hop; a peer that breaks every frame does not grow the record
+
+
 class Outcome(str, Enum):
     """How a handshake turned out, as the client on that hop experienced it."""
 
@@ -70,6 +73,7 @@ class Message:
     injected: bool = False
     sha256: str | None = None  # set when the payload was capped, to identify the full one
     index: int = -1  # position within its hop, assigned by the store
+    rtt: float | None = None  # a pong's: seconds since the ping it answers
 
     @property
     def truncated(self) -> bool:
@@ -91,6 +95,16 @@ class Message:
         return code, self.payload[2:].decode("utf-8", errors="replace")
 
 
+@dataclass(frozen=True, slots=True)
+class RttSummary:
+    """Round-trip times of a session's answered pings, in seconds."""
+
+    count: int
+    min: float
+    mean: float
+    max: float
+
+
 @dataclass(slots=True)
 class MessageStats:
     from_client: int = 0
@@ -98,6 +112,18 @@ class MessageStats:
     bytes: int = 0
     by_type: dict[str, int] = field(default_factory=dict)
     last_timestamp: float | None = None
+    rtt_count: int = 0
+    rtt_total: float = 0.0
+    rtt_min: float | None = None
+    rtt_max: float | None = None
+
+    @property
+    def ping_rtt(self) -> RttSummary | None:
+        if not self.rtt_count:
+            return None
+        return RttSummary(
+            self.rtt_count, self.rtt_min, self.rtt_total / self.rtt_count, self.rtt_max
+        )
 
     @property
     def count(self) -> int:
@@ -111,6 +137,11 @@ class MessageStats:
         self.bytes += message.size
         self.by_type[message.type.value] = self.by_type.get(message.type.value, 0) + 1
         self.last_timestamp = message.timestamp
+        if message.rtt is not None:
+            self.rtt_count += 1
+            self.rtt_total += message.rtt
+            self.rtt_min = message.rtt if self.rtt_min is None else min(self.rtt_min, message.rtt)
+            self.rtt_max = message.rtt if self.rtt_max is None else max(self.rtt_max, message.rtt)
 
     def to_json(self) -> dict:
         return {
@@ -119,6 +150,7 @@ class MessageStats:
             "bytes": self.bytes,
             "by_type": dict(self.by_type),
             "last_timestamp": self.last_timestamp,
+            "rtt": [self.rtt_count, self.rtt_total, self.rtt_min, self.rtt_max],
         }
 
     @classmethod
@@ -129,7 +161,36 @@ class MessageStats:
             bytes=data["bytes"],
             by_type=dict(data["by_type"]),
             last_timestamp=data.get("last_timestamp"),
+            **dict(zip(("rtt_count", "rtt_total", "rtt_min", "rtt_max"), data.get("rtt", ()))),
         )
+
+
+@dataclass(slots=True)
+class Violation:
+    """A frame that breaks RFC 6455, as the raw relay saw (and passed on) it."""
+
+    from_client: bool
+    rule: str  # the section and the rule in words
+    detail: str
+    opcode: int | None
+    timestamp: float
+
+    @property
+    def sender(self) -> str:
+        return "client" if self.from_client else "server"
+
+    def to_json(self) -> dict:
+        return {
+            "from_client": self.from_client,
+            "rule": self.rule,
+            "detail": self.detail,
+            "opcode": self.opcode,
+            "timestamp": self.timestamp,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Violation:
+        return cls(**data)
 
 
 @dataclass(slots=True)
@@ -151,6 +212,10 @@ class Close:
     offender: str | None = None
     told_client: tuple[int | None, str] | None = None
     told_server: tuple[int | None, str] | None = None
+    # Under the raw relay: how each side's connection ended, "fin" or "reset" (None: the
+    # proxy closed it, passing on the other side's reset); each side received the other's.
+    client_end: str | None = None
+    server_end: str | None = None
 
     def to_json(self) -> dict:
         return {
@@ -163,6 +228,8 @@ class Close:
             "offender": self.offender,
             "told_client": list(self.told_client) if self.told_client else None,
             "told_server": list(self.told_server) if self.told_server else None,
+            "client_end": self.client_end,
+            "server_end": self.server_end,
         }
 
     @classmethod
@@ -199,6 +266,8 @@ class Hop:
     # "proxy" when this listener's proxy answered the handshake itself (it refused the request)
     answered_by: str | None = None
     replay_of: int | None = None  # the session this hop's session replays (wsinspect replay)
+    # Frames that broke RFC 6455 (raw relay), the first MAX_VIOLATIONS of them
+    violations: list[Violation] = field(default_factory=list)
     id: int = -1  # assigned by the store
     session_id: int = -1  # assigned by the store
 
@@ -231,6 +300,7 @@ class Hop:
             "flow_id": self.flow_id,
             "answered_by": self.answered_by,
             "replay_of": self.replay_of,
+            "violations": [v.to_json() for v in self.violations],
         }
 
     @classmethod
@@ -259,6 +329,7 @@ class Hop:
             flow_id=data.get("flow_id"),
             answered_by=data.get("answered_by"),
             replay_of=data.get("replay_of"),
+            violations=[Violation.from_json(v) for v in data.get("violations", [])],
         )
 
 
@@ -295,6 +366,11 @@ class Session:
     @property
     def stats(self) -> MessageStats:
         return self.first_hop.stats
+
+    @property
+    def ping_rtt(self) -> RttSummary | None:
+        """Round-trip times of the pings answered on the first hop."""
+        return self.stats.ping_rtt
 
     @property
     def replay_of(self) -> int | None:
