@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS messages (
     timestamp REAL NOT NULL,
     injected INTEGER NOT NULL,
     sha256 TEXT,
-    payload BLOB NOT NULL
+    payload BLOB NOT NULL,
+    rtt REAL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_hop ON messages (hop_id, idx);
 """
@@ -82,7 +83,7 @@ def _create_private(path: Path) -> None:
     os.close(fd)
 
 
-_INSERT_MESSAGE = "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_MESSAGE = "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _UPSERT_HOP = "INSERT OR REPLACE INTO hops VALUES (?, ?, ?)"
 
 
@@ -104,7 +105,7 @@ def _message_rows(batches: list[tuple[int, list[Message]]]) -> Iterator[tuple]:
     for hop_id, messages in batches:
         for m in messages:
             yield (hop_id, m.index, int(m.from_client), m.type.value, m.size, m.timestamp,
-                   int(m.injected), m.sha256, m.payload)
+                   int(m.injected), m.sha256, m.payload, m.rtt)
 
 
 def _write_batch(db: sqlite3.Connection, rows: Iterable[tuple], hop_rows: list[tuple]) -> None:
@@ -211,6 +212,7 @@ class SessionStore:
         self._tick_handle: asyncio.TimerHandle | None = None
         self._next_session_id = 1
         self._next_hop_id = 1
+        self._rtt_column = "rtt"
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> SessionStore:
@@ -229,6 +231,9 @@ class SessionStore:
         except sqlite3.DatabaseError as e:
             raise CaptureError(f"{path}: not a wsinspect capture ({e})") from None
         store._db = db
+        store._rtt_column = "rtt" if any(
+            column[1] == "rtt" for column in db.execute("PRAGMA table_info(messages)")
+        ) else "NULL"  # captures from before pong RTTs were recorded
         for (data,) in rows:
             try:
                 hop = Hop.from_json(json.loads(data))
@@ -272,8 +277,9 @@ class SessionStore:
         if start < committed:
             try:
                 rows = self._db.execute(
-                    "SELECT idx, from_client, type, size, timestamp, injected, sha256, payload "
-                    "FROM messages WHERE hop_id=? AND idx>=? AND idx<? ORDER BY idx",
+                    "SELECT idx, from_client, type, size, timestamp, injected, sha256, payload, "
+                    f"{self._rtt_column} FROM messages WHERE hop_id=? AND idx>=? AND idx<? "
+                    "ORDER BY idx",
                     (hop_id, start, min(stop, committed)),
                 ).fetchall()
                 result = [
@@ -286,8 +292,9 @@ class SessionStore:
                         injected=bool(inj),
                         sha256=sha,
                         payload=bytes(payload),
+                        rtt=rtt,
                     )
-                    for idx, fc, typ, size, ts, inj, sha, payload in rows
+                    for idx, fc, typ, size, ts, inj, sha, payload, rtt in rows
                 ]
             except (sqlite3.DatabaseError, ValueError) as e:
                 raise CaptureError(
