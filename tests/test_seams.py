@@ -149,8 +149,10 @@ CLIENT_VIOLATIONS = [
 
 @pytest.mark.parametrize("case, bad_frame, code", CLIENT_VIOLATIONS, ids=[c[0] for c in CLIENT_VIOLATIONS])
 async def test_protocol_error_from_the_client_is_the_proxys_close(
-    proxy, echo_server, case, bad_frame, code
+    start_proxy, echo_server, case, bad_frame, code
 ):
+    """mitmproxy's path enforces the protocol (the raw relay's record: test_conformance)."""
+    proxy = await start_proxy(settings=["wsinspect_relay=mitmproxy"])
     reader, writer = await raw_client(
         proxy.port, f"http://127.0.0.1:{echo_server}/bad", f"127.0.0.1:{echo_server}"
     )
@@ -182,8 +184,9 @@ SERVER_VIOLATIONS = [
 
 @pytest.mark.parametrize("case, bad_frame, code", SERVER_VIOLATIONS, ids=[c[0] for c in SERVER_VIOLATIONS])
 async def test_protocol_error_from_the_server_names_the_server(
-    proxy, echo_server, case, bad_frame, code
+    start_proxy, echo_server, case, bad_frame, code
 ):
+    proxy = await start_proxy(settings=["wsinspect_relay=mitmproxy"])
     async def misbehave(reader, writer):
         writer.write(bad_frame)
         await writer.drain()
@@ -205,7 +208,10 @@ async def test_protocol_error_from_the_server_names_the_server(
         await healthy_round_trip(proxy, echo_server)
 
 
-async def test_backend_reset_mid_session_shows_what_each_side_was_told(proxy):
+async def test_backend_reset_mid_session_shows_what_each_side_was_told(start_proxy):
+    """On mitmproxy's path the survivor is told 1000 (the raw relay passes the end on
+    instead: test_conformance)."""
+    proxy = await start_proxy(settings=["wsinspect_relay=mitmproxy"])
     async def vanish(reader, writer):
         opcode, payload = await read_frame(reader)
         writer.write(frame(0x1, payload, mask=False))

@@ -403,6 +403,16 @@ class RawRelayLayer(layer.Layer):
         self.pending: dict[bool, collections.deque] = {True: collections.deque(), False: collections.deque()}
         self.ends: dict[bool, str | None] = {True: None, False: None}
         self.first_end: bool | None = None
+        self.stream_id: int | None = None  # the HTTP stream it is the child of (passthrough)
+
+    def send(self, from_client: bool, data: bytes) -> commands.Command:
+        """The command that forwards `data` in its direction. Toward the server it goes
+        through the HTTP layer, which holds the server's TLS layer when the client asked for
+        wss:// in absolute form; the client's TLS layers are always above it."""
+        if from_client:
+            server = self.context.server
+            return http_layer.SendHttp(http_layer.RequestData(self.stream_id, data), server)
+        return commands.SendData(self.context.client, data)
 
     @expect(proxy_events.Start)
     def start(self, _):
@@ -420,12 +430,11 @@ class RawRelayLayer(layer.Layer):
     def relay(self, event):
         if isinstance(event, proxy_events.DataReceived):
             from_client = event.connection is self.context.client
-            destination = self.context.server if from_client else self.context.client
             parser = self.parsers[from_client]
             if self.pending[from_client]:
-                yield from self._relay_around_injections(from_client, destination, event.data)
+                yield from self._relay_around_injections(from_client, event.data)
                 return
-            yield commands.SendData(destination, event.data)
+            yield self.send(from_client, event.data)
             found = parser.feed(event.data, time.time())
             if found:
                 self.recorder.on_wire_events(self.flow, found)
@@ -434,7 +443,7 @@ class RawRelayLayer(layer.Layer):
         else:
             yield from self._ended(event.connection)
 
-    def _relay_around_injections(self, from_client: bool, destination, data: bytes):
+    def _relay_around_injections(self, from_client: bool, data: bytes):
         """Forward `data`, slipping the waiting injections in at the first message boundary."""
         parser = self.parsers[from_client]
         start = parser.offset
@@ -444,11 +453,11 @@ class RawRelayLayer(layer.Layer):
             if event.boundary and self.pending[from_client]:
                 cut = event.end - start
                 if cut > sent:
-                    yield commands.SendData(destination, data[sent:cut])
+                    yield self.send(from_client, data[sent:cut])
                     sent = cut
-                yield from self._send_pending(from_client, destination)
+                yield from self._send_pending(from_client)
         if sent < len(data):
-            yield commands.SendData(destination, data[sent:])
+            yield self.send(from_client, data[sent:])
         if found:
             self.recorder.on_wire_events(self.flow, found)
         if not parser.in_sync and self.pending[from_client]:
@@ -465,15 +474,14 @@ class RawRelayLayer(layer.Layer):
         if not parser.in_sync:
             self._drop_pending(from_client, "its frame boundaries were lost")
         elif parser.at_message_boundary:
-            destination = self.context.server if from_client else self.context.client
-            yield from self._send_pending(from_client, destination)
+            yield from self._send_pending(from_client)
 
-    def _send_pending(self, from_client: bool, destination):
+    def _send_pending(self, from_client: bool):
         queue = self.pending[from_client]
         while queue:
             is_text, payload = queue.popleft()
             opcode = Opcode.TEXT if is_text else Opcode.BINARY
-            yield commands.SendData(destination, wire.encode_frame(opcode, payload, mask=from_client))
+            yield self.send(from_client, wire.encode_frame(opcode, payload, mask=from_client))
             self.recorder.on_injected(self.flow, from_client, is_text, payload)
 
     def _drop_pending(self, from_client: bool, why: str) -> None:
@@ -543,10 +551,12 @@ def _install_raw_passthrough() -> None:
     }
 
     def passthrough(self, event):
-        if type(self.child_layer) is not RawRelayLayer:
+        child = self.child_layer
+        if type(child) is not RawRelayLayer:
             return original(self, event)
+        child.stream_id = self.stream_id
         convert = to_connection_event.get(type(event))
-        return self.child_layer.handle_event(convert(self, event) if convert else event)
+        return child.handle_event(convert(self, event) if convert else event)
 
     passthrough.wsinspect_seam = True
     stream.passthrough = passthrough
