@@ -43,6 +43,42 @@ def test_every_seam_is_installed_where_mitmproxy_calls_it():
     assert hashlib.sha256(source.encode()).hexdigest() == seams.RELAY_MESSAGES_SHA256
 
 
+def test_raw_relay_seams_are_where_mitmproxy_hands_over_and_closes():
+    """The raw relay takes over where the HTTP layer creates its WebSocket layer, gets events
+    through HttpStream's passthrough, and reads resets from / sends them through the
+    ConnectionHandler's transports: fail here if a mitmproxy release moves any of that."""
+    from mitmproxy.proxy import server
+    from mitmproxy.proxy.layers import http as http_layer
+
+    from wsinspect import seams
+
+    seams.install()
+    flow_done = inspect.getsource(http_layer.HttpStream.flow_done)
+    assert "websocket.WebsocketLayer(self.context, self.flow)" in flow_done
+    assert "self._handle_event = self.passthrough" in flow_done
+    assert "RawRelayLayer" in inspect.getsource(websocket_layer.WebsocketLayer.__new__)
+    passthrough = http_layer.HttpStream.passthrough
+    assert passthrough.wsinspect_seam
+    # mitmproxy's passthrough turns these HTTP events into the connection events the raw
+    # relay is given, and sends toward the server as SendHttp(RequestData)
+    original = inspect.getsource(passthrough.wsinspect_original)
+    for name in ("RequestData", "ResponseData", "RequestEndOfMessage", "ResponseEndOfMessage"):
+        assert f"isinstance(event, {name})" in original
+    assert "SendHttp(\n                        RequestData(self.stream_id" in original or (
+        "RequestData(self.stream_id, command.data)" in original
+    )
+    handler = server.ConnectionHandler
+    assert handler.server_event.wsinspect_seam
+    assert list(inspect.signature(handler.close_connection).parameters) == [
+        "self", "connection", "half_close"
+    ]
+    reading = inspect.getsource(handler.handle_connection)
+    # a reset ends the read loop like a FIN; the reader keeps the ConnectionResetError
+    assert "except OSError:" in reading and "events.ConnectionClosed(connection)" in reading
+    assert "writer.close()" in reading  # a full close closes the socket: SO_LINGER 0 resets
+    assert "ConnectionIO" in inspect.getsource(server)
+
+
 @pytest.mark.parametrize(
     "payload",
     [

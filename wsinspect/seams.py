@@ -559,6 +559,7 @@ def _install_raw_passthrough() -> None:
         return child.handle_event(convert(self, event) if convert else event)
 
     passthrough.wsinspect_seam = True
+    passthrough.wsinspect_original = original
     stream.passthrough = passthrough
 
 
