@@ -506,9 +506,12 @@ def _peer_reaction(hop: Hop, peer: str) -> str:
     close = hop.close
     if close is None:
         return f"the {peer} has not closed the connection so far"
-    if close.by == peer and not close.abnormal:
-        code = "an empty close frame" if close.code is None else f"close {close.code}"
-        return f"the {peer} closed with {code}" + (f" {close.reason!r}" if close.reason else "")
+    offender = "client" if peer == "server" else "server"
+    told = getattr(close, f"told_{offender}")  # the peer's close frame, under the raw relay
+    if told is not None:
+        code = "an empty close frame" if told[0] is None else f"close {told[0]}"
+        verb = "closed with" if close.by == peer else "answered with"
+        return f"the {peer} {verb} {code}" + (f" {told[1]!r}" if told[1] else "")
     if close.by == peer:
         how = getattr(close, f"{peer}_end")
         return f"the {peer} {'reset' if how == 'reset' else 'closed'} the connection without a close frame"

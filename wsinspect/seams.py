@@ -448,18 +448,20 @@ class RawRelayLayer(layer.Layer):
         parser = self.parsers[from_client]
         start = parser.offset
         found = parser.feed(data, time.time())
-        sent = 0
-        for event in found:
+        sent = recorded = 0
+        for i, event in enumerate(found):
             if event.boundary and self.pending[from_client]:
                 cut = event.end - start
                 if cut > sent:
                     yield self.send(from_client, data[sent:cut])
                     sent = cut
+                self.recorder.on_wire_events(self.flow, found[recorded : i + 1])
+                recorded = i + 1
                 yield from self._send_pending(from_client)
         if sent < len(data):
             yield self.send(from_client, data[sent:])
-        if found:
-            self.recorder.on_wire_events(self.flow, found)
+        if recorded < len(found):
+            self.recorder.on_wire_events(self.flow, found[recorded:])
         if not parser.in_sync and self.pending[from_client]:
             self._drop_pending(from_client, "its frame boundaries were lost")
 
