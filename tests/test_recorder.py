@@ -6,7 +6,12 @@ import asyncio
 import base64
 import hashlib
 import os
+import re
+import signal
 import socket
+from pathlib import Path
+
+import pytest
 
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
@@ -15,8 +20,11 @@ from websockets.http11 import Response
 from mitmproxy.proxy.layers import websocket as websocket_layer
 
 from wsinspect.model import MessageType, Outcome, accept_for_key, header_value
+from wsinspect.store import SessionStore
 
-from .conftest import wait_for
+from .conftest import mitmdump, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def kinds(messages):
@@ -239,3 +247,49 @@ async def test_many_concurrent_sessions_stay_apart(proxy, echo_server):
         texts = [m.payload.decode() for m in proxy.store.messages(session.id, 0, 20)
                  if m.type is MessageType.TEXT]
         assert texts == [f"{i}:{j}" for j in range(5) for _ in (0, 1)]
+
+
+@pytest.mark.parametrize("relay", [None, "raw"], ids=["default", "opt-in-raw"])
+async def test_standalone_addon_uses_mitmproxys_path_unless_told_raw(
+    tmp_path, confdir, echo_server, relay
+):
+    """`mitmdump -s addons/wsinspect.py` keeps mitmproxy's path (its message hook sees every
+    message); `--set wsinspect_relay=raw` opts into the raw relay, which records the answering
+    close frame mitmproxy's layer does not report."""
+    seen = tmp_path / "seen.txt"
+    script = tmp_path / "count_hook.py"
+    script.write_text(
+        "def websocket_message(flow):\n"
+        f"    open({str(seen)!r}, 'a').write('m')\n"
+    )
+    capture = tmp_path / "standalone.db"
+    process = await asyncio.create_subprocess_exec(
+        *mitmdump(confdir), "-s", "addons/wsinspect.py", "-s", str(script),
+        "--listen-host", "127.0.0.1", "--listen-port", "0",
+        "--set", f"wsinspect_capture={capture}",
+        *(["--set", f"wsinspect_relay={relay}"] if relay else []),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        while not (match := re.search(
+            rb"listening at 127\.0\.0\.1:(\d+)",
+            await asyncio.wait_for(process.stdout.readline(), 20),
+        )):
+            pass
+        proxy_url = f"http://127.0.0.1:{int(match.group(1))}"
+        async with connect(f"ws://127.0.0.1:{echo_server}/", proxy=proxy_url) as ws:
+            await ws.send("one")
+            assert await ws.recv() == "one"
+        await asyncio.sleep(0.3)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.communicate(), 20)
+    store = SessionStore.open(capture)
+    kinds = [(m.direction, m.type.value) for m in store.messages(1, 0, 10)]
+    if relay == "raw":
+        assert kinds == [("client", "text"), ("server", "text"), ("client", "close"), ("server", "close")]
+        assert not seen.exists()  # the raw relay does not pass messages through the hook
+    else:
+        assert kinds == [("client", "text"), ("server", "text"), ("client", "close")]
+        assert seen.read_text() == "mm"
+    store.close()
