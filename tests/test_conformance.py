@@ -139,10 +139,14 @@ async def start_server(case: Case, results: asyncio.Queue, tls: ssl.SSLContext |
 async def open_client(
     case: Case, server_port: int, proxy=None, server_ssl: ssl.SSLContext | None = None
 ) -> Endpoint:
-    """Direct, or through the proxy: absolute form for ws://, a CONNECT tunnel for wss://."""
+    """Direct, or through the proxy: absolute form for ws://, a CONNECT tunnel for wss://, or
+    the origin form a reverse listener gets."""
     host = f"{'localhost' if case.tls else '127.0.0.1'}:{server_port}"
     offer = "Sec-WebSocket-Extensions: permessage-deflate\r\n" if case.extensions else ""
-    if proxy is None:
+    if proxy is not None and proxy.engine.modes[0].startswith("reverse:"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        target = "/case"
+    elif proxy is None:
         reader, writer = await asyncio.open_connection(
             "127.0.0.1", server_port, ssl=server_ssl, server_hostname="localhost" if server_ssl else None
         )
@@ -164,7 +168,8 @@ async def open_client(
 
 
 async def run_case(case: Case, proxy=None, server_cert=None) -> tuple[Seen, Seen]:
-    """(what the client received, what the server received)."""
+    """(what the client received, what the server received). `proxy` is a Proxy, or a
+    coroutine function making one for the server's port (a reverse listener)."""
     server_tls = client_tls = None
     if case.tls:
         server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -174,6 +179,8 @@ async def run_case(case: Case, proxy=None, server_cert=None) -> tuple[Seen, Seen
     server = await start_server(case, results, server_tls)
     port = server.sockets[0].getsockname()[1]
     async with server:
+        if callable(proxy):
+            proxy = await proxy(port)
         client = await open_client(case, port, proxy, client_tls)
         await client.run(case.client)
         client_seen = await client.finish()
@@ -186,10 +193,17 @@ async def conformance(start_proxy, server_cert):
     """Runs a case direct and through a raw-relay wsinspect; asserts both peers received the
     same bytes and endings; returns the proxied session and its messages."""
 
-    async def check(case: Case, settings=()):
+    async def check(case: Case, mode: str = "regular"):
         direct = await run_case(case, server_cert=server_cert)
-        proxy = await start_proxy(settings=["wsinspect_relay=raw", "ssl_insecure=true", *settings])
-        proxied = await run_case(case, proxy, server_cert)
+        started = []
+
+        async def proxy_for(port: int):
+            modes = (f"reverse:http://127.0.0.1:{port}",) if mode == "reverse" else (mode,)
+            started.append(await start_proxy(modes, ["wsinspect_relay=raw", "ssl_insecure=true"]))
+            return started[0]
+
+        proxied = await run_case(case, proxy_for, server_cert)
+        proxy = started[0]
         assert proxied[0] == direct[0], "the client received something else through wsinspect"
         assert proxied[1] == direct[1], "the server received something else through wsinspect"
         session = await proxy.wait_session(lambda s: s.outcome is Outcome.CLOSED)
@@ -215,7 +229,8 @@ def plain(opcode: int, payload: bytes, **kw) -> bytes:
 # ----- cases -------------------------------------------------------------------------------
 
 
-async def test_fragments_with_interleaved_pings_and_a_clean_close(conformance):
+@pytest.mark.parametrize("mode", ["regular", "reverse"])
+async def test_fragments_with_interleaved_pings_and_a_clean_close(conformance, mode):
     parts = [masked(TEXT, b"frag-", fin=False), masked(PING, b"p1"),
              masked(CONT, b"men-", fin=False), masked(PING, b"p2"), masked(CONT, b"ted")]
     client_bytes = b"".join(parts)
@@ -230,7 +245,8 @@ async def test_fragments_with_interleaved_pings_and_a_clean_close(conformance):
                 ("expect", len(client_bytes) + 8 + len(close_c)), ("send", close_s),
                 ("close",)],
     )
-    (client_seen, server_seen), session, messages, _ = await conformance(case)
+    (client_seen, server_seen), session, messages, _ = await conformance(case, mode)
+    assert session.first_hop.mode.startswith(mode)
     assert client_seen == Seen(reply_bytes + close_s, "fin")
     assert server_seen.end == "fin"
     assert wire_view(messages) == [
