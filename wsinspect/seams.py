@@ -505,9 +505,9 @@ class RawRelayLayer(layer.Layer):
         if self.pending[not from_client]:
             self._drop_pending(not from_client, "the connection ended")
         if how == "reset":
-            # Passed on as a reset, after the bytes already relayed.
-            if self.ends[not from_client] is None:
-                _reset_requested.add(other.id)
+            # Passed on as a reset, after the bytes already relayed (also to a side that has
+            # sent its FIN: it may still be reading, and would get the reset directly).
+            _reset_requested.add(other.id)
             yield commands.CloseConnection(other)
             yield commands.CloseConnection(conn)
         elif self.ends[not from_client] is None:
