@@ -424,6 +424,19 @@ async def test_client_fin_while_the_server_still_sends(conformance):
     assert session.close.by == "client" and session.close.client_end == "fin"
 
 
+async def test_server_reset_after_the_clients_fin_reaches_the_client(conformance):
+    reply = plain(TEXT, b"reply after your FIN")
+    case = Case(
+        client=[("send", masked(TEXT, b"bye")), ("fin",), ("wait_end",)],
+        server=[("wait_end",), ("send", reply), ("sleep", 0.2), ("reset",)],
+    )
+    (client_seen, server_seen), session, _, _ = await conformance(case)
+    assert client_seen == Seen(reply, "reset") and server_seen.end == "fin"
+    close = session.close
+    assert (close.by, close.client_end, close.server_end) == ("client", "fin", "reset")
+    assert "then the server reset the connection" in close.abnormal_reason
+
+
 async def test_injection_mid_fragmented_message_waits_for_the_boundary(start_proxy):
     proxy = await start_proxy(settings=["wsinspect_relay=raw"])
     seed, first, rest = masked(TEXT, b"seed"), masked(TEXT, b"one ", fin=False), masked(CONT, b"two")

@@ -438,6 +438,10 @@ class Recorder:
                 f"the {end.first} {_ended_how(how)} without a close frame; wsinspect passed the "
                 f"same {'reset' if how == 'reset' else 'FIN'} on to the {other}"
             )
+            if how == "fin" and (end.server if end.first == "client" else end.client) == "reset":
+                close.abnormal_reason += (
+                    f"; then the {other} reset the connection, passed on to the {end.first}"
+                )
         if hop.violations:
             close.offender = hop.violations[0].sender
         hop.close = close
