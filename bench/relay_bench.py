@@ -14,8 +14,8 @@ connection, side by side in one process tree on loopback (issue 15).
 - 1 GiB message: the proxy's peak RSS growth while a raw client streams one 1 GiB binary
   frame to a raw sink (only the relays that stream: mitmdump and wsinspect's mitmproxy path
   hold whole messages).
-- --profile: py-spy (--nonblocking) samples the raw-relay proxy during a 64 B run and prints
-  where its CPU goes, by function.
+- --profile: py-spy (--nonblocking, samples of the thread holding the GIL) records the
+  raw-relay proxy during a 64 B run and prints where its CPU goes, by area and function.
 """
 
 from __future__ import annotations
@@ -151,16 +151,31 @@ async def huge_message(sink_port: int, port: int, pid: int, size: int) -> int:
     return max(0, peak - before)
 
 
-def profile_summary(path: Path, top: int = 14) -> str:
-    """Own-time share by function from py-spy's raw (collapsed stacks) output."""
+AREAS = [  # (area, what a frame's file path contains), first match wins
+    ("wsinspect frame parser", "wsinspect/wire.py"),
+    ("wsinspect store (SQLite writer thread included)", "wsinspect/store.py"),
+    ("wsinspect recorder", "wsinspect/recorder.py"),
+    ("wsinspect model", "wsinspect/model.py"),
+    ("wsinspect raw relay (seams)", "wsinspect/seams.py"),
+    ("mitmproxy layers and server", "mitmproxy/"),
+    ("asyncio (sockets, event loop)", "asyncio/"),
+]
+
+
+def profile_summary(path: Path, top: int = 12) -> str:
+    """Own time (samples holding the GIL) by area and by function, from py-spy's raw output."""
     own: collections.Counter = collections.Counter()
+    areas: collections.Counter = collections.Counter()
     total = 0
     for line in path.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
-        frames = stack.split(";")
-        own[frames[-1]] += int(n)
+        leaf = stack.split(";")[-1]
+        own[leaf] += int(n)
+        areas[next((a for a, part in AREAS if part in leaf), "other")] += int(n)
         total += int(n)
-    return "\n".join(f"{100 * n / total:6.1f}%  {f}" for f, n in own.most_common(top))
+    by_area = "\n".join(f"{100 * n / total:6.1f}%  {a}" for a, n in areas.most_common())
+    by_function = "\n".join(f"{100 * n / total:6.1f}%  {f}" for f, n in own.most_common(top))
+    return f"by area:\n{by_area}\nby function:\n{by_function}"
 
 
 async def main(args) -> None:
@@ -219,7 +234,7 @@ async def main(args) -> None:
         if args.profile:
             spy = shutil.which("py-spy") or str(BIN / "py-spy")
             out = Path(args.profile)
-            prof = subprocess.Popen([spy, "record", "--nonblocking", "--format", "raw", "-r", "200",
+            prof = subprocess.Popen([spy, "record", "--nonblocking", "--gil", "--format", "raw", "-r", "200",
                                      "-o", str(out), "-p", str(pids["wsinspect"])],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             await asyncio.sleep(1.0)
