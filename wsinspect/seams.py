@@ -400,7 +400,10 @@ class RawRelayLayer(layer.Layer):
         self.recorder = recorder
         self.parsers: dict[bool, wire.FrameParser] = {}
         # from_client -> injected messages (is_text, payload) waiting for a message boundary
-        self.pending: dict[bool, collections.deque] = {True: collections.deque(), False: collections.deque()}
+        self.pending: dict[bool, collections.deque] = {
+            True: collections.deque(),
+            False: collections.deque(),
+        }
         self.ends: dict[bool, str | None] = {True: None, False: None}
         self.first_end: bool | None = None
         self.stream_id: int | None = None  # the HTTP stream it is the child of (passthrough)
@@ -416,7 +419,9 @@ class RawRelayLayer(layer.Layer):
 
     @expect(proxy_events.Start)
     def start(self, _):
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.flow.response.headers.fields]
+        headers = [
+            (k.decode("latin-1"), v.decode("latin-1")) for k, v in self.flow.response.headers.fields
+        ]
         deflate = wire.negotiated_deflate(headers)
         keep = self.recorder.max_payload()
         self.parsers = {side: wire.FrameParser(side, deflate, keep) for side in (True, False)}
@@ -469,7 +474,9 @@ class RawRelayLayer(layer.Layer):
         from_client = message.from_client
         if self.ends[from_client] is not None or self.ends[not from_client] == "reset":
             side = "server" if from_client else "client"
-            logger.warning(f"wsinspect: the {side} connection has ended; the injected message was not sent")
+            logger.warning(
+                f"wsinspect: the {side} connection has ended; the injected message was not sent"
+            )
             return
         self.pending[from_client].append((message.type == Opcode.TEXT, bytes(message.content)))
         parser = self.parsers[from_client]
@@ -502,8 +509,10 @@ class RawRelayLayer(layer.Layer):
         self.ends[from_client] = how
         if self.first_end is None:
             self.first_end = from_client
-        if self.pending[not from_client]:
-            self._drop_pending(not from_client, "the connection ended")
+        # injections into the stream this side sent can no longer find a boundary in it
+        for side in (from_client, not from_client) if how == "reset" else (from_client,):
+            if self.pending[side]:
+                self._drop_pending(side, "the connection ended")
         if how == "reset":
             # Passed on as a reset, after the bytes already relayed (also to a side that has
             # sent its FIN: it may still be reading, and would get the reset directly).
