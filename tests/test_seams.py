@@ -227,6 +227,7 @@ async def test_protocol_error_from_the_server_names_the_server(
         writer.write(bad_frame)
         await writer.drain()
         await reader.read()
+        writer.close()  # Python 3.12's Server.wait_closed waits for every connection to close
 
     server = await raw_server(misbehave)
     port = server.sockets[0].getsockname()[1]
