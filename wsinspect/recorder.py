@@ -97,6 +97,7 @@ class _CloseNotes:
 
 
 RELAY_PATHS = ("raw", "mitmproxy")
+PENDING_PINGS = 256  # unanswered pings remembered per side, for pairing pongs
 _CONTROL_TYPES = {0x8: MessageType.CLOSE, 0x9: MessageType.PING, 0xA: MessageType.PONG}
 
 
@@ -105,11 +106,13 @@ class _RawSession:
     """What the raw relay's record of one WebSocket needs beyond its hop."""
 
     hop: Hop
-    # sender (from_client) -> pings (payload, timestamp) not yet answered
+    # sender (from_client) -> pings (payload, timestamp) not yet answered, the newest kept
     pings: dict[bool, collections.deque] = field(
-        default_factory=lambda: {True: collections.deque(), False: collections.deque()}
+        default_factory=lambda: {
+            side: collections.deque(maxlen=PENDING_PINGS) for side in (True, False)
+        }
     )
-    closes: list[wire.Control] = field(default_factory=list)  # close frames in order
+    closes: list[wire.Control] = field(default_factory=list)  # each side's first close frame
 
 
 def _answer_ping(pings: collections.deque, payload: bytes, timestamp: float) -> float | None:
@@ -377,7 +380,9 @@ class Recorder:
                     raw.pings[event.from_client].append((event.payload, event.timestamp))
                 elif event.opcode == 0xA:
                     rtt = _answer_ping(raw.pings[not event.from_client], event.payload, event.timestamp)
-                elif event.opcode == 0x8:
+                elif event.opcode == 0x8 and all(
+                    c.from_client != event.from_client for c in raw.closes
+                ):
                     raw.closes.append(event)
                 add(hop, Message(
                     from_client=event.from_client,
