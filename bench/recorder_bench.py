@@ -99,8 +99,8 @@ PROXY_KINDS = {
 }
 
 
-def start_proxy(kind: str, port: int, confdir: str, capture: str) -> subprocess.Popen:
-    """One of PROXY_KINDS listening on 127.0.0.1:`port`."""
+def start_proxy(kind: str, port: int, confdir: str, capture: str, log=None) -> subprocess.Popen:
+    """One of PROXY_KINDS listening on 127.0.0.1:`port`; its output goes to `log` (a file)."""
     program, extra = PROXY_KINDS[kind]
     env = None
     if program == "mitmdump":
@@ -111,7 +111,8 @@ def start_proxy(kind: str, port: int, confdir: str, capture: str) -> subprocess.
     else:
         args = [str(BIN / "wsinspect"), "--headless", "--listen-port", str(port), "--confdir",
                 confdir, "-w", capture, *extra]
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    out = log or subprocess.DEVNULL
+    return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT if log else out, env=env)
 
 
 async def growth(target: int, proxy_port: int, pid: int, steps: list[int], size: int) -> list[tuple[int, int]]:

@@ -52,7 +52,10 @@ SINK_SERVER = """
 import asyncio, base64, hashlib, sys
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 async def sink(reader, writer):
-    head = await reader.readuntil(b"\\r\\n\\r\\n")
+    try:
+        head = await reader.readuntil(b"\\r\\n\\r\\n")
+    except asyncio.IncompleteReadError:
+        return  # a port probe
     key = [l.split(b":", 1)[1].strip() for l in head.split(b"\\r\\n") if l.lower().startswith(b"sec-websocket-key:")][0]
     accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
     writer.write(b"HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\nSec-WebSocket-Accept: " + accept + b"\\r\\n\\r\\n")
@@ -191,13 +194,22 @@ async def main(args) -> None:
         await wait_port(sink_port)
         ports: dict[str, int | None] = {"direct": None}
         pids: dict[str, int] = {}
+        logs = {}
         for kind in KINDS[1:]:
             ports[kind] = free_port()
-            proc = start_proxy(kind, ports[kind], tmp, f"{tmp}/{kind}.db")
+            logs[kind] = open(f"{tmp}/{kind}.log", "wb")
+            proc = start_proxy(kind, ports[kind], tmp, f"{tmp}/{kind}.db", logs[kind])
             procs.append(proc)
             pids[kind] = proc.pid
+
+        def alive(kind: str) -> None:
+            proc = next((p for p in procs if p.pid == pids.get(kind)), None)
+            if proc is not None and proc.poll() is not None:
+                tail = Path(f"{tmp}/{kind}.log").read_text(errors="replace")[-2000:]
+                raise SystemExit(f"{kind} exited with {proc.returncode}:\n{tail}")
+
         for kind in KINDS[1:]:
-            await wait_port(ports[kind])
+            await wait_port(ports[kind], 90)  # four proxies starting at once on a busy machine
         quick = args.quick
         sizes = [(64, 4000 if quick else 15000), (1024, 4000 if quick else 15000),
                  (2**20, 20 if quick else 60)]
@@ -207,6 +219,7 @@ async def main(args) -> None:
             for kind in KINDS:
                 best = 0.0
                 for _ in range(2):
+                    alive(kind)
                     before = cpu_seconds(pids[kind]) if kind in pids else 0.0
                     best = max(best, await rate(echo_port, ports[kind], size, count))
                     if kind in pids and size < 2**20:
@@ -254,7 +267,7 @@ async def main(args) -> None:
             port = free_port()
             proc = start_proxy(kind, port, tmp, f"{tmp}/{kind}-growth.db")
             procs.append(proc)
-            await wait_port(port)
+            await wait_port(port, 90)
             samples = await growth(echo_port, port, proc.pid, steps, 1024)
             (n0, r0), (n1, r1) = samples[0], samples[-1]
             print(f"{kind:>22} {r1 / 2**20:>7.1f} MiB at {n1} messages, "
@@ -268,7 +281,7 @@ async def main(args) -> None:
             port = free_port()
             proc = start_proxy(kind, port, tmp, f"{tmp}/{kind}-huge.db")
             procs.append(proc)
-            await wait_port(port)
+            await wait_port(port, 90)
             start = time.perf_counter()
             grew = await huge_message(sink_port, port, proc.pid, gib)
             elapsed = time.perf_counter() - start

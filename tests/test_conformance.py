@@ -266,6 +266,24 @@ async def test_fragments_with_interleaved_pings_and_a_clean_close(conformance, m
     assert not [f for f in diagnose(session) if f.severity.value != "info"]
 
 
+async def test_pongs_pair_with_pings_by_payload_else_in_order(conformance):
+    pings = masked(PING, b"a") + masked(PING, b"b")
+    pongs = plain(PONG, b"b") + plain(PONG, b"zz") + plain(PONG, b"c")
+    case = Case(
+        client=[("send", pings), ("expect", len(pongs)), ("fin",), ("wait_end",)],
+        server=[("expect", len(pings)), ("sleep", 0.05), ("send", pongs), ("wait_end",),
+                ("close",)],
+    )
+    (client_seen, _), session, messages, _ = await conformance(case)
+    assert client_seen == Seen(pongs, "fin")
+    rtts = {m.payload: m.rtt for m in messages if m.type is MessageType.PONG}
+    # "b" answers ping b; "zz" answers nothing by payload, so the oldest ping, "a"; no ping
+    # is left for "c" (an unsolicited pong, a heartbeat)
+    assert rtts[b"b"] >= 0.05 and rtts[b"zz"] >= 0.05 and rtts[b"c"] is None
+    summary = session.ping_rtt
+    assert summary.count == 2 and summary.min <= summary.mean <= summary.max
+
+
 VIOLATIONS = [
     ("reserved bits", masked(TEXT, b"rsv", rsv=0b010), 1002, "RSV"),
     ("reserved opcode", masked(0x3, b"x"), 1002, "opcode"),
