@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import io
 import os
 import time
 import zlib
@@ -48,7 +49,8 @@ FRAME_AFTER_CLOSE = "RFC 6455 §5.5.1: frame sent after a Close frame"
 
 # A header breaking this many framing rules at once is taken for garbage, not a frame.
 GARBAGE_FAULTS = 3
-INFLATE_CHUNK = 64 * 1024  # most bytes one zlib call may produce (deflate-bomb bound)
+INFLATE_CHUNK = 256 * 1024  # most bytes one zlib call may produce (deflate-bomb bound)
+UTF8_CHUNK = 64 * 1024  # most bytes decoded at once to validate UTF-8
 DEFLATE_TAIL = b"\x00\x00\xff\xff"  # RFC 7692 §7.2.2: appended before inflating a message
 
 
@@ -107,13 +109,32 @@ class SyncLost(WireEvent):
     detail: str
 
 
-def unmask(data: bytes, key: bytes) -> bytes:
-    """`data` XORed with the 4-byte `key` repeated (masking and unmasking are the same)."""
+_XOR_TABLES = [bytes(a ^ b for a in range(256)) for b in range(256)]
+
+
+def unmask_python(data: bytes, key: bytes) -> bytes:
+    """`data` XORed with the 4-byte `key` repeated, in pure Python: one int XOR for short data,
+    four strided byte translations (faster from about 512 bytes) for longer."""
     n = len(data)
-    if not n:
-        return b""
-    mask = (key * ((n >> 2) + 1))[:n]
-    return (int.from_bytes(data, "little") ^ int.from_bytes(mask, "little")).to_bytes(n, "little")
+    if n < 512:
+        if not n:
+            return b""
+        mask = (key * ((n >> 2) + 1))[:n]
+        return (int.from_bytes(data, "little") ^ int.from_bytes(mask, "little")).to_bytes(
+            n, "little")
+    out = bytearray(data)
+    for lane in range(4):
+        out[lane::4] = out[lane::4].translate(_XOR_TABLES[key[lane]])
+    return bytes(out)
+
+
+try:  # websockets' C extension masks at tens of GB/s where Python manages hundreds of MB/s
+    from websockets.speedups import apply_mask as unmask_c
+except ImportError:  # websockets is not installed, or was installed without its C extension
+    unmask_c = None
+
+# unmask(data, key): `data` XORed with the 4-byte `key` repeated (masking is the same thing)
+unmask = unmask_python if unmask_c is None else unmask_c
 
 
 def encode_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bool) -> bytes:
@@ -252,10 +273,11 @@ class FrameParser:
 
     __slots__ = (
         "from_client", "deflate", "max_payload", "offset", "in_sync",
-        "_events", "_ts", "_head", "_remaining",
-        "_fin", "_rsv1", "_opcode", "_key", "_frame_pos", "_kind", "_faults", "_closed", "_ctl",
+        "_events", "_ts", "_head", "_head_ts", "_frame_ts", "_remaining",
+        "_fin", "_opcode", "_key", "_frame_pos", "_kind", "_faults", "_closed", "_ctl",
         "_msg_open", "_msg_type", "_msg_compressed", "_msg_tail", "_msg_failed", "_msg_frames",
-        "_msg_start", "_msg_end", "_msg_faults", "_buf", "_size", "_hash", "_utf8", "_utf8_bad",
+        "_msg_start", "_msg_end", "_msg_faults", "_msg_wire", "_first", "_buf", "_size", "_hash", "_utf8",
+        "_utf8_bad",
         "_inflater", "_wbits", "_no_takeover",
     )  # fmt: skip
 
@@ -269,8 +291,9 @@ class FrameParser:
         self._events: list[WireEvent] = []
         self._ts = 0.0
         self._head = b""  # the start of a frame header split across feeds
+        self._head_ts = self._frame_ts = 0.0  # when that start, and the current frame, arrived
         self._remaining = 0  # payload bytes of the current frame still to come; 0: a header next
-        self._fin = self._rsv1 = False
+        self._fin = False
         self._opcode = 0
         self._key: bytes | None = None
         self._frame_pos = 0
@@ -278,21 +301,19 @@ class FrameParser:
         self._faults: list[tuple[str, str]] | None = None
         self._closed = False
         self._ctl = bytearray()
-        self._msg_open = False
         self._reset_message()
         self._inflater = None
-        if deflate is not None:
-            # zlib cannot deflate with an 8-bit window and uses 9 instead (so do the peers built
-            # on it), so an 8-bit inflater could refuse their output: inflate with 9 at least.
-            if from_client:
-                bits, self._no_takeover = (deflate.client_max_window_bits,
-                                           deflate.client_no_context_takeover)
-            else:
-                bits, self._no_takeover = (deflate.server_max_window_bits,
-                                           deflate.server_no_context_takeover)
-            self._wbits = -max(bits, 9)
-        else:
+        # Inflate with the window the peer agreed to, as its receiver does. (zlib cannot deflate
+        # raw with an 8-bit window, so zlib-based peers agree to 9 at least, and its 9-bit
+        # deflate keeps distances under 251 bytes, which an 8-bit inflater takes.)
+        if deflate is None:
             self._wbits, self._no_takeover = -15, False
+        elif from_client:
+            self._wbits = -deflate.client_max_window_bits
+            self._no_takeover = deflate.client_no_context_takeover
+        else:
+            self._wbits = -deflate.server_max_window_bits
+            self._no_takeover = deflate.server_no_context_takeover
 
     @property
     def at_message_boundary(self) -> bool:
@@ -328,16 +349,19 @@ class FrameParser:
                         return
                     pos += need - len(head)
                     self._head = b""
+                    self._frame_ts = self._head_ts
                     self._header(buf, 0, base + pos)
                 else:
-                    if n - pos < 2:
-                        self._head = data[pos:]
+                    pos = self._whole_frames(data, pos, n, base)
+                    if pos == n:
                         return
-                    need = _header_length(data[pos + 1])
+                    need = _header_length(data[pos + 1]) if n - pos > 1 else 2
                     if n - pos < need:
                         self._head = data[pos:]
+                        self._head_ts = self._ts
                         return
                     pos += need
+                    self._frame_ts = self._ts
                     self._header(data, pos - need, base + pos)
                 if not self.in_sync:
                     return
@@ -370,6 +394,77 @@ class FrameParser:
                     self._ctl += chunk[:room]
             if not remaining:
                 self._frame_end(base + pos)
+
+    def _whole_frames(self, data: bytes, pos: int, n: int, base: int) -> int:
+        """Parse the frames at data[pos:] that are whole, rule-abiding, unfragmented messages
+        or pings and pongs within the cap: the common case, without the per-frame state of
+        `_header` (a compressed one may still report an inflate failure, or inflate past the
+        cap); returns where it stopped, at anything else."""
+        if self._msg_open or self._closed:
+            return pos
+        events = self._events
+        from_client = self.from_client
+        mask_bit = 0x80 if from_client else 0
+        ts = self._ts
+        cap = self.max_payload
+        while n - pos > 1:
+            b0 = data[pos]
+            b1 = data[pos + 1]
+            if b1 & 0x80 != mask_bit:
+                break
+            length = b1 & 0x7F
+            start = pos + 2
+            if length == 126:
+                if n - start < 2:
+                    break
+                length = (data[start] << 8) | data[start + 1]
+                if length < 126:
+                    break
+                start += 2
+            elif length == 127:
+                break
+            if mask_bit:
+                key = data[start:start + 4]
+                start += 4
+            end = start + length
+            if end > n or length > cap:
+                break
+            if b0 == 0x81 or b0 == 0x82:
+                payload = data[start:end]
+                if mask_bit:
+                    payload = unmask(payload, key)
+                if b0 == 0x81:
+                    if length > UTF8_CHUNK:
+                        break
+                    try:
+                        payload.decode("utf-8")
+                    except UnicodeDecodeError:
+                        break
+                    kind = "text"
+                else:
+                    kind = "binary"
+                events.append(DataMessage(from_client, ts, base + end, True, kind, length,
+                                          payload, None, False, 1, ts))
+            elif (b0 == 0xC1 or b0 == 0xC2) and self.deflate is not None:
+                payload = data[start:end]
+                if mask_bit:
+                    payload = unmask(payload, key)
+                self._frame_ts = ts
+                self._start_message("text" if b0 == 0xC1 else "binary", True)
+                self._msg_wire = length
+                self._msg_tail = True
+                self._inflate(payload + DEFLATE_TAIL)
+                self._msg_frames = 1
+                self._finish_message(base + end)
+            elif (b0 == 0x89 or b0 == 0x8A) and length < 126:
+                payload = data[start:end]
+                if mask_bit:
+                    payload = unmask(payload, key)
+                events.append(Control(from_client, ts, base + end, True, b0 & 0x0F, payload))
+            else:
+                break
+            pos = end
+        return pos
 
     def _header(self, b: bytes, at: int, end: int) -> None:
         """Take the frame header at b[at:]; `end` is the stream offset just after it."""
@@ -406,7 +501,8 @@ class FrameParser:
                 faults = (faults or []) + [(CLIENT_UNMASKED, "mask bit clear on a client frame")]
         fin = bool(b0 & 0x80)
         rsv = b0 & 0x70
-        if rsv or opcode not in KNOWN_OPCODES or (opcode & 8 and (not fin or length > 125)):
+        if ((rsv and (rsv != 0x40 or self.deflate is None or opcode not in (TEXT, BINARY)))
+                or opcode not in KNOWN_OPCODES or (opcode & 8 and (not fin or length > 125))):
             faults = self._header_faults(faults or [], fin, rsv, opcode, length)
             if len(faults) >= GARBAGE_FAULTS:
                 self._emit_faults(faults, opcode, end, False)
@@ -442,6 +538,8 @@ class FrameParser:
                 self._start_message("binary", False)
         else:
             self._kind = _SKIP
+        if self._kind == _DATA:
+            self._msg_wire += length
         self._faults = faults
         if not length:
             self._frame_end(end)
@@ -516,7 +614,7 @@ class FrameParser:
         self._events.append(SyncLost(self.from_client, self._ts, end, False, detail))
         self._head = b""
         self._remaining = 0
-        self._buf = bytearray()
+        self._first, self._buf = b"", None
         self._ctl = bytearray()
         self._inflater = None
 
@@ -527,10 +625,12 @@ class FrameParser:
         self._msg_type = "binary"
         self._msg_compressed = self._msg_tail = self._msg_failed = False
         self._msg_frames = 0
+        self._msg_wire = 0  # payload bytes of its frames as sent (compressed, if it is)
         self._msg_start = 0.0
         self._msg_end = 0
         self._msg_faults: list[tuple[str, str]] | None = None
-        self._buf = bytearray()
+        self._first = b""  # the message's kept bytes while they came in one piece
+        self._buf: io.BytesIO | None = None  # the kept bytes once there were more pieces
         self._size = 0
         self._hash = None
         self._utf8 = None
@@ -540,34 +640,58 @@ class FrameParser:
         self._msg_open = True
         self._msg_type = type_name
         self._msg_compressed = compressed
-        self._msg_start = self._ts
+        self._msg_start = self._frame_ts
         if compressed and self._inflater is None:
             self._inflater = zlib.decompressobj(wbits=self._wbits)
 
     def _append(self, data: bytes) -> None:
         """Keep the message's bytes up to the cap; past it, hash (and validate) and drop them."""
-        self._size += len(data)
+        size = self._size
+        self._size = size + len(data)
         if self._hash is None:
-            buf = self._buf
-            room = self.max_payload - len(buf)
+            room = self.max_payload - size
             if len(data) <= room:
-                buf += data
+                self._keep(data)
                 return
-            buf += data[:room]
+            self._keep(data[:room])
             data = data[room:]
-            self._hash = hashlib.sha256(buf)
+            if self._buf is None:
+                self._hash = hashlib.sha256(self._first)
+            else:
+                with self._buf.getbuffer() as kept:
+                    self._hash = hashlib.sha256(kept)
             if self._msg_type == "text":
                 self._utf8 = codecs.getincrementaldecoder("utf-8")()
-                self._check_utf8(buf)
+                self._check_utf8(self._kept())
         self._hash.update(data)
         if self._utf8 is not None:
             self._check_utf8(data)
 
-    def _check_utf8(self, data: bytes | bytearray, final: bool = False) -> None:
+    def _keep(self, data: bytes) -> None:
+        # A BytesIO grows in place and hands its buffer over without a copy, so the kept bytes
+        # never exist twice (a bytearray would be copied into the payload's bytes).
+        if self._buf is not None:
+            self._buf.write(data)
+        elif not self._first:
+            self._first = data
+        elif data:
+            self._buf = io.BytesIO()
+            self._buf.write(self._first)
+            self._buf.write(data)
+            self._first = b""
+
+    def _kept(self) -> bytes:
+        return self._first if self._buf is None else self._buf.getvalue()
+
+    def _check_utf8(self, data: bytes, final: bool = False) -> None:
         if self._utf8_bad:
             return
+        view = memoryview(data)
         try:
-            self._utf8.decode(data, final)
+            for i in range(0, len(view), UTF8_CHUNK):  # a whole str of it could be the cap again
+                self._utf8.decode(view[i:i + UTF8_CHUNK])
+            if final:
+                self._utf8.decode(b"", True)
         except UnicodeDecodeError:
             self._utf8_bad = True
 
@@ -588,11 +712,11 @@ class FrameParser:
                     return
         except zlib.error as exc:
             self._msg_failed = True
-            self._msg_faults = [(INFLATE_FAILED, f"zlib: {exc}; {self._size} bytes inflated "
-                                                 "before it")]
+            self._msg_faults = [(INFLATE_FAILED, f"zlib: {exc}")]
 
     def _finish_message(self, end: int, boundary: bool = True) -> None:
-        """Emit the message; boundary=False: a new data frame cut it short (reported as is)."""
+        """Emit the message; boundary=False: a new data frame cut it short (reported as is, with
+        the end of its last frame, so it is the one event whose end precedes an earlier one's)."""
         unfinished = not boundary
         faults = self._msg_faults
         if self._msg_compressed:
@@ -600,19 +724,29 @@ class FrameParser:
                 self._inflate(DEFLATE_TAIL)
             if self._no_takeover or self._msg_failed or unfinished or self._inflater.eof:
                 self._inflater = None  # a fresh window for the next message
-        payload = bytes(self._buf)
+        if self._msg_failed:
+            # How much inflated before the error depends on how the bytes were split into
+            # reads; report none of it, so the record does not depend on that.
+            faults = [(rule, f"{detail}; {self._msg_wire} compressed bytes in "
+                             f"{self._msg_frames} frames, reported with no payload")
+                      for rule, detail in faults]
+            self._first, self._buf, self._size, self._hash = b"", None, 0, None
+        payload = self._kept()
         digest = self._hash
         if self._msg_type == "text" and not unfinished and not self._msg_failed:
-            if digest is None:
+            if digest is None and len(payload) <= UTF8_CHUNK:
                 try:
                     payload.decode("utf-8")
                 except UnicodeDecodeError as exc:
                     faults = (faults or []) + [(INVALID_UTF8, str(exc))]
             else:
+                if digest is None:
+                    self._utf8 = codecs.getincrementaldecoder("utf-8")()
+                    self._check_utf8(payload)
                 self._check_utf8(b"", final=True)
                 if self._utf8_bad:
-                    faults = (faults or []) + [(INVALID_UTF8, "in the bytes past the cap "
-                                                              "or at its edge")]
+                    faults = (faults or []) + [(INVALID_UTF8, f"in a message of {self._size} "
+                                                              "bytes")]
         message = DataMessage(
             self.from_client, self._ts, end, boundary, self._msg_type, self._size, payload,
             None if digest is None else digest.hexdigest(), self._msg_compressed,
