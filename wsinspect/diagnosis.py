@@ -514,7 +514,8 @@ def _peer_reaction(hop: Hop, peer: str) -> str:
         return f"the {peer} {verb} {code}" + (f" {told[1]!r}" if told[1] else "")
     if close.by == peer:
         how = getattr(close, f"{peer}_end")
-        return f"the {peer} {'reset' if how == 'reset' else 'closed'} the connection without a close frame"
+        ended = "reset" if how == "reset" else "closed"
+        return f"the {peer} {ended} the connection without a close frame"
     return f"the {peer} did not close the connection over it (the {close.by} ended the session)"
 
 

@@ -381,7 +381,9 @@ class Recorder:
                 if event.opcode == 0x9:
                     raw.pings[event.from_client].append((event.payload, event.timestamp))
                 elif event.opcode == 0xA:
-                    rtt = _answer_ping(raw.pings[not event.from_client], event.payload, event.timestamp)
+                    rtt = _answer_ping(
+                        raw.pings[not event.from_client], event.payload, event.timestamp
+                    )
                 elif event.opcode == 0x8 and all(
                     c.from_client != event.from_client for c in raw.closes
                 ):
@@ -407,7 +409,9 @@ class Recorder:
                     ))
                     self.store.hop_changed(hop)
 
-    def on_injected(self, flow: http.HTTPFlow, from_client: bool, is_text: bool, payload: bytes) -> None:
+    def on_injected(
+        self, flow: http.HTTPFlow, from_client: bool, is_text: bool, payload: bytes
+    ) -> None:
         raw = self._raw_session(flow)
         if raw is not None:
             self.store.add_message(raw.hop, Message(

@@ -16,7 +16,6 @@ someone debugging a broken WebSocket must see.
   fragment instead, unchanged, keeping only the stored prefix, its size and its SHA-256; such
   a message does not reach mitmproxy's `websocket_message` hook (as with mitmproxy's own
   `stream_large_bodies` for HTTP bodies).
-
 - Raw relay (`wsinspect_relay=raw`): where mitmproxy's HTTP layer hands a connection that
   upgraded to its WebSocket layer (`websocket.WebsocketLayer(context, flow)` in HttpStream's
   `flow_done`), a `RawRelayLayer` takes it instead: each direction's bytes are forwarded as
@@ -81,7 +80,9 @@ class RelayRecorder(Protocol):
         self, conn_id: str, from_client: bool, event: wsproto.events.Event, protocol_error: bool
     ) -> None: ...
 
-    def on_close_sent(self, conn_id: str, to_client: bool, code: int | None, reason: str) -> None: ...
+    def on_close_sent(
+        self, conn_id: str, to_client: bool, code: int | None, reason: str
+    ) -> None: ...
 
     def on_streamed_message(self, flow, message: StreamedMessage) -> None: ...
 
@@ -557,8 +558,10 @@ def _install_raw_passthrough() -> None:
     to_connection_event = {
         http_layer.RequestData: lambda s, e: proxy_events.DataReceived(s.context.client, e.data),
         http_layer.ResponseData: lambda s, e: proxy_events.DataReceived(s.context.server, e.data),
-        http_layer.RequestEndOfMessage: lambda s, e: proxy_events.ConnectionClosed(s.context.client),
-        http_layer.ResponseEndOfMessage: lambda s, e: proxy_events.ConnectionClosed(s.context.server),
+        http_layer.RequestEndOfMessage: lambda s, _: proxy_events.ConnectionClosed(s.context.client),
+        http_layer.ResponseEndOfMessage: lambda s, _: proxy_events.ConnectionClosed(
+            s.context.server
+        ),
     }
 
     def passthrough(self, event):
