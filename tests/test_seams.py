@@ -67,6 +67,12 @@ def test_raw_relay_seams_are_where_mitmproxy_hands_over_and_closes():
     assert "SendHttp(\n                        RequestData(self.stream_id" in original or (
         "RequestData(self.stream_id, command.data)" in original
     )
+    # the raw relay writes to the server itself when the HTTP layer holds a bare HTTP/1 client
+    # for it (no TLS layer inside the HTTP layer)
+    get_connection = inspect.getsource(http_layer.HttpLayer.get_connection)
+    assert "stack /= HttpClient(context)" in get_connection
+    assert "self.connections[context.server] = stack[0]" in get_connection
+    assert "Http1Client(self.context.fork())" in inspect.getsource(http_layer.HttpLayer._handle_event)
     handler = server.ConnectionHandler
     assert handler.server_event.wsinspect_seam
     assert list(inspect.signature(handler.close_connection).parameters) == [

@@ -408,15 +408,20 @@ class RawRelayLayer(layer.Layer):
         self.ends: dict[bool, str | None] = {True: None, False: None}
         self.first_end: bool | None = None
         self.stream_id: int | None = None  # the HTTP stream it is the child of (passthrough)
+        self.server_through_http = True  # see send()
 
     def send(self, from_client: bool, data: bytes) -> commands.Command:
-        """The command that forwards `data` in its direction. Toward the server it goes
-        through the HTTP layer, which holds the server's TLS layer when the client asked for
-        wss:// in absolute form; the client's TLS layers are always above it."""
-        if from_client:
+        """The command that forwards `data` in its direction. The client's layers (TLS) are
+        always above this one, as are the server's, except where the HTTP layer opened the
+        server connection inside itself (wss:// in absolute form: its TLS layer) — only then
+        does data for the server go through the HTTP layer (whose HTTP/1 client looks up a
+        header for every write)."""
+        if not from_client:
+            return commands.SendData(self.context.client, data)
+        if self.server_through_http:
             server = self.context.server
             return http_layer.SendHttp(http_layer.RequestData(self.stream_id, data), server)
-        return commands.SendData(self.context.client, data)
+        return commands.SendData(self.context.server, data)
 
     @expect(proxy_events.Start)
     def start(self, _):
@@ -427,6 +432,14 @@ class RawRelayLayer(layer.Layer):
         keep = self.recorder.max_payload()
         self.parsers = {side: wire.FrameParser(side, deflate, keep) for side in (True, False)}
         _watched.update((self.context.client.id, self.context.server.id))
+        owner = next(
+            (x for x in reversed(self.context.layers) if isinstance(x, http_layer.HttpLayer)), None
+        )
+        server_layer = owner.connections.get(self.context.server) if owner else None
+        # a bare HTTP/1 client (CONNECT tunnels, reverse, transparent) or the HttpClient that
+        # wraps one (absolute form, ws://); anything else is a TLS or upstream-proxy layer
+        bare = (_http1.Http1Client, http_layer.HttpClient)
+        self.server_through_http = type(server_layer) not in bare
         yield websocket_layer.WebsocketStartHook(self.flow)
         self._handle_event = self.relay
 
