@@ -3,7 +3,8 @@
     mitmdump -s addons/wsinspect.py --set wsinspect_capture=cap.db
     wsinspect report cap.db
 
-It records with the same code as `wsinspect` itself, adds the commands `wsinspect.resend`
+It records with the same code as `wsinspect` itself (but relays WebSockets through
+mitmproxy's own WebSocket layer unless `--set wsinspect_relay=raw`), adds the commands `wsinspect.resend`
 and `wsinspect.inject` (see wsinspect/resend.py), and refuses connections that would make the
 proxy connect to itself (wsinspect/loopguard.py; a transparent listener on 0.0.0.0 otherwise
 loops). When the wsinspect package is not installed, it is imported from the checkout this
@@ -27,5 +28,7 @@ except ImportError:
     from wsinspect.recorder import Recorder
     from wsinspect.resend import Resender
 
-recorder = Recorder()
+# mitmproxy's own WebSocket path by default, so mitmproxy's views and other addons' message
+# hooks still see messages; `--set wsinspect_relay=raw` opts into the raw relay.
+recorder = Recorder(relay="mitmproxy")
 addons = [LoopGuard(), recorder, Resender(recorder)]

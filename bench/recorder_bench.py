@@ -90,17 +90,29 @@ async def throughput(target: int, proxy: str | None, size: int, count: int, wind
         return await echo_rate(ws, os.urandom(size), count, window)
 
 
-def start_proxy(kind: str, port: int, confdir: str, capture: str) -> subprocess.Popen:
+PROXY_KINDS = {
+    # kind: (program, extra arguments)
+    "mitmdump": ("mitmdump", []),
+    "mitmdump-passthrough": ("mitmdump", ["--ignore-hosts", ".*"]),  # raw TCP: the ceiling
+    "wsinspect": ("wsinspect", []),  # the raw relay, wsinspect's default
+    "wsinspect-mitmproxy": ("wsinspect", ["--set", "wsinspect_relay=mitmproxy"]),
+}
+
+
+def start_proxy(kind: str, port: int, confdir: str, capture: str, log=None) -> subprocess.Popen:
+    """One of PROXY_KINDS listening on 127.0.0.1:`port`; its output goes to `log` (a file)."""
+    program, extra = PROXY_KINDS[kind]
     env = None
-    if kind == "mitmdump":
+    if program == "mitmdump":
         args = [str(BIN / "mitmdump"), "-q", "--listen-host", "127.0.0.1", "--listen-port",
-                str(port), "--set", f"confdir={confdir}"]
+                str(port), "--set", f"confdir={confdir}", *extra]
         # mitmdump makes ~/.mitmproxy before it reads --set confdir: keep it in the temp dir.
         env = {**os.environ, "HOME": confdir}
     else:
         args = [str(BIN / "wsinspect"), "--headless", "--listen-port", str(port), "--confdir",
-                confdir, "-w", capture]
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+                confdir, "-w", capture, *extra]
+    out = log or subprocess.DEVNULL
+    return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT if log else out, env=env)
 
 
 async def growth(target: int, proxy_port: int, pid: int, steps: list[int], size: int) -> list[tuple[int, int]]:

@@ -23,6 +23,21 @@ from wsinspect.engine import Engine
 from wsinspect.store import SessionStore
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--relay",
+        choices=("raw", "mitmproxy"),
+        default="raw",
+        help="the relay the wsinspect engines under test use after the 101 (wsinspect_relay)",
+    )
+
+
+@pytest.fixture
+def relay_path(request) -> str:
+    """The relay this run's engines use: tests whose expectations differ by path ask it."""
+    return request.config.getoption("--relay")
+
+
 async def wait_for(predicate: Callable[[], object], timeout: float = 5.0, what: str = ""):
     """Poll until `predicate()` is truthy; returns its value."""
     deadline = time.monotonic() + timeout
@@ -148,14 +163,23 @@ class Proxy:
 
 
 @pytest.fixture
-async def start_proxy(tmp_path, confdir):
-    """Start a wsinspect engine on an OS-chosen loopback port; stopped at teardown."""
+async def start_proxy(tmp_path, confdir, relay_path):
+    """Start a wsinspect engine on an OS-chosen loopback port; stopped at teardown. Its relay
+    is the run's --relay unless `settings` names one."""
     started: list[Proxy] = []
 
     async def start(modes=("regular",), settings=(), capture: Path | None = None) -> Proxy:
         store = SessionStore(capture or tmp_path / f"capture{len(started)}.db")
         engine = Engine(
-            store, modes, listen_port=0, confdir=str(confdir), settings=list(settings)
+            store,
+            modes,
+            listen_port=0,
+            confdir=str(confdir),
+            settings=[
+                *settings,
+                *([] if any(s.startswith("wsinspect_relay=") for s in settings)
+                  else [f"wsinspect_relay={relay_path}"]),
+            ],
         )
         await engine.start()
         proxy = Proxy(engine, store, confdir)

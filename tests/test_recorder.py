@@ -6,7 +6,12 @@ import asyncio
 import base64
 import hashlib
 import os
+import re
+import signal
 import socket
+from pathlib import Path
+
+import pytest
 
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
@@ -15,15 +20,18 @@ from websockets.http11 import Response
 from mitmproxy.proxy.layers import websocket as websocket_layer
 
 from wsinspect.model import MessageType, Outcome, accept_for_key, header_value
+from wsinspect.store import SessionStore
 
-from .conftest import wait_for
+from .conftest import mitmdump, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def kinds(messages):
     return [(m.direction, m.type.value, m.payload) for m in messages]
 
 
-async def test_text_binary_ping_pong_and_close_both_ways(proxy, echo_server):
+async def test_text_binary_ping_pong_and_close_both_ways(proxy, echo_server, relay_path):
     async with connect(f"ws://127.0.0.1:{echo_server}/chat?room=1", proxy=proxy.url) as ws:
         await ws.send("hello")
         assert await ws.recv() == "hello"
@@ -51,8 +59,10 @@ async def test_text_binary_ping_pong_and_close_both_ways(proxy, echo_server):
         ("client", "ping", b"are-you-there"),
         ("server", "pong", b"are-you-there"),
         ("client", "close", (1000).to_bytes(2, "big")),
+        # the raw relay records the answering close too; mitmproxy's layer does not report it
+        *([("server", "close", (1000).to_bytes(2, "big"))] if relay_path == "raw" else []),
     ]
-    assert [m.index for m in messages] == list(range(7))
+    assert [m.index for m in messages] == list(range(len(messages)))
     assert all(m.timestamp >= hop.timestamp_start for m in messages)
     assert session.close.code == 1000 and session.close.by == "client"
     assert not session.close.abnormal
@@ -66,7 +76,7 @@ async def test_frame_tap_is_installed_in_mitmproxys_websocket_layer(proxy):
     assert callable(websocket_layer.WebsocketConnection.events)
 
 
-async def test_server_close_with_reason(proxy):
+async def test_server_close_with_reason(proxy, relay_path):
     async def closer(ws):
         await ws.recv()
         await ws.close(4001, "go away")
@@ -82,9 +92,12 @@ async def test_server_close_with_reason(proxy):
         4001, "go away", "server"
     )
     proxy.store.flush()
-    last = proxy.store.messages(session.id, 0, 10)[-1]
-    assert last.type is MessageType.CLOSE and not last.from_client
-    assert last.close_code_reason() == (4001, "go away")
+    closes = [m for m in proxy.store.messages(session.id, 0, 10) if m.type is MessageType.CLOSE]
+    assert [(m.direction, m.close_code_reason()) for m in closes] == [
+        ("server", (4001, "go away")),
+        # the client's answer (websockets echoes the code), recorded by the raw relay
+        *([("client", (4001, "go away"))] if relay_path == "raw" else []),
+    ]
 
 
 async def test_fragmented_and_deflated_messages(proxy, echo_server):
@@ -106,7 +119,7 @@ async def test_fragmented_and_deflated_messages(proxy, echo_server):
     assert texts[2].size == len(big)
 
 
-async def test_wss_through_the_proxy_with_its_ca(start_proxy, tls_echo_server):
+async def test_wss_through_the_proxy_with_its_ca(start_proxy, tls_echo_server, relay_path):
     proxy = await start_proxy(settings=["ssl_insecure=true"])
     async with connect(
         f"wss://localhost:{tls_echo_server}/secure", proxy=proxy.url, ssl=proxy.client_ssl()
@@ -115,7 +128,7 @@ async def test_wss_through_the_proxy_with_its_ca(start_proxy, tls_echo_server):
         assert await ws.recv() == "over tls"
     session = await proxy.wait_session(lambda s: s.outcome is Outcome.CLOSED)
     assert session.url == f"wss://localhost:{tls_echo_server}/secure"
-    assert session.stats.by_type == {"text": 2, "close": 1}
+    assert session.stats.by_type == {"text": 2, "close": 2 if relay_path == "raw" else 1}
 
 
 async def test_upgrade_answered_426_is_a_rejected_session(proxy):
@@ -184,7 +197,9 @@ async def test_abrupt_client_disconnect_is_an_abnormal_close(proxy, echo_server)
     assert [m.payload for m in proxy.store.messages(session.id, 0, 10)][:2] == [b"hi", b"hi"]
 
 
-async def test_flow_messages_are_trimmed_once_recorded(proxy, echo_server):
+async def test_flow_messages_are_trimmed_once_recorded(start_proxy, echo_server):
+    """mitmproxy's path keeps every message in its flow; the recorder trims them."""
+    proxy = await start_proxy(settings=["wsinspect_relay=mitmproxy"])
     seen: list[int] = []
 
     class Probe:  # runs after the recorder in the same hook
@@ -232,3 +247,49 @@ async def test_many_concurrent_sessions_stay_apart(proxy, echo_server):
         texts = [m.payload.decode() for m in proxy.store.messages(session.id, 0, 20)
                  if m.type is MessageType.TEXT]
         assert texts == [f"{i}:{j}" for j in range(5) for _ in (0, 1)]
+
+
+@pytest.mark.parametrize("relay", [None, "raw"], ids=["default", "opt-in-raw"])
+async def test_standalone_addon_uses_mitmproxys_path_unless_told_raw(
+    tmp_path, confdir, echo_server, relay
+):
+    """`mitmdump -s addons/wsinspect.py` keeps mitmproxy's path (its message hook sees every
+    message); `--set wsinspect_relay=raw` opts into the raw relay, which records the answering
+    close frame mitmproxy's layer does not report."""
+    seen = tmp_path / "seen.txt"
+    script = tmp_path / "count_hook.py"
+    script.write_text(
+        "def websocket_message(flow):\n"
+        f"    open({str(seen)!r}, 'a').write('m')\n"
+    )
+    capture = tmp_path / "standalone.db"
+    process = await asyncio.create_subprocess_exec(
+        *mitmdump(confdir), "-s", "addons/wsinspect.py", "-s", str(script),
+        "--listen-host", "127.0.0.1", "--listen-port", "0",
+        "--set", f"wsinspect_capture={capture}",
+        *(["--set", f"wsinspect_relay={relay}"] if relay else []),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        while not (match := re.search(
+            rb"listening at 127\.0\.0\.1:(\d+)",
+            await asyncio.wait_for(process.stdout.readline(), 20),
+        )):
+            pass
+        proxy_url = f"http://127.0.0.1:{int(match.group(1))}"
+        async with connect(f"ws://127.0.0.1:{echo_server}/", proxy=proxy_url) as ws:
+            await ws.send("one")
+            assert await ws.recv() == "one"
+        await asyncio.sleep(0.3)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.communicate(), 20)
+    store = SessionStore.open(capture)
+    kinds = [(m.direction, m.type.value) for m in store.messages(1, 0, 10)]
+    if relay == "raw":
+        assert kinds == [("client", "text"), ("server", "text"), ("client", "close"), ("server", "close")]
+        assert not seen.exists()  # the raw relay does not pass messages through the hook
+    else:
+        assert kinds == [("client", "text"), ("server", "text"), ("client", "close")]
+        assert seen.read_text() == "mm"
+    store.close()

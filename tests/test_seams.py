@@ -43,6 +43,48 @@ def test_every_seam_is_installed_where_mitmproxy_calls_it():
     assert hashlib.sha256(source.encode()).hexdigest() == seams.RELAY_MESSAGES_SHA256
 
 
+def test_raw_relay_seams_are_where_mitmproxy_hands_over_and_closes():
+    """The raw relay takes over where the HTTP layer creates its WebSocket layer, gets events
+    through HttpStream's passthrough, and reads resets from / sends them through the
+    ConnectionHandler's transports: fail here if a mitmproxy release moves any of that."""
+    from mitmproxy.proxy import server
+    from mitmproxy.proxy.layers import http as http_layer
+
+    from wsinspect import seams
+
+    seams.install()
+    flow_done = inspect.getsource(http_layer.HttpStream.flow_done)
+    assert "websocket.WebsocketLayer(self.context, self.flow)" in flow_done
+    assert "self._handle_event = self.passthrough" in flow_done
+    assert "RawRelayLayer" in inspect.getsource(websocket_layer.WebsocketLayer.__new__)
+    passthrough = http_layer.HttpStream.passthrough
+    assert passthrough.wsinspect_seam
+    # mitmproxy's passthrough turns these HTTP events into the connection events the raw
+    # relay is given, and sends toward the server as SendHttp(RequestData)
+    original = inspect.getsource(passthrough.wsinspect_original)
+    for name in ("RequestData", "ResponseData", "RequestEndOfMessage", "ResponseEndOfMessage"):
+        assert f"isinstance(event, {name})" in original
+    assert "SendHttp(\n                        RequestData(self.stream_id" in original or (
+        "RequestData(self.stream_id, command.data)" in original
+    )
+    # the raw relay writes to the server itself when the HTTP layer holds a bare HTTP/1 client
+    # for it (no TLS layer inside the HTTP layer)
+    get_connection = inspect.getsource(http_layer.HttpLayer.get_connection)
+    assert "stack /= HttpClient(context)" in get_connection
+    assert "self.connections[context.server] = stack[0]" in get_connection
+    assert "Http1Client(self.context.fork())" in inspect.getsource(http_layer.HttpLayer._handle_event)
+    handler = server.ConnectionHandler
+    assert handler.server_event.wsinspect_seam
+    assert list(inspect.signature(handler.close_connection).parameters) == [
+        "self", "connection", "half_close"
+    ]
+    reading = inspect.getsource(handler.handle_connection)
+    # a reset ends the read loop like a FIN; the reader keeps the ConnectionResetError
+    assert "except OSError:" in reading and "events.ConnectionClosed(connection)" in reading
+    assert "writer.close()" in reading  # a full close closes the socket: SO_LINGER 0 resets
+    assert "ConnectionIO" in inspect.getsource(server)
+
+
 @pytest.mark.parametrize(
     "payload",
     [
@@ -149,8 +191,10 @@ CLIENT_VIOLATIONS = [
 
 @pytest.mark.parametrize("case, bad_frame, code", CLIENT_VIOLATIONS, ids=[c[0] for c in CLIENT_VIOLATIONS])
 async def test_protocol_error_from_the_client_is_the_proxys_close(
-    proxy, echo_server, case, bad_frame, code
+    start_proxy, echo_server, case, bad_frame, code
 ):
+    """mitmproxy's path enforces the protocol (the raw relay's record: test_conformance)."""
+    proxy = await start_proxy(settings=["wsinspect_relay=mitmproxy"])
     reader, writer = await raw_client(
         proxy.port, f"http://127.0.0.1:{echo_server}/bad", f"127.0.0.1:{echo_server}"
     )
@@ -182,12 +226,14 @@ SERVER_VIOLATIONS = [
 
 @pytest.mark.parametrize("case, bad_frame, code", SERVER_VIOLATIONS, ids=[c[0] for c in SERVER_VIOLATIONS])
 async def test_protocol_error_from_the_server_names_the_server(
-    proxy, echo_server, case, bad_frame, code
+    start_proxy, echo_server, case, bad_frame, code
 ):
+    proxy = await start_proxy(settings=["wsinspect_relay=mitmproxy"])
     async def misbehave(reader, writer):
         writer.write(bad_frame)
         await writer.drain()
         await reader.read()
+        writer.close()  # Python 3.12's Server.wait_closed waits for every connection to close
 
     server = await raw_server(misbehave)
     port = server.sockets[0].getsockname()[1]
@@ -205,7 +251,10 @@ async def test_protocol_error_from_the_server_names_the_server(
         await healthy_round_trip(proxy, echo_server)
 
 
-async def test_backend_reset_mid_session_shows_what_each_side_was_told(proxy):
+async def test_backend_reset_mid_session_shows_what_each_side_was_told(start_proxy):
+    """On mitmproxy's path the survivor is told 1000 (the raw relay passes the end on
+    instead: test_conformance)."""
+    proxy = await start_proxy(settings=["wsinspect_relay=mitmproxy"])
     async def vanish(reader, writer):
         opcode, payload = await read_frame(reader)
         writer.write(frame(0x1, payload, mask=False))

@@ -193,6 +193,7 @@ def test_clients_traffic_is_intercepted_and_recorded_with_its_original_destinati
             (True, MessageType.PING, b"p1"),
             (False, MessageType.PONG, b"p1"),
             (True, MessageType.CLOSE, b"\x03\xe8"),
+            (False, MessageType.CLOSE, b"\x03\xe8"),  # the answer, recorded by the raw relay
         ]
     store.close()
 

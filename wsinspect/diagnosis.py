@@ -771,10 +771,47 @@ def _abnormal(hops: list[Hop]) -> list[Finding]:
     return [closed]
 
 
+def _peer_reaction(hop: Hop, peer: str) -> str:
+    """What the side that received a bad frame did about it, as the record shows."""
+    close = hop.close
+    if close is None:
+        return f"the {peer} has not closed the connection so far"
+    offender = "client" if peer == "server" else "server"
+    told = getattr(close, f"told_{offender}")  # the peer's close frame, under the raw relay
+    if told is not None:
+        code = "an empty close frame" if told[0] is None else f"close {told[0]}"
+        verb = "closed with" if close.by == peer else "answered with"
+        return f"the {peer} {verb} {code}" + (f" {told[1]!r}" if told[1] else "")
+    if close.by == peer:
+        how = getattr(close, f"{peer}_end")
+        ended = "reset" if how == "reset" else "closed"
+        return f"the {peer} {ended} the connection without a close frame"
+    return f"the {peer} did not close the connection over it (the {close.by} ended the session)"
+
+
 def _protocol_errors(hops: list[Hop]) -> list[Finding]:
-    """The proxy closed both sides because one sent a frame that breaks RFC 6455."""
+    """A side sent a frame that breaks RFC 6455: the raw relay passed it on and the record
+    shows how the peer reacted; mitmproxy's path closed both sides itself."""
     findings = []
     for position, hop in enumerate(hops, start=1):
+        if hop.violations:
+            first = hop.violations[0]
+            peer = "server" if first.from_client else "client"
+            more = len(hop.violations) - 1
+            findings.append(
+                Finding(
+                    "protocol-error",
+                    Severity.ERROR,
+                    position,
+                    f"The {first.sender} sent a frame that breaks the WebSocket protocol "
+                    f"({first.rule}: {first.detail})"
+                    + (f", and {more} more violation(s) followed" if more else "")
+                    + f"; wsinspect at hop {position} passed it on unchanged, and "
+                    f"{_peer_reaction(hop, peer)}.",
+                    PROTOCOL_FIX,
+                )
+            )
+            continue
         close = hop.close
         if close is None or close.by != "proxy" or close.offender is None:
             continue

@@ -50,6 +50,8 @@ MAX_TIMESTAMP = 7_258_118_400.0  # 2200-01-01: later, negative or not finite is 
 MAX_COUNT = 1 << 53  # sizes, counts and ids: the largest a float still holds exactly
 MAX_TEXT = 16 * 1024 * 1024  # one header value, URL or error text
 MAX_MODE = 1000
+MAX_SECONDS = 1e9  # a round-trip time, or a sum of them
+MAX_VIOLATIONS = 100  # per hop; a peer that breaks every frame does not grow the record
 
 
 class RecordError(ValueError):
@@ -91,6 +93,14 @@ def text(value: object, what: str) -> None:
         raise _fail(what, f"is {_kind(value)}, not text")
     if len(value) > MAX_TEXT:
         raise _fail(what, f"is {len(value)} characters long (at most {MAX_TEXT})")
+
+
+def seconds(value: object, what: str) -> None:
+    """A duration: a finite, non-negative number of seconds."""
+    if type(value) not in (float, int):
+        raise _fail(what, f"is {_kind(value)}, not a number of seconds")
+    if not 0 <= value <= MAX_SECONDS:  # also false for NaN, infinities and huge integers
+        raise _fail(what, "is not a duration in seconds")
 
 
 def flag(value: object, what: str) -> None:
@@ -157,6 +167,18 @@ def sha256(value: object, what: str) -> None:
     text(value, what)
     if len(value) != 64 or value.strip("0123456789abcdef"):
         raise _fail(what, "is not a SHA-256 in hex")
+
+
+def list_of(inner: Check, most: int) -> Check:
+    def check(value: object, what: str) -> None:
+        if type(value) is not list:
+            raise _fail(what, f"is {_kind(value)}, not a list")
+        if len(value) > most:
+            raise _fail(what, f"has {len(value)} items (at most {most})")
+        for number, item in enumerate(value, start=1):
+            inner(item, f"{what} {number}")
+
+    return check
 
 
 def counts_by_type(value: object, what: str) -> None:
@@ -245,6 +267,7 @@ class Message:
     injected: bool = False
     sha256: str | None = None  # set when the payload was capped, to identify the full one
     index: int = -1  # position within its hop, assigned by the store
+    rtt: float | None = None  # a pong's: seconds since the ping it answers
 
     @property
     def truncated(self) -> bool:
@@ -271,6 +294,16 @@ class Message:
         return code, self.payload[2:].decode("utf-8", errors="replace")
 
 
+@dataclass(frozen=True, slots=True)
+class RttSummary:
+    """Round-trip times of a session's answered pings, in seconds."""
+
+    count: int
+    min: float
+    mean: float
+    max: float
+
+
 @dataclass(slots=True)
 class MessageStats:
     from_client: int = 0
@@ -278,6 +311,18 @@ class MessageStats:
     bytes: int = 0
     by_type: dict[str, int] = field(default_factory=dict)
     last_timestamp: float | None = None
+    rtt_count: int = 0
+    rtt_total: float = 0.0
+    rtt_min: float | None = None
+    rtt_max: float | None = None
+
+    @property
+    def ping_rtt(self) -> RttSummary | None:
+        if not self.rtt_count:
+            return None
+        return RttSummary(
+            self.rtt_count, self.rtt_min, self.rtt_total / self.rtt_count, self.rtt_max
+        )
 
     @property
     def count(self) -> int:
@@ -291,6 +336,11 @@ class MessageStats:
         self.bytes += message.size
         self.by_type[message.type.value] = self.by_type.get(message.type.value, 0) + 1
         self.last_timestamp = message.timestamp
+        if message.rtt is not None:
+            self.rtt_count += 1
+            self.rtt_total += message.rtt
+            self.rtt_min = message.rtt if self.rtt_min is None else min(self.rtt_min, message.rtt)
+            self.rtt_max = message.rtt if self.rtt_max is None else max(self.rtt_max, message.rtt)
 
     def to_json(self) -> dict:
         return {
@@ -299,6 +349,7 @@ class MessageStats:
             "bytes": self.bytes,
             "by_type": dict(self.by_type),
             "last_timestamp": self.last_timestamp,
+            "rtt": [self.rtt_count, self.rtt_total, self.rtt_min, self.rtt_max],
         }
 
     def validate(self) -> None:
@@ -313,9 +364,51 @@ class MessageStats:
             by_type=field_of(data, "by_type", "stats"),
             last_timestamp=field_of(data, "last_timestamp", "stats", None),
         )
+        rtt = tuple_of(field_of(data, "rtt", "stats", None), "stats rtt", 4)
+        if rtt is not None:  # captures from before pong RTTs were recorded have none
+            stats.rtt_count, stats.rtt_total, stats.rtt_min, stats.rtt_max = rtt
         stats.validate()
         stats.by_type = dict(stats.by_type)
         return stats
+
+
+@dataclass(slots=True)
+class Violation:
+    """A frame that breaks RFC 6455, as the raw relay saw (and passed on) it."""
+
+    from_client: bool
+    rule: str  # the section and the rule in words
+    detail: str
+    opcode: int | None
+    timestamp: float
+
+    @property
+    def sender(self) -> str:
+        return "client" if self.from_client else "server"
+
+    def to_json(self) -> dict:
+        return {
+            "from_client": self.from_client,
+            "rule": self.rule,
+            "detail": self.detail,
+            "opcode": self.opcode,
+            "timestamp": self.timestamp,
+        }
+
+    def validate(self) -> None:
+        check_fields(self, VIOLATION_FIELDS)
+
+    @classmethod
+    def from_json(cls, data: dict) -> Violation:
+        violation = cls(
+            from_client=field_of(data, "from_client", "violation"),
+            rule=field_of(data, "rule", "violation"),
+            detail=field_of(data, "detail", "violation"),
+            opcode=field_of(data, "opcode", "violation", None),
+            timestamp=field_of(data, "timestamp", "violation"),
+        )
+        violation.validate()
+        return violation
 
 
 @dataclass(slots=True)
@@ -337,6 +430,10 @@ class Close:
     offender: str | None = None
     told_client: tuple[int | None, str] | None = None
     told_server: tuple[int | None, str] | None = None
+    # Under the raw relay: how each side's connection ended, "fin" or "reset" (None: the
+    # proxy closed it, passing on the other side's reset); each side received the other's.
+    client_end: str | None = None
+    server_end: str | None = None
 
     def to_json(self) -> dict:
         return {
@@ -349,6 +446,8 @@ class Close:
             "offender": self.offender,
             "told_client": list(self.told_client) if self.told_client else None,
             "told_server": list(self.told_server) if self.told_server else None,
+            "client_end": self.client_end,
+            "server_end": self.server_end,
         }
 
     def validate(self) -> None:
@@ -366,6 +465,8 @@ class Close:
             offender=field_of(data, "offender", "close", None),
             told_client=tuple_of(field_of(data, "told_client", "close", None), "close told_client", 2),
             told_server=tuple_of(field_of(data, "told_server", "close", None), "close told_server", 2),
+            client_end=field_of(data, "client_end", "close", None),
+            server_end=field_of(data, "server_end", "close", None),
         )
         close.validate()
         return close
@@ -397,6 +498,8 @@ class Hop:
     # "proxy" when this listener's proxy answered the handshake itself (it refused the request)
     answered_by: str | None = None
     replay_of: int | None = None  # the session this hop's session replays (wsinspect replay)
+    # Frames that broke RFC 6455 (raw relay), the first MAX_VIOLATIONS of them
+    violations: list[Violation] = field(default_factory=list)
     id: int = -1  # assigned by the store
     session_id: int = -1  # assigned by the store
 
@@ -429,6 +532,7 @@ class Hop:
             "flow_id": self.flow_id,
             "answered_by": self.answered_by,
             "replay_of": self.replay_of,
+            "violations": [v.to_json() for v in self.violations],
         }
 
     def validate(self) -> None:
@@ -446,6 +550,10 @@ class Hop:
             if type(value) is not list:
                 raise _fail(f"hop {key}", f"is {_kind(value)}, not a list")
             return [tuple_of(item, f"hop {key}", 2) for item in value]
+
+        def violations(value: object) -> list[Violation]:
+            list_of(lambda item, what: None, MAX_VIOLATIONS)(value, "hop violations")
+            return [Violation.from_json(item) for item in value]
 
         close = get("close", None)
         hop = cls(
@@ -472,6 +580,7 @@ class Hop:
             flow_id=get("flow_id", None),
             answered_by=get("answered_by", None),
             replay_of=get("replay_of", None),
+            violations=violations(get("violations", [])),
         )
         hop.validate()
         return hop
@@ -535,6 +644,11 @@ class Session:
             ]
         return max(times)
 
+    @property
+    def ping_rtt(self) -> RttSummary | None:
+        """Round-trip times of the pings answered on the first hop."""
+        return self.stats.ping_rtt
+
     def duration(self, now: float) -> float:
         end = self.timestamp_end if self.timestamp_end is not None else now
         return max(0.0, end - self.timestamp_start)
@@ -550,6 +664,7 @@ MESSAGE_FIELDS: dict[str, Check] = {
     "injected": flag,
     "sha256": optional(sha256),
     "index": ID,
+    "rtt": optional(seconds),
 }
 STATS_FIELDS: dict[str, Check] = {
     "from_client": COUNT,
@@ -557,6 +672,17 @@ STATS_FIELDS: dict[str, Check] = {
     "bytes": COUNT,
     "by_type": counts_by_type,
     "last_timestamp": optional(timestamp),
+    "rtt_count": COUNT,
+    "rtt_total": seconds,
+    "rtt_min": optional(seconds),
+    "rtt_max": optional(seconds),
+}
+VIOLATION_FIELDS: dict[str, Check] = {
+    "from_client": flag,
+    "rule": text,
+    "detail": text,
+    "opcode": optional(integer(0, 15)),
+    "timestamp": timestamp,
 }
 CLOSE_FIELDS: dict[str, Check] = {
     "code": optional(CLOSE_CODE),
@@ -568,6 +694,8 @@ CLOSE_FIELDS: dict[str, Check] = {
     "offender": optional(SIDE),
     "told_client": optional(pair(optional(CLOSE_CODE), text)),
     "told_server": optional(pair(optional(CLOSE_CODE), text)),
+    "client_end": optional(one_of("fin", "reset")),
+    "server_end": optional(one_of("fin", "reset")),
 }
 HOP_FIELDS: dict[str, Check] = {
     "mode": mode,
@@ -591,6 +719,7 @@ HOP_FIELDS: dict[str, Check] = {
     "flow_id": optional(text),
     "answered_by": optional(text),
     "replay_of": optional(integer(1, MAX_COUNT)),
+    "violations": list_of(instance(Violation), MAX_VIOLATIONS),
     "id": ID,
     "session_id": ID,
 }

@@ -2,10 +2,16 @@
 
 It is a plain addon class: `wsinspect` runs it in its own Master, and `addons/wsinspect.py`
 hands it to `mitmdump -s` / `mitmproxy -s`, where it opens its own capture file.
+
+Two relays carry a WebSocket after its 101 (option `wsinspect_relay`): "raw" (seams'
+RawRelayLayer) forwards bytes unchanged and reports what a frame parser saw of them
+(`on_wire_events`, `on_injected`, `on_relay_end`); "mitmproxy" is mitmproxy's WebSocket layer,
+reported through mitmproxy's hooks and seams' frame tap.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from dataclasses import dataclass, field
@@ -15,8 +21,17 @@ from mitmproxy import ctx, http
 from mitmproxy.websocket import WebSocketMessage
 from wsproto.frame_protocol import Opcode
 
-from . import seams
-from .model import Close, Hop, Message, MessageType, Outcome, header_tokens
+from . import seams, wire
+from .model import (
+    MAX_VIOLATIONS,
+    Close,
+    Hop,
+    Message,
+    MessageType,
+    Outcome,
+    Violation,
+    header_tokens,
+)
 from .store import DEFAULT_MAX_PAYLOAD, SessionStore, temporary_capture_path
 
 logger = logging.getLogger("wsinspect")
@@ -81,12 +96,52 @@ class _CloseNotes:
     told: dict[str, tuple[int | None, str]] = field(default_factory=dict)  # side -> close sent
 
 
+RELAY_PATHS = ("raw", "mitmproxy")
+PENDING_PINGS = 256  # unanswered pings remembered per side, for pairing pongs
+# message types by wire name/opcode: a dict lookup is cheaper than Enum member access per message
+_CONTROL_TYPES = {0x8: MessageType.CLOSE, 0x9: MessageType.PING, 0xA: MessageType.PONG}
+_DATA_TYPES = {"text": MessageType.TEXT, "binary": MessageType.BINARY}
+
+
+@dataclass
+class _RawSession:
+    """What the raw relay's record of one WebSocket needs beyond its hop."""
+
+    hop: Hop
+    # sender (from_client) -> pings (payload, timestamp) not yet answered, the newest kept
+    pings: dict[bool, collections.deque] = field(
+        default_factory=lambda: {
+            side: collections.deque(maxlen=PENDING_PINGS) for side in (True, False)
+        }
+    )
+    closes: list[wire.Control] = field(default_factory=list)  # each side's first close frame
+
+
+def _answer_ping(pings: collections.deque, payload: bytes, timestamp: float) -> float | None:
+    """The RTT of the ping a pong answers: the oldest with its payload, else the oldest."""
+    for i, (ping_payload, sent) in enumerate(pings):
+        if ping_payload == payload:
+            del pings[i]
+            return timestamp - sent
+    if pings:
+        return timestamp - pings.popleft()[1]
+    return None
+
+
+def _ended_how(how: str | None) -> str:
+    return "reset the connection" if how == "reset" else "closed the connection (FIN)"
+
+
 class Recorder:
     """Records every WebSocket upgrade attempt and its traffic."""
 
-    def __init__(self, store: SessionStore | None = None) -> None:
+    def __init__(self, store: SessionStore | None = None, relay: str = "raw") -> None:
+        """`relay` is the default of the `wsinspect_relay` option."""
         self.store = store
         self._owns_store = store is None
+        self._default_relay = relay
+        self._relay = relay
+        self._raw: dict[str, _RawSession] = {}  # flow id -> raw relay record
         self._hops: dict[str, Hop] = {}  # flow id -> hop
         self._flow_by_conn: dict[str, str] = {}  # connection id -> flow id
         self._tunnelled: set[str] = set()  # client connections that sent CONNECT
@@ -109,6 +164,14 @@ class Recorder:
             "Bytes of each WebSocket payload to store; larger ones keep their size and SHA-256.",
         )
         loader.add_option(
+            "wsinspect_relay",
+            str,
+            self._default_relay,
+            "How WebSockets are relayed after the 101: raw (bytes forwarded unchanged, "
+            "recorded beside) or mitmproxy (its WebSocket layer and websocket_message hook).",
+            choices=RELAY_PATHS,
+        )
+        loader.add_option(
             "wsinspect_trim",
             bool,
             True,
@@ -124,6 +187,8 @@ class Recorder:
                 "recorded, so recorded Host headers are not what clients sent: "
                 "--set keep_host_header=true keeps (and passes on) the client's"
             )
+        if "wsinspect_relay" in updated:
+            self._relay = ctx.options.wsinspect_relay
         if self.store is not None and "wsinspect_max_payload" in updated:
             self.store.max_payload = ctx.options.wsinspect_max_payload
         if self._owns_store and self.store is None:
@@ -280,6 +345,126 @@ class Recorder:
     def max_payload(self) -> int:
         """Bytes of a payload that are stored; a larger message is streamed (see seams)."""
         return self.store.max_payload
+
+    def relay_path(self) -> str:
+        return self._relay
+
+    # ----- the raw relay ----------------------------------------------------------------
+
+    def _raw_session(self, flow: http.HTTPFlow) -> _RawSession | None:
+        raw = self._raw.get(flow.id)
+        if raw is None:
+            hop = self._hops.get(flow.id)
+            if hop is None:
+                return None
+            raw = self._raw[flow.id] = _RawSession(hop)
+        return raw
+
+    def on_wire_events(self, flow: http.HTTPFlow, events: list) -> None:
+        raw = self._raw_session(flow)
+        if raw is None:
+            return
+        hop, add = raw.hop, self.store.add_message
+        for event in events:
+            kind = type(event)
+            if kind is wire.DataMessage:
+                add(hop, Message(
+                    from_client=event.from_client,
+                    type=_DATA_TYPES[event.type],
+                    size=event.size,
+                    payload=event.payload,
+                    timestamp=event.timestamp,
+                    sha256=event.sha256,
+                ))
+            elif kind is wire.Control:
+                rtt = None
+                if event.opcode == 0x9:
+                    raw.pings[event.from_client].append((event.payload, event.timestamp))
+                elif event.opcode == 0xA:
+                    rtt = _answer_ping(
+                        raw.pings[not event.from_client], event.payload, event.timestamp
+                    )
+                elif event.opcode == 0x8 and all(
+                    c.from_client != event.from_client for c in raw.closes
+                ):
+                    raw.closes.append(event)
+                add(hop, Message(
+                    from_client=event.from_client,
+                    type=_CONTROL_TYPES[event.opcode],
+                    size=len(event.payload),
+                    payload=event.payload,
+                    timestamp=event.timestamp,
+                    rtt=rtt,
+                ))
+            elif kind is wire.Violation or kind is wire.SyncLost:
+                if len(hop.violations) < MAX_VIOLATIONS:
+                    lost = kind is wire.SyncLost
+                    hop.violations.append(Violation(
+                        from_client=event.from_client,
+                        rule="frame boundaries lost: later bytes were relayed unparsed"
+                        if lost else event.rule,
+                        detail=event.detail,
+                        opcode=None if lost else event.opcode,
+                        timestamp=event.timestamp,
+                    ))
+                    self.store.hop_changed(hop)
+
+    def on_injected(
+        self, flow: http.HTTPFlow, from_client: bool, is_text: bool, payload: bytes
+    ) -> None:
+        raw = self._raw_session(flow)
+        if raw is not None:
+            self.store.add_message(raw.hop, Message(
+                from_client=from_client,
+                type=MessageType.TEXT if is_text else MessageType.BINARY,
+                size=len(payload),
+                payload=payload,
+                timestamp=time.time(),
+                injected=True,
+            ))
+
+    def on_relay_end(self, flow: http.HTTPFlow, end: seams.RelayEnd) -> None:
+        raw = self._raw_session(flow)
+        self._raw.pop(flow.id, None)
+        self._hops.pop(flow.id, None)
+        self._untap(flow)
+        if raw is None:
+            return
+        hop = raw.hop
+        close = Close(timestamp=end.timestamp, client_end=end.client, server_end=end.server)
+        told = {}  # receiver -> the first close frame's code and reason
+        for frame in raw.closes:
+            told.setdefault("server" if frame.from_client else "client", frame.close_code_reason())
+        if raw.closes:
+            first = raw.closes[0]
+            close.by = "client" if first.from_client else "server"
+            close.code, close.reason = first.close_code_reason()
+            close.told_client, close.told_server = told.get("client"), told.get("server")
+        else:
+            close.by = end.first
+            other = "server" if end.first == "client" else "client"
+            how = end.client if end.first == "client" else end.server
+            close.abnormal = True
+            close.abnormal_reason = (
+                f"the {end.first} {_ended_how(how)} without a close frame; wsinspect passed the "
+                f"same {'reset' if how == 'reset' else 'FIN'} on to the {other}"
+            )
+            if how == "fin" and (end.server if end.first == "client" else end.client) == "reset":
+                close.abnormal_reason += (
+                    f"; then the {other} reset the connection, passed on to the {end.first}"
+                )
+        if hop.violations:
+            close.offender = hop.violations[0].sender
+        hop.close = close
+        hop.timestamp_end = end.timestamp
+        hop.outcome = Outcome.CLOSED
+        self.store.hop_changed(hop)
+        ws = flow.websocket
+        if ws is not None:
+            ws.timestamp_end = end.timestamp
+            ws.closed_by_client = close.by == "client"
+            ws.close_code = close.code if close.code is not None else ABNORMAL_CLOSURE
+            ws.close_reason = close.reason
 
     def on_streamed_message(self, flow: http.HTTPFlow, message: seams.StreamedMessage) -> None:
         """A message relayed fragment by fragment because it outgrew the stored payload."""

@@ -16,24 +16,42 @@ someone debugging a broken WebSocket must see.
   fragment instead, unchanged, keeping only the stored prefix, its size and its SHA-256; such
   a message does not reach mitmproxy's `websocket_message` hook (as with mitmproxy's own
   `stream_large_bodies` for HTTP bodies).
+- Raw relay (`wsinspect_relay=raw`): where mitmproxy's HTTP layer hands a connection that
+  upgraded to its WebSocket layer (`websocket.WebsocketLayer(context, flow)` in HttpStream's
+  `flow_done`), a `RawRelayLayer` takes it instead: each direction's bytes are forwarded as
+  they arrive, unchanged, and fed to a `wire.FrameParser` for the record. HttpStream's
+  `passthrough` would turn the layer's commands into HTTP events (which can only close a
+  connection whole); for this layer it hands events in and commands out unchanged, as
+  mitmproxy's own TCP layer has them beneath TLS layers, so a FIN is passed on as a
+  half-close. Two wrappers on the ConnectionHandler report a reset: `server_event` notes a
+  watched connection whose reader ended with ConnectionResetError, and `close_connection`
+  sets SO_LINGER 0 on a connection the relay asked to reset, so closing it (after its
+  pending bytes) sends a reset. Injected messages wait for a message boundary.
 
-Each seam is installed once per process and dispatches to the Recorder that owns the
-connection. tests/test_seams.py fails if a mitmproxy release moves one of them.
+Each seam is installed once per process and dispatches to the recorder that owns the
+connection, through the `RelayRecorder` protocol below (seams never imports the recorder).
+tests/test_seams.py fails if a mitmproxy release moves one of them.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import logging
 import re
+import socket
+import struct
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Protocol
 
 import wsproto.events
 
 from mitmproxy import websocket
 from mitmproxy.net.http import http1
-from mitmproxy.proxy import commands
+from mitmproxy.proxy import commands, layer, server
 from mitmproxy.proxy import events as proxy_events
+from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.proxy.layers import websocket as websocket_layer
 from mitmproxy.proxy.layers.websocket import Fragmentizer, WebSocketMessageInjected
 from mitmproxy.proxy.utils import expect
@@ -42,15 +60,48 @@ from wsproto import ConnectionState
 from wsproto.events import CloseConnection
 from wsproto.frame_protocol import Opcode
 
-if TYPE_CHECKING:
-    from .recorder import Recorder
+from . import wire
+
+logger = logging.getLogger("wsinspect")
+
+
+class RelayRecorder(Protocol):
+    """What the seams tell the recorder (wsinspect.recorder.Recorder is the one there is)."""
+
+    def relay_path(self) -> str:
+        """"raw" or "mitmproxy": which relay carries WebSockets after the 101."""
+
+    def max_payload(self) -> int:
+        """Bytes of a payload that are stored."""
+
+    def on_refused_request(self, client, head: bytes, reason: str) -> None: ...
+
+    def on_frame_event(
+        self, conn_id: str, from_client: bool, event: wsproto.events.Event, protocol_error: bool
+    ) -> None: ...
+
+    def on_close_sent(
+        self, conn_id: str, to_client: bool, code: int | None, reason: str
+    ) -> None: ...
+
+    def on_streamed_message(self, flow, message: StreamedMessage) -> None: ...
+
+    def on_wire_events(self, flow, events: list) -> None:
+        """What a direction's FrameParser made of the bytes the raw relay forwarded."""
+
+    def on_injected(self, flow, from_client: bool, is_text: bool, payload: bytes) -> None:
+        """The raw relay sent an injected message (toward the server when `from_client`)."""
+
+    def on_relay_end(self, flow, end: RelayEnd) -> None:
+        """Both directions of a raw-relayed WebSocket have ended."""
+
 
 # Recorders by the id of their mitmproxy Options object (one per Master), for seams that only
 # see a layer's context.
-_recorders_by_options: dict[int, Recorder] = {}
+_recorders_by_options: dict[int, RelayRecorder] = {}
 
 
-def register(recorder: Recorder, options) -> None:
+def register(recorder: RelayRecorder, options) -> None:
     _recorders_by_options[id(options)] = recorder
 
 
@@ -58,7 +109,7 @@ def unregister(options) -> None:
     _recorders_by_options.pop(id(options), None)
 
 
-def frame_taps() -> dict[str, Recorder]:
+def frame_taps() -> dict[str, RelayRecorder]:
     """Connection id -> the recorder that wants that connection's frames."""
     return websocket_layer.WebsocketConnection.wsinspect_taps
 
@@ -84,7 +135,7 @@ def _install_frame_tap() -> None:
         return
 
     class TappedWebsocketConnection(base):  # type: ignore[misc, valid-type]
-        wsinspect_taps: dict[str, Recorder] = {}
+        wsinspect_taps: dict[str, RelayRecorder] = {}
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
@@ -216,6 +267,12 @@ def _install_streaming_relay() -> None:
 
         wsinspect_streaming = True
 
+        def __new__(cls, context, flow):
+            recorder = _recorders_by_options.get(id(context.options))
+            if recorder is not None and recorder.relay_path() == "raw":
+                return RawRelayLayer(context, flow, recorder)  # not a cls: no __init__ here
+            return super().__new__(cls)
+
         def __init__(self, context, flow) -> None:
             super().__init__(context, flow)
             self.streams: dict[bool, StreamedMessage] = {}  # from_client -> message in flight
@@ -314,8 +371,260 @@ def _install_streaming_relay() -> None:
     websocket_layer.WebsocketLayer = StreamingWebsocketLayer
 
 
+@dataclass(slots=True)
+class RelayEnd:
+    """How each side's connection ended under the raw relay: "fin", "reset", or None when the
+    proxy closed it after the other side's reset. `first` is the side that ended first."""
+
+    first: str
+    client: str | None
+    server: str | None
+    timestamp: float
+
+
+# Connection ids the raw relay watches for a reset, the ones a reset was seen on, and the ones
+# it asked to reset (see the module docstring).
+_watched: set[str] = set()
+_peer_reset: set[str] = set()
+_reset_requested: set[str] = set()
+
+_LINGER_ZERO = struct.pack("ii", 1, 0)
+
+
+class RawRelayLayer(layer.Layer):
+    """Relays a WebSocket's bytes both ways unchanged and records what a FrameParser per
+    direction makes of them."""
+
+    def __init__(self, context, flow, recorder: RelayRecorder) -> None:
+        super().__init__(context)
+        self.flow = flow
+        self.recorder = recorder
+        self.parsers: dict[bool, wire.FrameParser] = {}
+        # from_client -> injected messages (is_text, payload) waiting for a message boundary
+        self.pending: dict[bool, collections.deque] = {
+            True: collections.deque(),
+            False: collections.deque(),
+        }
+        self.ends: dict[bool, str | None] = {True: None, False: None}
+        self.first_end: bool | None = None
+        self.stream_id: int | None = None  # the HTTP stream it is the child of (passthrough)
+        self.server_through_http = True  # see send()
+
+    def send(self, from_client: bool, data: bytes) -> commands.Command:
+        """The command that forwards `data` in its direction. The client's layers (TLS) are
+        always above this one, as are the server's, except where the HTTP layer opened the
+        server connection inside itself (wss:// in absolute form: its TLS layer) — only then
+        does data for the server go through the HTTP layer (whose HTTP/1 client looks up a
+        header for every write)."""
+        if not from_client:
+            return commands.SendData(self.context.client, data)
+        if self.server_through_http:
+            server = self.context.server
+            return http_layer.SendHttp(http_layer.RequestData(self.stream_id, data), server)
+        return commands.SendData(self.context.server, data)
+
+    @expect(proxy_events.Start)
+    def start(self, _):
+        headers = [
+            (k.decode("latin-1"), v.decode("latin-1")) for k, v in self.flow.response.headers.fields
+        ]
+        deflate = wire.negotiated_deflate(headers)
+        keep = self.recorder.max_payload()
+        self.parsers = {side: wire.FrameParser(side, deflate, keep) for side in (True, False)}
+        _watched.update((self.context.client.id, self.context.server.id))
+        owner = next(
+            (x for x in reversed(self.context.layers) if isinstance(x, http_layer.HttpLayer)), None
+        )
+        server_layer = owner.connections.get(self.context.server) if owner else None
+        # a bare HTTP/1 client (CONNECT tunnels, reverse, transparent) or the HttpClient that
+        # wraps one (absolute form, ws://); anything else is a TLS or upstream-proxy layer
+        bare = (_http1.Http1Client, http_layer.HttpClient)
+        self.server_through_http = type(server_layer) not in bare
+        yield websocket_layer.WebsocketStartHook(self.flow)
+        self._handle_event = self.relay
+
+    _handle_event = start
+
+    @expect(proxy_events.DataReceived, proxy_events.ConnectionClosed, WebSocketMessageInjected)
+    def relay(self, event):
+        if isinstance(event, proxy_events.DataReceived):
+            from_client = event.connection is self.context.client
+            parser = self.parsers[from_client]
+            if self.pending[from_client]:
+                yield from self._relay_around_injections(from_client, event.data)
+                return
+            yield self.send(from_client, event.data)
+            found = parser.feed(event.data, time.time())
+            if found:
+                self.recorder.on_wire_events(self.flow, found)
+        elif isinstance(event, WebSocketMessageInjected):
+            yield from self._inject(event.message)
+        else:
+            yield from self._ended(event.connection)
+
+    def _relay_around_injections(self, from_client: bool, data: bytes):
+        """Forward `data`, slipping the waiting injections in at the first message boundary."""
+        parser = self.parsers[from_client]
+        start = parser.offset
+        found = parser.feed(data, time.time())
+        sent = recorded = 0
+        for i, event in enumerate(found):
+            if event.boundary and self.pending[from_client]:
+                cut = event.end - start
+                if cut > sent:
+                    yield self.send(from_client, data[sent:cut])
+                    sent = cut
+                self.recorder.on_wire_events(self.flow, found[recorded : i + 1])
+                recorded = i + 1
+                yield from self._send_pending(from_client)
+        if sent < len(data):
+            yield self.send(from_client, data[sent:])
+        if recorded < len(found):
+            self.recorder.on_wire_events(self.flow, found[recorded:])
+        if not parser.in_sync and self.pending[from_client]:
+            self._drop_pending(from_client, "its frame boundaries were lost")
+
+    def _inject(self, message):
+        from_client = message.from_client
+        if self.ends[from_client] is not None or self.ends[not from_client] == "reset":
+            side = "server" if from_client else "client"
+            logger.warning(
+                f"wsinspect: the {side} connection has ended; the injected message was not sent"
+            )
+            return
+        self.pending[from_client].append((message.type == Opcode.TEXT, bytes(message.content)))
+        parser = self.parsers[from_client]
+        if not parser.in_sync:
+            self._drop_pending(from_client, "its frame boundaries were lost")
+        elif parser.at_message_boundary:
+            yield from self._send_pending(from_client)
+
+    def _send_pending(self, from_client: bool):
+        queue = self.pending[from_client]
+        while queue:
+            is_text, payload = queue.popleft()
+            opcode = Opcode.TEXT if is_text else Opcode.BINARY
+            yield self.send(from_client, wire.encode_frame(opcode, payload, mask=from_client))
+            self.recorder.on_injected(self.flow, from_client, is_text, payload)
+
+    def _drop_pending(self, from_client: bool, why: str) -> None:
+        side = "server" if from_client else "client"
+        logger.warning(
+            f"wsinspect: {len(self.pending[from_client])} injected message(s) for the {side} "
+            f"were not sent: {why}"
+        )
+        self.pending[from_client].clear()
+
+    def _ended(self, conn):
+        from_client = conn is self.context.client
+        other = self.context.server if from_client else self.context.client
+        how = "reset" if conn.id in _peer_reset else "fin"
+        _peer_reset.discard(conn.id)
+        self.ends[from_client] = how
+        if self.first_end is None:
+            self.first_end = from_client
+        # injections into the stream this side sent can no longer find a boundary in it
+        for side in (from_client, not from_client) if how == "reset" else (from_client,):
+            if self.pending[side]:
+                self._drop_pending(side, "the connection ended")
+        if how == "reset":
+            # Passed on as a reset, after the bytes already relayed (also to a side that has
+            # sent its FIN: it may still be reading, and would get the reset directly).
+            _reset_requested.add(other.id)
+            yield commands.CloseConnection(other)
+            yield commands.CloseConnection(conn)
+        elif self.ends[not from_client] is None:
+            yield commands.CloseTcpConnection(other, half_close=True)
+            return
+        else:
+            yield commands.CloseConnection(other)
+            yield commands.CloseConnection(conn)
+        yield from self._finish()
+
+    def _finish(self):
+        client, server = self.context.client, self.context.server
+        for conn in (client, server):
+            _watched.discard(conn.id)
+            _peer_reset.discard(conn.id)
+            _reset_requested.discard(conn.id)
+        end = RelayEnd(
+            first="client" if self.first_end else "server",
+            client=self.ends[True],
+            server=self.ends[False],
+            timestamp=time.time(),
+        )
+        self.recorder.on_relay_end(self.flow, end)
+        yield websocket_layer.WebsocketEndHook(self.flow)
+        self.flow.live = False
+        self._handle_event = self.done
+
+    @expect(proxy_events.DataReceived, proxy_events.ConnectionClosed, WebSocketMessageInjected)
+    def done(self, _):
+        yield from ()
+
+
+def _install_raw_passthrough() -> None:
+    stream = http_layer.HttpStream
+    if getattr(stream.passthrough, "wsinspect_seam", False):
+        return
+    original = stream.passthrough
+    to_connection_event = {
+        http_layer.RequestData: lambda s, e: proxy_events.DataReceived(s.context.client, e.data),
+        http_layer.ResponseData: lambda s, e: proxy_events.DataReceived(s.context.server, e.data),
+        http_layer.RequestEndOfMessage: lambda s, _: proxy_events.ConnectionClosed(s.context.client),
+        http_layer.ResponseEndOfMessage: lambda s, _: proxy_events.ConnectionClosed(
+            s.context.server
+        ),
+    }
+
+    def passthrough(self, event):
+        child = self.child_layer
+        if type(child) is not RawRelayLayer:
+            return original(self, event)
+        child.stream_id = self.stream_id
+        convert = to_connection_event.get(type(event))
+        return child.handle_event(convert(self, event) if convert else event)
+
+    passthrough.wsinspect_seam = True
+    passthrough.wsinspect_original = original
+    stream.passthrough = passthrough
+
+
+def _install_reset_relay() -> None:
+    handler = server.ConnectionHandler
+    if getattr(handler.server_event, "wsinspect_seam", False):
+        return
+    original_event, original_close = handler.server_event, handler.close_connection
+
+    async def server_event(self, event):
+        if isinstance(event, proxy_events.ConnectionClosed) and event.connection.id in _watched:
+            io = self.transports.get(event.connection)
+            exception = getattr(io.reader, "exception", None) if io is not None else None
+            if exception is not None and isinstance(exception(), ConnectionResetError):
+                _peer_reset.add(event.connection.id)
+        await original_event(self, event)
+
+    def close_connection(self, connection, half_close: bool = False) -> None:
+        if connection.id in _reset_requested:
+            _reset_requested.discard(connection.id)
+            io = self.transports.get(connection)
+            sock = io.writer.get_extra_info("socket") if io is not None and io.writer else None
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+                except OSError:
+                    pass  # already gone
+        original_close(self, connection, half_close)
+
+    server_event.wsinspect_seam = True
+    handler.server_event = server_event
+    handler.close_connection = close_connection
+
+
 def install() -> None:
     _install_frame_tap()
     _install_ws_scheme()
     _install_refused_request_tap()
     _install_streaming_relay()
+    _install_raw_passthrough()
+    _install_reset_relay()

@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS messages (
     timestamp REAL NOT NULL,
     injected INTEGER NOT NULL,
     sha256 TEXT,
-    payload BLOB NOT NULL
+    payload BLOB NOT NULL,
+    rtt REAL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_hop ON messages (hop_id, idx);
 """
@@ -99,7 +100,7 @@ def _create_private(path: Path) -> None:
 _KEYLESS_CANDIDATES = 200
 _SAME_KEY_CANDIDATES = 16
 
-_INSERT_MESSAGE = "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_MESSAGE = "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _UPSERT_HOP = "INSERT OR REPLACE INTO hops VALUES (?, ?, ?)"
 
 
@@ -173,7 +174,7 @@ def _connect_readonly(path: Path, on_progress: Callable[[], bool]) -> sqlite3.Co
 
 def _message(row: tuple) -> Message:
     """A messages row as a Message, every column checked."""
-    index, from_client, kind, size, timestamp, injected, sha256, payload = row
+    index, from_client, kind, size, timestamp, injected, sha256, payload, rtt = row
     one_of(0, 1)(from_client, "message from_client")
     one_of(0, 1)(injected, "message injected")
     message = Message(
@@ -185,6 +186,7 @@ def _message(row: tuple) -> Message:
         injected=bool(injected),
         sha256=sha256,
         payload=payload,
+        rtt=rtt,
     )
     message.validate()
     return message
@@ -208,7 +210,7 @@ def _message_rows(batches: list[tuple[int, list[Message]]]) -> Iterator[tuple]:
     for hop_id, messages in batches:
         for m in messages:
             yield (hop_id, m.index, int(m.from_client), m.type.value, m.size, m.timestamp,
-                   int(m.injected), m.sha256, m.payload)
+                   int(m.injected), m.sha256, m.payload, m.rtt)
 
 
 def _write_batch(db: sqlite3.Connection, rows: Iterable[tuple], hop_rows: list[tuple]) -> None:
@@ -337,6 +339,7 @@ class SessionStore:
         self._by_key: dict[str, collections.deque[Session]] = {}
         self._newest: collections.deque[Session] = collections.deque(maxlen=_KEYLESS_CANDIDATES)
         self._query_deadline = float("inf")
+        self._rtt_column = "rtt"
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> SessionStore:
@@ -350,6 +353,8 @@ class SessionStore:
         try:
             store._db = _connect_readonly(path, store._over_time)
             store._read(_check_schema, store._db)
+            if not store._query("SELECT 1 FROM pragma_table_info('messages') WHERE name='rtt'"):
+                store._rtt_column = "NULL"  # a capture from before pong RTTs were recorded
             row = store._query("SELECT value FROM meta WHERE key='format'")
             if not row or row[0][0] != CAPTURE_FORMAT:
                 raise CaptureError("not a wsinspect capture (no wsinspect-capture format mark)")
@@ -434,8 +439,9 @@ class SessionStore:
         if start < committed:
             try:
                 rows = self._query(
-                    "SELECT idx, from_client, type, size, timestamp, injected, sha256, payload "
-                    "FROM messages WHERE hop_id=? AND idx>=? AND idx<? ORDER BY idx",
+                    "SELECT idx, from_client, type, size, timestamp, injected, sha256, payload, "
+                    f"{self._rtt_column} FROM messages WHERE hop_id=? AND idx>=? AND idx<? "
+                    "ORDER BY idx",
                     (hop_id, start, min(stop, committed)),
                 )
                 result = [_message(row) for row in rows]

@@ -111,7 +111,7 @@ def flow_for_hop(item: ExportedHop, messages: Iterable[Message]) -> http.HTTPFlo
             timestamp_start=answered,
             timestamp_end=answered,
         )
-    control, capped = [], []
+    control, capped, rtts = [], [], []
     if hop.response_status == 101:
         websocket = WebSocketData(timestamp_end=hop.timestamp_end)
         for message in messages:
@@ -132,6 +132,8 @@ def flow_for_hop(item: ExportedHop, messages: Iterable[Message]) -> http.HTTPFlo
                 )
             if message.truncated:
                 capped.append([message.index, message.size, message.sha256])
+            if message.rtt is not None:
+                rtts.append([message.index, message.rtt])
         if hop.close is not None:
             websocket.closed_by_client = hop.close.by == "client"
             websocket.close_code = ABNORMAL_CLOSURE if hop.close.abnormal else hop.close.code
@@ -139,7 +141,9 @@ def flow_for_hop(item: ExportedHop, messages: Iterable[Message]) -> http.HTTPFlo
         flow.websocket = websocket
     if hop.error:
         flow.error = mitmproxy_flow.Error(hop.error, hop.timestamp_end or hop.timestamp_start)
-    flow.metadata["wsinspect"] = {**hop_record(item), "control": control, "capped": capped}
+    flow.metadata["wsinspect"] = {
+        **hop_record(item), "control": control, "capped": capped, "rtt": rtts
+    }
     return flow
 
 
@@ -188,6 +192,9 @@ def _messages(flow: http.HTTPFlow, extra: dict) -> list[Message]:
         integer(0, total - 1)(index, "capped message index")
         messages[index].size = size
         messages[index].sha256 = sha256
+    for index, rtt in _records(extra, "rtt", 2):  # pongs' round-trip times
+        integer(0, total - 1)(index, "rtt message index")
+        messages[index].rtt = rtt
     return messages
 
 

@@ -94,6 +94,8 @@ def har_message(message: Message) -> dict:
         item["_sha256"] = message.sha256
     if message.injected:
         item["_injected"] = True
+    if message.rtt is not None:
+        item["_rtt"] = message.rtt
     return item
 
 
@@ -202,6 +204,7 @@ def _message(item: object, default_time: float) -> Message | None:
         timestamp=_timestamp(when, "message time") if when is not None else default_time,
         injected=field_of(item, "_injected", "message", False),
         sha256=field_of(item, "_sha256", "message", None),
+        rtt=field_of(item, "_rtt", "message", None),
     )
 
 

@@ -31,6 +31,7 @@ def message_line(item: ExportedHop, message: Message) -> dict:
         "truncated": message.truncated,
         "sha256": message.sha256,
         "injected": message.injected,
+        "rtt": message.rtt,
     }
     try:
         line["text"] = message.payload.decode("utf-8") if message.type.value == "text" else None
