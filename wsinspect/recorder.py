@@ -66,6 +66,10 @@ def _request_line(request: http.Request, absolute_form: bool) -> str:
 
 def _ws_url(request: http.Request) -> str:
     url = request.pretty_url
+    host = request.pretty_host  # pretty_url drops an IPv6 literal's brackets
+    scheme, sep, rest = url.partition("://")
+    if ":" in host and rest.startswith(host):
+        url = f"{scheme}{sep}[{host}]{rest[len(host):]}"
     if url.startswith("https://"):
         return "wss://" + url[len("https://") :]
     if url.startswith("http://"):
