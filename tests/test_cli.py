@@ -15,6 +15,9 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.conftest import mitmdump
+from wsinspect.cli import main
+from wsinspect.model import Close, Hop, Session
+from wsinspect.report import close_text
 from wsinspect.store import SessionStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -521,3 +524,36 @@ def test_hello_refuses_a_proxy_that_is_not_host_port():
     )
     assert result.returncode == 2
     assert "'nonsense' is not HOST:PORT" in result.stderr
+
+
+async def test_report_shows_ping_round_trips_and_how_each_side_ended(tmp_path, start_proxy,
+                                                                    echo_server, capsys):
+    """Under the raw relay each pong is paired with its ping: `report` gives the round trips
+    per session, and its JSON also how each side's connection ended."""
+    capture = tmp_path / "pings.db"
+    proxy = await start_proxy(settings=["wsinspect_relay=raw"], capture=capture)
+    via = f"http://127.0.0.1:{proxy.port}"
+    async with connect(f"ws://127.0.0.1:{echo_server}/", proxy=via) as ws:
+        for n in range(3):
+            await (await ws.ping(f"p{n}".encode()))
+    await proxy.engine.stop()
+    proxy.store.close()
+    (session,) = SessionStore.open(capture).sessions()
+    rtt = session.ping_rtt
+    assert rtt.count == 3 and 0 < rtt.min <= rtt.mean <= rtt.max < 5
+
+    assert main(["report", str(capture)]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"\n  pings: 3 pings answered, round trip [\d.]+/[\d.]+/[\d.]+ ms", text)
+    assert main(["report", str(capture), "--json"]) == 0
+    reported = json.loads(capsys.readouterr().out)["sessions"][0]
+    assert reported["ping_rtt"] == {"count": 3, "min": rtt.min, "mean": rtt.mean, "max": rtt.max}
+    assert reported["close"]["client_end"] == reported["close"]["server_end"] == "fin"
+    assert reported["hops"][0]["violations"] == []
+
+
+def test_report_names_a_close_frame_without_a_status_code():
+    hop = Hop(mode="regular", url="ws://h/", request_line="GET / HTTP/1.1",
+              http_version="HTTP/1.1", request_headers=[], timestamp_start=1.7e9,
+              close=Close(code=None, by="client"))
+    assert close_text(Session(1, [hop])) == "close with no status code by client"

@@ -5,6 +5,7 @@ The JSON schema ("wsinspect-report/1") is documented in README.md; keep it stabl
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from . import diagnosis
@@ -37,6 +38,7 @@ def hop_json(hop: Hop, position: int) -> dict:
         "outcome": hop.outcome.value,
         "error": _error(hop.error),
         "answered_by": hop.answered_by,
+        "violations": [v.to_json() for v in hop.violations],
         "timestamp_start": hop.timestamp_start,
         "timestamp_end": hop.timestamp_end,
     }
@@ -68,7 +70,10 @@ def session_json(session: Session) -> dict:
             "offender": close.offender if close else None,
             "told_client": list(close.told_client) if close and close.told_client else None,
             "told_server": list(close.told_server) if close and close.told_server else None,
+            "client_end": close.client_end if close else None,
+            "server_end": close.server_end if close else None,
         },
+        "ping_rtt": dataclasses.asdict(session.ping_rtt) if session.ping_rtt else None,
         "error": _error(session.first_hop.error),
         "findings": [f.to_json() for f in diagnosis.diagnose(session)],
     }
@@ -104,9 +109,19 @@ def close_text(session: Session) -> str:
         told = getattr(close, f"told_{survivor}") if survivor else None
         told_text = f"; the {survivor} was told {told[0]}" if told else ""
         return f"abnormal: {_error(close.abnormal_reason)}{told_text}"
+    code = close.code if close.code is not None else "close with no status code"
     reason = f" {close.reason!r}" if close.reason else ""
     offender = f" (the {close.offender} broke the protocol)" if close.offender else ""
-    return f"{close.code}{reason} by {close.by}{offender}"
+    return f"{code}{reason} by {close.by}{offender}"
+
+
+def rtt_text(session: Session) -> str | None:
+    """"3 pings answered, round trip 0.4/1.2/3.0 ms (min/mean/max)", or None without any."""
+    rtt = session.ping_rtt
+    if rtt is None:
+        return None
+    ms = "/".join(f"{value * 1000:.1f}" for value in (rtt.min, rtt.mean, rtt.max))
+    return f"{plural(rtt.count, 'ping')} answered, round trip {ms} ms (min/mean/max)"
 
 
 def destination(hop: Hop) -> str:
@@ -144,6 +159,8 @@ def session_text(session: Session) -> list[str]:
         f"  messages: {stats.from_client} from client, {stats.from_server} from server, "
         f"{_size(stats.bytes)}" + (f" ({by_type})" if by_type else "")
     )
+    if (pings := rtt_text(session)):
+        lines.append(f"  pings: {pings}")
     if (ended := close_text(session)):
         lines.append(f"  end: {ended}")
     for boundary in diagnosis.boundaries(session):
