@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import demo, gateway, hello, preflight, replay, report
-from .engine import DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT, Engine, EngineError, LogRecord
+from .addresses import DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT
+from .engine import Engine, EngineError, LogRecord
 from .formats import command as export_command
 from .formats import open_capture
 from .model import Outcome

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import preflight
-from .engine import DEFAULT_LISTEN_PORT
+from .addresses import DEFAULT_LISTEN_PORT
 
 RESTORE_CHAIN = "wsinspect-restore"  # rules: -m comment --comment NAME=VALUE-before-setup
 TAG_KEY = "rules"  # the restore chain's comment "rules=TAG" names the tag of setup's rules

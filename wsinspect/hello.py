@@ -28,7 +28,7 @@ from wsproto.events import (
 )
 
 from .demo import EchoBackend
-from .engine import DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT
+from .addresses import DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT
 
 STEP_TIMEOUT = 5.0
 PATH = "/hello"
