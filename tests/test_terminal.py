@@ -165,7 +165,7 @@ def test_sqlite_error_text_is_escaped_on_stderr(tmp_path, command):
     capture = tmp_path / "malformed.db"
     malformed_schema(capture)
     extra = {"export": ["-o", str(tmp_path / "out.har")], "replay": ["1"]}.get(command, [])
-    result = run(command, str(capture), *extra, stdin=subprocess.DEVNULL)
+    result = run_wsinspect(command, str(capture), *extra, stdin=subprocess.DEVNULL)
     assert result.returncode == 2, result.stdout + result.stderr
     # export's and replay's own error lines may still break lines (not control sequences).
     assert_printable(result.stdout + result.stderr, lines_intact=command in ("report", "open"))
@@ -314,7 +314,7 @@ async def test_replay_prints_the_recorded_url_escaped(tmp_path, echo_server):
     store.hop_changed(hop)
     store.close()
     result = await asyncio.to_thread(
-        run, "replay", str(capture), "1", "--direct", "-w", str(tmp_path / "replay.db")
+        run_wsinspect, "replay", str(capture), "1", "--direct", "-w", str(tmp_path / "replay.db")
     )
     assert result.returncode in (0, 1, 2)
     assert_printable(result.stdout + result.stderr, lines_intact=False)
