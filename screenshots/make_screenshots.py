@@ -33,10 +33,10 @@ from websockets.datastructures import Headers
 from websockets.exceptions import InvalidStatus
 from websockets.http11 import Response
 
-from wsinspect.cli import install_stop_handlers
 from wsinspect.demo import Demo, DemoError, broken_session
 from wsinspect.engine import Engine, EngineError
 from wsinspect.model import MessageType, Outcome
+from wsinspect.runtime import StopEvent, Stopped, run_until_stopped
 from wsinspect.store import SessionStore
 
 HOST = "127.0.0.1"
@@ -244,17 +244,10 @@ def to_png(svg: Path) -> Path:
 
 async def make(out: Path, keep_svg: bool) -> list[Path] | None:
     """The PNGs, or None when SIGINT/SIGTERM stopped the run (everything cleaned up)."""
-    stop = asyncio.Event()
-    install_stop_handlers(asyncio.get_running_loop(), stop)
-    making = asyncio.ensure_future(make_pngs(out, keep_svg))
-    stopped = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({making, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    stopped.cancel()
-    if not making.done():
-        making.cancel()
-        await asyncio.gather(making, return_exceptions=True)
+    try:
+        return await run_until_stopped(make_pngs(out, keep_svg), StopEvent())
+    except Stopped:
         return None
-    return making.result()
 
 
 async def make_pngs(out: Path, keep_svg: bool) -> list[Path]:

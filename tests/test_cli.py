@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
+import pty
 import re
+import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
+import time
 from pathlib import Path
 
 import pytest
@@ -236,6 +242,154 @@ def test_domain_modules_import_without_textual():
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={**os.environ})
+
+
+# What runs a proxy (mitmproxy's master, its proxy server and addons, wsinspect's engine) and
+# the app's toolkit: a headless command that only reads, writes or checks needs neither.
+PROXY_CORE_AND_APP = (
+    "wsinspect.engine", "mitmproxy.master", "mitmproxy.proxy.server", "mitmproxy.addons",
+    "textual",
+)
+PROBE = """\
+import contextlib, json, sys
+from wsinspect.cli import main
+status = None
+with contextlib.suppress(SystemExit):
+    status = main(sys.argv[1:])
+heavy = sorted(
+    m for m in sys.modules
+    if any(m == core or m.startswith(core + ".") for core in json.loads(sys.argv[0]))
+)
+print(json.dumps({"status": status, "heavy": heavy}), file=sys.__stderr__)
+"""
+
+
+def run_probed(
+    *argv: str, prefix: tuple[str, ...] = ()
+) -> tuple[subprocess.CompletedProcess, dict]:
+    """`wsinspect ARGV` in a fresh interpreter, then which modules of PROXY_CORE_AND_APP it
+    had imported (the probe's last line on stderr)."""
+    code = PROBE.replace("sys.argv[0]", repr(json.dumps(PROXY_CORE_AND_APP)))
+    result = subprocess.run(
+        [*prefix, sys.executable, "-c", code, *argv],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )
+    *said, probe = result.stderr.splitlines()
+    result.stderr = "\n".join(said)
+    return result, json.loads(probe)
+
+
+def a_capture(path: Path) -> Path:
+    from wsinspect.model import Hop
+
+    store = SessionStore(path)
+    store.add_hop(Hop(
+        mode="regular", url="ws://127.0.0.1:1/probe", request_line="GET /probe HTTP/1.1",
+        http_version="HTTP/1.1", request_headers=[("Upgrade", "websocket")],
+        timestamp_start=1000.0, response_status=101,
+    ))  # fmt: skip
+    store.close()
+    return path
+
+
+@pytest.mark.parametrize("argv", [["report", "{capture}"], ["report", "{capture}", "--json"]])
+def test_report_imports_neither_the_proxy_core_nor_textual(tmp_path, argv):
+    capture = a_capture(tmp_path / "cap.db")
+    result, probe = run_probed(*(a.format(capture=capture) for a in argv))
+    assert probe == {"status": 0, "heavy": []}, result.stderr
+    assert "/probe" in result.stdout
+
+
+def test_export_imports_neither_the_proxy_core_nor_textual(tmp_path):
+    capture = a_capture(tmp_path / "cap.db")
+    out = tmp_path / "out.har"
+    result, probe = run_probed("export", str(capture), "-o", str(out))
+    assert probe == {"status": 0, "heavy": []}, result.stderr
+    assert "/probe" in out.read_text()
+
+
+@pytest.mark.parametrize(
+    "argv, prefix, said",
+    [
+        (["gateway", "check", "--listen-port", "8080"], (), "forwarding"),
+        # refused before it changes anything on this host
+        (["gateway", "setup", "--interface", "lo", "--listen-port", "0"], (),
+         "bad --listen-port 0"),
+        # in a network namespace of its own: nothing of this host's to tear down
+        (["gateway", "teardown"], ("unshare", "--net"), "nothing to remove"),
+    ],
+    ids=["check", "setup", "teardown"],
+)  # fmt: skip
+def test_gateway_imports_neither_the_proxy_core_nor_textual(argv, prefix, said):
+    result, probe = run_probed(*argv, prefix=prefix)
+    assert probe["heavy"] == [], result.stdout + result.stderr
+    assert probe["status"] in (0, 1)
+    assert said in (result.stdout + result.stderr).lower()
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["help"], ["help", "report"], ["help", "gateway"]])
+def test_help_imports_neither_the_proxy_core_nor_textual(argv):
+    result, probe = run_probed(*argv)
+    assert probe["heavy"] == [], result.stdout
+    assert result.stdout.startswith("usage: wsinspect")
+
+
+def read_terminal_until(master: int, pattern: bytes, seen: bytearray, timeout: float = 60):
+    """Read the terminal's output into `seen` until `pattern` matches it; the match."""
+    deadline = time.monotonic() + timeout
+    while not (match := re.search(pattern, seen)):
+        assert time.monotonic() < deadline, bytes(seen[-2000:])
+        ready, _, _ = select.select([master], [], [], 1)
+        if ready:
+            seen += os.read(master, 65536)
+    return match
+
+
+@pytest.mark.parametrize("named", [False, True], ids=["temporary", "named"])
+async def test_closing_the_apps_terminal_ends_wsinspect(tmp_path, confdir, echo_server, named):
+    """Plain `wsinspect`, the app in a pseudo-terminal whose other end is then closed, as when
+    its terminal window is: the kernel sends SIGHUP and the process ends. A temporary capture,
+    whose path can no longer be told to anyone, goes with it; a capture named with -w stays,
+    with the session recorded before."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    capture = tmp_path / "named.db"
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    process = subprocess.Popen(
+        wsinspect("--listen-port", "0", "--confdir", str(confdir),
+                  *(["-w", str(capture)] if named else [])),
+        stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+        # The pty becomes the controlling terminal, whose hangup signals the process.
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+        env={**env, "TERM": "xterm-256color", "TMPDIR": str(scratch)},
+    )  # fmt: skip
+    os.close(slave)
+    try:
+        seen = bytearray()
+        listening = await asyncio.to_thread(
+            read_terminal_until, master, rb"listening at 127\.0\.0\.1:(\d+)", seen
+        )
+        await asyncio.to_thread(read_terminal_until, master, rb"No WebSocket sessions yet", seen)
+        await chat(int(listening.group(1)), echo_server, "/before-hangup")
+        await asyncio.to_thread(read_terminal_until, master, rb"1 session", seen)
+        if not named:  # the temporary capture, in TMPDIR while wsinspect runs
+            assert [p.name for p in scratch.iterdir()][0].startswith("wsinspect-")
+    finally:
+        os.close(master)  # the terminal goes away
+    try:
+        # 129: the app's exit was stuck on the dead terminal and the watchdog ended it.
+        status = await asyncio.to_thread(process.wait, 30)
+        assert status in (0, 128 + signal.SIGHUP)
+    finally:
+        process.kill()
+    assert list(scratch.iterdir()) == []
+    if named:
+        store = SessionStore.open(capture)
+        (session,) = store.sessions()
+        assert session.url.endswith("/before-hangup")
+        store.close()
 
 
 # ----- issue 18: the command line a newcomer meets ---------------------------------------------

@@ -12,20 +12,15 @@ a real nginx, and everything (nginx, servers, the temporary directory) goes away
 from __future__ import annotations
 
 import abc
-import argparse
 import asyncio
 import ctypes
 import json
-import logging
 import os
 import shutil
 import signal
 import socket
-import stat
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -44,17 +39,14 @@ from wsproto.events import (
 )
 from wsproto.utilities import RemoteProtocolError
 
-from . import report
 from .diagnosis import HOP_BY_HOP
 from .engine import Engine, EngineError
 from .model import Outcome
-from .store import CaptureError, SessionStore
+from .store import SessionStore
 
 HOST = "127.0.0.1"
 CHATTY_MESSAGES = 300
-log = logging.getLogger("wsinspect.demo")
 SETTLE_TIMEOUT = 15.0
-HANGUP_GRACE = 10.0  # seconds to stop cleanly once the terminal is gone
 
 
 class DemoError(Exception):
@@ -566,121 +558,3 @@ class Demo:
             self.store.close()
         finally:
             self.remove_files()
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="wsinspect demo",
-        description="A healthy, a broken and a chatty WebSocket session through wsinspect on "
-        "both sides of an nginx-like hop, all on 127.0.0.1; opens the app on them.",
-    )
-    p.add_argument("--headless", action="store_true", help="no app: print the report and exit")
-    p.add_argument("--port", type=int, metavar="P", help="port of the regular listener")
-    p.add_argument(
-        "--hop",
-        choices=["auto", "python", "nginx"],
-        default="auto",
-        help="the proxy in the middle: real nginx when installed (auto), or the Python one",
-    )
-    p.add_argument("-w", dest="capture", metavar="FILE", help="keep the capture in FILE (new)")
-    return p
-
-
-async def run(args: argparse.Namespace) -> int:
-    from .cli import install_stop_handlers
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    install_stop_handlers(loop, stop)
-    # Closing the demo's terminal (SIGHUP) must not leave the CA's key behind either.
-    loop.add_signal_handler(signal.SIGHUP, stop.set)
-    try:
-        capture = Path(args.capture) if args.capture else None
-        async with Demo(hop=args.hop, port=args.port, capture=capture) as demo:
-            loop.add_signal_handler(signal.SIGHUP, HangUp(stop, demo, app=not args.headless))
-            print(
-                f"wsinspect demo: clients -> wsinspect {HOST}:{demo.proxy_port} -> "
-                f"{demo.hop.kind} hop {HOST}:{demo.hop.port} -> wsinspect reverse -> echo backend",
-                flush=True,
-            )
-            clients = asyncio.ensure_future(demo.run_clients())
-            if args.headless:
-                stopped = asyncio.ensure_future(stop.wait())
-                await asyncio.wait({clients, stopped}, return_when=asyncio.FIRST_COMPLETED)
-                stopped.cancel()
-                if not clients.done():
-                    clients.cancel()
-                    await asyncio.gather(clients, return_exceptions=True)
-                    return 130
-                clients.result()
-                print(report.report_text(demo.store), flush=True)
-            else:
-                from .ui import run_live  # Textual loads only for the app
-
-                clients.add_done_callback(_log_failure)  # the app's log shows it
-                await run_live(demo.store, demo.engine, stop)
-                clients.cancel()
-                await asyncio.gather(clients, return_exceptions=True)
-    except (CaptureError, DemoError, EngineError, OSError) as e:
-        print(f"wsinspect demo: {e}", file=sys.stderr)
-        return 2
-    finally:
-        await _let_connections_end()
-    return 0
-
-
-class HangUp:
-    """SIGHUP: the terminal is gone, and writing to it fails. Whatever was a terminal becomes
-    /dev/null (pipes and files keep their output), then the demo stops as on SIGTERM. The
-    app's writer thread has usually died on the dead terminal already, and the app's exit then
-    blocks on it for good: with the app, the demo stops everything it started and removes its
-    files first, and a watchdog ends the process if it is still there after HANGUP_GRACE."""
-
-    def __init__(self, stop: asyncio.Event, demo: Demo, *, app: bool) -> None:
-        self.stop = stop
-        self.demo = demo
-        self.app = app
-        self.stopping: asyncio.Task | None = None
-
-    def __call__(self) -> None:
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            try:
-                if stat.S_ISCHR(os.fstat(fd).st_mode):
-                    os.dup2(devnull, fd)
-            except OSError:
-                pass  # not open
-        os.close(devnull)
-        threading.Thread(target=self._end_if_stuck, name="demo-hangup", daemon=True).start()
-        if self.app and self.stopping is None:
-            self.stopping = asyncio.ensure_future(self._stop_demo_first())
-        else:
-            self.stop.set()
-
-    async def _stop_demo_first(self) -> None:
-        try:
-            await self.demo.stop()
-        finally:
-            self.stop.set()
-
-    def _end_if_stuck(self) -> None:
-        time.sleep(HANGUP_GRACE)
-        self.demo.remove_files()
-        os._exit(128 + signal.SIGHUP)
-
-
-def _log_failure(clients: asyncio.Future) -> None:
-    if not clients.cancelled() and clients.exception() is not None:
-        log.error("demo clients failed: %s", clients.exception())
-
-
-async def _let_connections_end() -> None:
-    """Give the proxy's connection handlers, whose peers are all closed now, a moment to end:
-    asyncio.run would cancel them, and Python 3.11 logs each cancelled stream handler."""
-    others = asyncio.all_tasks() - {asyncio.current_task()}
-    if others:
-        await asyncio.wait(others, timeout=2)
-
-
-def main(argv: list[str]) -> int:
-    return asyncio.run(run(parser().parse_args(argv)))

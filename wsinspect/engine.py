@@ -8,7 +8,6 @@ log records are kept for the app to show.
 from __future__ import annotations
 
 import collections
-import ipaddress
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -17,14 +16,11 @@ from dataclasses import dataclass
 from mitmproxy import exceptions, master, options
 from mitmproxy.addons import core, next_layer, proxyauth, proxyserver, tlsconfig, upstream_auth
 
+from .addresses import DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT, is_loopback
 from .loopguard import LoopGuard
 from .recorder import Recorder
 from .resend import Resender
 from .store import SessionStore
-
-DEFAULT_LISTEN_HOST = "127.0.0.1"
-DEFAULT_LISTEN_PORT = 8080
-
 
 class EngineError(Exception):
     """The proxy could not start; the message says why in one line."""
@@ -77,15 +73,6 @@ def listen_error(message: str) -> str:
     if "in use" in message:
         message += " (choose another with --listen-port, or @PORT in --mode)"
     return message
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost",):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Engine:

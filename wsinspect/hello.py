@@ -8,10 +8,8 @@ is elsewhere. Exit status: 0 every step worked, 1 one failed.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
-from collections.abc import Sequence
 
 from wsproto import ConnectionType, WSConnection
 from wsproto.utilities import RemoteProtocolError
@@ -28,7 +26,6 @@ from wsproto.events import (
 )
 
 from .demo import EchoBackend
-from .engine import DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT
 
 STEP_TIMEOUT = 5.0
 PATH = "/hello"
@@ -39,32 +36,6 @@ PING = b"are you there"
 
 class StepFailed(Exception):
     """A step of the session did not happen; the message says what happened instead."""
-
-
-def proxy_address(text: str) -> tuple[str, int]:
-    """"HOST:PORT" or "[IPv6]:PORT" as (host, port)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
-    return host.removeprefix("[").removesuffix("]"), int(port)
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="wsinspect hello",
-        description="Send a short WebSocket session (text, binary, ping, close) through a "
-        "running wsinspect to an echo server this command starts on 127.0.0.1; prints each "
-        "step and a verdict. Exit status 0 when every step worked, 1 otherwise.",
-    )
-    p.add_argument(
-        "--proxy",
-        type=proxy_address,
-        default=(DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT),
-        metavar="HOST:PORT",
-        help="wsinspect's regular listener "
-        f"(default: {DEFAULT_LISTEN_HOST}:{DEFAULT_LISTEN_PORT})",
-    )
-    return p
 
 
 class HelloClient:
@@ -197,7 +168,3 @@ async def run(proxy: tuple[str, int]) -> int:
         await backend.stop()
     say(f"OK: the session went through the proxy; wsinspect lists it as {url(backend.port)}")
     return 0
-
-
-def main(argv: Sequence[str]) -> int:
-    return asyncio.run(run(parser().parse_args(argv).proxy))

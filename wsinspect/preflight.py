@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mitmproxy.proxy import mode_specs
 
-from .engine import is_loopback
+from .addresses import is_loopback
 
 logger = logging.getLogger("wsinspect")
 

@@ -8,6 +8,7 @@ and messages from the store. It never starts or stops the proxy; `run_live` does
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import time
@@ -24,6 +25,7 @@ from ..engine import Engine, LogRecord
 from ..formats import export
 from ..replay import ProxyRoute, ReplayError, ReplayPlan, replay
 from ..resend import Injection, ResendError, SessionClosedError
+from ..runtime import Stopped, run_until_stopped
 from ..store import CaptureError, SessionStore, StoreChanges
 from .colours import Colours
 from .dialogs import ComparisonScreen, ExportRequest, ExportScreen
@@ -348,12 +350,7 @@ class WsInspectApp(App):
 
 async def run_live(store: SessionStore, engine: Engine, stop: asyncio.Event) -> None:
     """Run the app on the current loop next to the running engine until the user quits or
-    `stop` is set (SIGTERM)."""
+    `stop` is set (a signal)."""
     app = WsInspectApp(store, engine)
-    app_task = asyncio.ensure_future(app.run_async())
-    stop_task = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({app_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-    if not app_task.done():
-        app.exit()
-        await app_task
-    stop_task.cancel()
+    with contextlib.suppress(Stopped):
+        await run_until_stopped(app.run_async(), stop, end=app.exit)
