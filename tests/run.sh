@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs (see install.sh) and runs it once per Python:
 # python3 (3.11+, .venv) and, when they are on the machine (on PATH or through pyenv), 3.12
-# (.venv312) and 3.13 (.venv313), both with mitmproxy 12. Every leg runs even when an earlier
-# one failed; the end prints one summary line per leg. Exit status: non-zero when any leg
+# (.venv312) and 3.13 (.venv313), both with mitmproxy 12; and once more on python3 with the
+# wsinspect engines under test relaying through mitmproxy's WebSocket layer (--relay
+# mitmproxy) instead of the raw relay, since both paths are offered. Every leg runs even when
+# an earlier one failed; the end prints one summary line per leg. Exit status: non-zero when any leg
 # failed, including pytest's 5 ("no tests ran"). Arguments go to every pytest run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,9 +28,10 @@ failed=0
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
-run_leg() {  # run_leg PYTHON VENV: install into VENV, run the suite, note one summary line
+run_leg() {  # run_leg PYTHON VENV [PYTEST ARGS]: install into VENV, run the suite, note one line
   local python=$1 venv=$2 version status line
   version=$("$python" -c 'import platform; print(platform.python_version())')
+  [[ " ${*:3} " == *" --relay mitmproxy "* ]] && version="$version (--relay mitmproxy)"
   echo "== Python $version ($venv)"
   if ! PYTHON="$python" VENV="$venv" bash install.sh --test; then
     summary+=("FAIL  Python $version: install.sh --test failed")
@@ -62,6 +65,7 @@ for candidate in python3 3.12 3.13; do
   [[ " ${seen[*]} " == *" $version "* ]] && continue  # python3 may itself be the 3.12
   seen+=("$version")
   run_leg "$python" "$venv" "$@"
+  [ $interrupted = 0 ] && [ "$candidate" = python3 ] && run_leg "$python" "$venv" "$@" --relay mitmproxy
   if [ $interrupted = 1 ]; then
     summary+=("FAIL  interrupted: the remaining legs did not run")
     failed=1
