@@ -23,6 +23,7 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.websocket import WebSocketData, WebSocketMessage
 from wsproto.frame_protocol import Opcode
 
+from ..converters import ABNORMAL_CLOSURE, header_pairs, hop_from_request, is_upgrade_attempt
 from ..model import (
     CLOSE_CODE,
     COUNT,
@@ -40,7 +41,6 @@ from ..model import (
     payload,
     tuple_of,
 )
-from ..recorder import ABNORMAL_CLOSURE, _headers, hop_from_request, is_upgrade_attempt
 from ..store import CaptureError, SessionStore
 from .common import (
     TYPES_BY_OPCODE,
@@ -252,8 +252,8 @@ def hop_from_flow(flow: mitmproxy_flow.Flow) -> tuple[Hop, list[Message]] | None
     if record:
         hop = hop_from_record(
             record,
-            _headers(flow.request.headers),
-            _headers(flow.response.headers) if flow.response else [],
+            header_pairs(flow.request.headers),
+            header_pairs(flow.response.headers) if flow.response else [],
         )
         return checked(hop, _messages(flow, record))
     mode(flow.client_conn.proxy_mode.full_spec, "proxy mode")
@@ -261,7 +261,7 @@ def hop_from_flow(flow: mitmproxy_flow.Flow) -> tuple[Hop, list[Message]] | None
     if flow.response is not None:
         hop.response_status = flow.response.status_code
         hop.response_reason = flow.response.reason
-        hop.response_headers = _headers(flow.response.headers)
+        hop.response_headers = header_pairs(flow.response.headers)
         hop.response_http_version = flow.response.http_version
         hop.timestamp_response = flow.response.timestamp_start
     _end_as_recorded(hop, flow)
