@@ -79,6 +79,13 @@ async def test_pong_rtt_summary_connection_ends_and_violations_are_shown(start_p
         ms = f"{pong.rtt * 1000:.1f}"
         assert f"rtt {ms}/{ms}/{ms} ms" in text  # the summary: one ping, min = mean = max
 
+        await pilot.resize_terminal(64, 24)  # too narrow for the round trips: left out whole
+        await pilot.pause()
+        summary = screen_text(app).splitlines()[2]
+        assert "hops 1" in summary and "rtt" not in summary, summary
+        await pilot.resize_terminal(*SIZE)
+        await pilot.pause()
+
         await pilot.press("h")
         await pilot.pause()
         app.screen.query_one("#handshake-scroll", VerticalScroll).scroll_end(animate=False)
