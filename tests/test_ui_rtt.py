@@ -76,6 +76,10 @@ async def test_pong_rtt_summary_connection_ends_and_violations_are_shown(start_p
         ping_row = next(line for line in text.splitlines() if "ping" in line and "C→S" in line)
         assert "rtt" not in ping_row
         assert listing.row_count == len(messages)
+        await pilot.press("down")  # the pong: its round trip in the line above its payload
+        await pilot.pause()
+        info = next(line for line in screen_text(app).splitlines() if "#1 server → client" in line)
+        assert "pong  9 B" in info and f"rtt {milliseconds(pong.rtt)}" in info, info
         ms = f"{pong.rtt * 1000:.1f}"
         assert f"rtt {ms}/{ms}/{ms} ms" in text  # the summary: one ping, min = mean = max
 
