@@ -13,7 +13,7 @@ import wsinspect.ui
 from tests.conftest import wait_for
 from tests.test_ui import SIZE, open_first_session
 from tests.ui_helpers import T0, handshake_hop, screen_text
-from wsinspect.model import Close, Hop, Message, MessageType, Outcome
+from wsinspect.model import Close, Hop, Message, MessageType, Outcome, Violation
 from wsinspect.store import SessionStore
 from wsinspect.ui import WsInspectApp
 from wsinspect.ui.dialogs import ComparisonScreen
@@ -116,7 +116,8 @@ def evil_store() -> SessionStore:
         hop.outcome = Outcome.CLOSED
         hop.timestamp_end = T0 + 0.4
         hop.close = Close(code=1000, reason="bye" + EVIL, by="client" + EVIL, timestamp=T0 + 0.4,
-                          offender="server" + EVIL)
+                          offender="server" + EVIL, client_end="fin", server_end="reset")
+        hop.violations = [Violation(False, "rule" + EVIL, "detail" + EVIL, 0x3, T0 + 0.35)]
         store.hop_changed(hop)
     store.flush()
     return store
@@ -141,6 +142,15 @@ async def test_escapes_in_every_field_of_a_capture_reach_no_widget_raw(tmp_path)
             await pilot.press(tab)
             await pilot.pause()
             assert_no_raw_controls(app, f"tab {tab}")
+        await pilot.press("h")
+        await pilot.pause()
+        handshakes = app.screen.query_one("#handshake-scroll")
+        handshakes.scroll_end(animate=False)  # the end and the violations, at the bottom
+        await pilot.pause()
+        assert_no_raw_controls(app, "the handshake's end and violations")
+        text = screen_text(app)
+        assert r"rule\x1b]0;owned\x07" in text and r"detail\x1b]0;owned\x07" in text
+        assert "the server's connection ended with a reset (RST)" in text
         await pilot.press("m", "home")
         for _ in range(3):
             await pilot.pause()

@@ -108,7 +108,8 @@ async def test_the_app_in_a_real_terminal(tmp_path, confdir, echo_server):
 
     store = SessionStore.open(capture)
     (session,) = store.sessions()
-    assert session.url.endswith("/tmux-room") and session.stats.count == 5
+    # 2 texts each way and both close frames (the app's default raw relay records the answer)
+    assert session.url.endswith("/tmux-room") and session.stats.count == 6
     store.close()
 
 

@@ -15,10 +15,13 @@ import time
 from rich.measure import Measurement
 from rich.text import Text
 
-from ..model import Message, MessageType
+from ..model import Message, MessageType, Session
 from ..report import _size as format_size, printable
 
-__all__ = ["SafeText", "format_size", "printable", "clock", "preview", "pretty_json", "hex_dump"]
+__all__ = [
+    "SafeText", "format_size", "printable", "clock", "preview", "pretty_json", "hex_dump",
+    "milliseconds", "rtt_summary",
+]
 
 PREVIEW_BYTES = 512
 HEX_WIDTH = 16
@@ -120,6 +123,19 @@ def duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
     return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+
+
+def milliseconds(seconds: float) -> str:
+    """A round-trip time as "1.2 ms" (with the report's one decimal)."""
+    return f"{seconds * 1000:.1f} ms"
+
+
+def rtt_summary(session: Session) -> str | None:
+    """"rtt 0.4/1.2/3.0 ms": min/mean/max of the session's answered pings, or None."""
+    rtt = session.ping_rtt
+    if rtt is None:
+        return None
+    return "rtt " + "/".join(f"{value * 1000:.1f}" for value in (rtt.min, rtt.mean, rtt.max)) + " ms"
 
 
 def preview(message: Message) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ..model import Hop, Session, accept_for_key, header_tokens, header_value
+from ..model import (
+    Close, Hop, Session, Violation, accept_for_key, header_tokens, header_value,
+)
 from .colours import Colours
 from .format import SafeText
 
@@ -83,17 +85,43 @@ def hop_text(hop: Hop, position: int, colours: Colours) -> SafeText:
             style=colours["check--failed"],
         )
     if hop.close is not None:
-        close = hop.close
         text.append("End\n", style="bold underline")
-        if close.abnormal:
-            text.append(f"  abnormal: {close.abnormal_reason or ''}\n")
-        else:
-            reason = f" {close.reason!r}" if close.reason else ""
-            text.append(f"  close {close.code}{reason} by {close.by}\n")
+        end_text(text, hop.close)
     elif hop.error:
         text.append("End\n", style="bold underline")
         text.append(f"  {hop.error}\n")
+    if hop.violations:
+        text.append("Protocol violations (RFC 6455)\n", style="bold underline")
+        for violation in hop.violations:
+            violation_text(text, violation, colours)
     return text
+
+
+def end_text(text: SafeText, close: Close) -> None:
+    """How the WebSocket ended, then how each side's connection ended where recorded."""
+    if close.abnormal:
+        text.append(f"  abnormal: {close.abnormal_reason or ''}\n")
+    else:
+        code = close.code if close.code is not None else "(no status code)"
+        reason = f" {close.reason!r}" if close.reason else ""
+        offender = f" (the {close.offender} broke the protocol)" if close.offender else ""
+        text.append(f"  close {code}{reason} by {close.by}{offender}\n")
+    for side, end in (("client", close.client_end), ("server", close.server_end)):
+        if end is not None:
+            text.append(f"  the {side}'s connection ended with a {CONNECTION_ENDS[end]}\n")
+
+
+CONNECTION_ENDS = {"fin": "FIN", "reset": "reset (RST)"}
+
+
+def violation_text(text: SafeText, violation: Violation, colours: Colours) -> None:
+    """Who sent the frame and the rule it breaks, then on a line of its own (a rule fills
+    most of 80 columns) what exactly the frame did, which names its opcode where it matters."""
+    text.append("  ✗ ", style=colours["check--failed"])
+    text.append(SafeText.line(f"{violation.sender}: {violation.rule}", style="bold"))
+    text.append("\n")
+    text.append(SafeText.line(f"    {violation.detail}"))
+    text.append("\n")
 
 
 def session_handshakes(session: Session, colours: Colours) -> SafeText:

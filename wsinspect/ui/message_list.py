@@ -28,7 +28,7 @@ from textual.timer import Timer
 
 from ..model import Message, MessageType
 from ..store import CaptureError, SessionStore
-from .format import clock, format_size, preview
+from .format import clock, format_size, milliseconds, preview
 from .pacing import LoopLoad
 
 SCAN_CHUNK = 5000
@@ -89,6 +89,7 @@ class Row:
     preview: str
     hit: bool
     injected: bool
+    rtt: float | None  # a pong's round trip
 
 
 # Below this width a row leaves out the wall-clock time (+seconds stays) and narrows the
@@ -126,6 +127,7 @@ class MessageList(ScrollView, can_focus=True):
         "messagelist--cursor",
         "messagelist--hit",
         "messagelist--injected",
+        "messagelist--rtt",
     }
 
     class Highlighted(TextualMessage):
@@ -211,6 +213,7 @@ class MessageList(ScrollView, can_focus=True):
             preview(message),
             hit,
             message.injected,
+            message.rtt,
         )
 
     def _prefetch(self, first_row: int, last_row: int) -> None:
@@ -287,6 +290,9 @@ class MessageList(ScrollView, can_focus=True):
             Segment(f"{info.type.value:<6} ", kind_style),
             Segment(f"{format_size(info.size):>10}  ", dim),
             *([Segment("injected ", style("messagelist--injected"))] if info.injected else []),
+            # A pong's round trip leads its preview, so that it is never the part cut off.
+            *([Segment(f"rtt {milliseconds(info.rtt)} ", style("messagelist--rtt"))]
+              if info.rtt is not None else []),
             Segment(info.preview, base),
         ]
         if is_cursor:

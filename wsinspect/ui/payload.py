@@ -12,7 +12,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
 from ..model import Message, MessageType
-from .format import SafeText, clock, format_size, hex_dump, is_text, pretty_json
+from .format import SafeText, clock, format_size, hex_dump, is_text, milliseconds, pretty_json
 
 # Beyond this, the pane shows the start of a payload; copy and save always take all of it.
 DISPLAY_LIMIT = 64 * 1024
@@ -100,6 +100,8 @@ class PayloadPane(Vertical):
             line.append(f"  stored {format_size(len(message.payload))}, sha256 {message.sha256}")
         if message.injected:
             line.append("  injected")
+        if message.rtt is not None:
+            line.append(f"  rtt {milliseconds(message.rtt)}")
         if len(message.payload) > DISPLAY_LIMIT:
             line.append(f"  showing the first {format_size(DISPLAY_LIMIT)}", style="dim")
         info.update(line)

@@ -10,7 +10,7 @@ from ..report import close_text
 from ..store import StoreChanges
 from .app_access import AppAccess
 from .colours import Coloured, Colours
-from .format import SafeText, duration, fit_fields, format_size
+from .format import SafeText, duration, fit_fields, format_size, rtt_summary
 
 def is_covered(screen: Screen) -> bool:
     """Whether another screen is on top of `screen`. Textual still counts it as visible and
@@ -40,6 +40,8 @@ def summary_fields(
         SafeText.line(duration(session.duration(now))),
         SafeText.line(f"hops {len(session.hops)}"),
     ]
+    if rtt := rtt_summary(session):
+        fields.append(SafeText.line(rtt))
     if ended := close_text(session):
         fields.append(SafeText.line(f"end: {ended}"))
     return head, fields
