@@ -18,6 +18,7 @@ SHELL_SOURCES = ("install.sh", "tests/run.sh", ".ci/run")
 # Programs the sources use only when the machine has them.
 OPTIONAL = {
     "pyenv": "tests/run.sh finds more Pythons through it; without it only python3's leg runs",
+    "py-spy": "bench/relay_bench.py --profile only (a PyPI package, installed by hand for it)",
 }
 # Programs the collector must find today, so that it cannot go blind unnoticed.
 KNOWN = {
