@@ -95,10 +95,9 @@ def _create_private(path: Path) -> None:
 
 # Candidates add_hop hands correlate.find_session, so that adding a hop costs the same with a
 # hundred sessions or a million: the newest sessions for a keyless hop (which must follow its
-# predecessor within seconds), and the newest sessions whose hops carried a given key (a client
-# reusing one key for many handshakes is the only way there are several).
+# predecessor within seconds), and the sessions of the correlation window whose hops carried a
+# given key (clients reusing one key for many handshakes are the only way there are several).
 _KEYLESS_CANDIDATES = 200
-_SAME_KEY_CANDIDATES = 16
 
 _INSERT_MESSAGE = "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _UPSERT_HOP = "INSERT OR REPLACE INTO hops VALUES (?, ?, ?)"
@@ -337,6 +336,7 @@ class SessionStore:
         # Where add_hop looks for the session a new hop continues (see correlate): sessions by
         # the Sec-WebSocket-Keys of their hops, and the newest sessions, for keyless hops.
         self._by_key: dict[str, collections.deque[Session]] = {}
+        self._keys_by_age: collections.deque[tuple[float, str]] = collections.deque()
         self._newest: collections.deque[Session] = collections.deque(maxlen=_KEYLESS_CANDIDATES)
         self._query_deadline = float("inf")
         self._rtt_column = "rtt"
@@ -477,9 +477,7 @@ class SessionStore:
         else:
             self._changes.updated.add(session.id)
         if key:
-            same_key = self._by_key.setdefault(key, collections.deque(maxlen=_SAME_KEY_CANDIDATES))
-            if session not in same_key:
-                same_key.append(session)
+            self._remember_key(key, session, hop.timestamp_start)
         hop.session_id = session.id
         session.hops.append(hop)
         session.hops.sort(key=lambda h: h.timestamp_start)
@@ -488,6 +486,30 @@ class SessionStore:
         self._dirty_hops.add(hop.id)
         self._schedule()
         return session
+
+    def _remember_key(self, key: str, session: Session, now: float) -> None:
+        """Keep `session` among the candidates for later hops carrying `key`: the sessions
+        that began within the correlation window, oldest first (a later hop cannot continue an
+        older one), so the list is as long as the clients reusing one key at once."""
+        same_key = self._by_key.setdefault(key, collections.deque())
+        self._expire(same_key, now)
+        if session not in same_key:
+            same_key.append(session)
+        self._keys_by_age.append((now, key))
+        # Forget the keys of sessions too old to be continued, so memory follows the clients
+        # of the last window, not every key ever seen.
+        while self._keys_by_age and now - self._keys_by_age[0][0] > correlate.CORRELATION_WINDOW:
+            _, old_key = self._keys_by_age.popleft()
+            bucket = self._by_key.get(old_key)
+            if bucket is not None and not self._expire(bucket, now):
+                del self._by_key[old_key]
+
+    @staticmethod
+    def _expire(same_key: collections.deque[Session], now: float) -> int:
+        """Drop the sessions that began before the correlation window; how many are left."""
+        while same_key and now - same_key[0].timestamp_start > correlate.CORRELATION_WINDOW:
+            same_key.popleft()
+        return len(same_key)
 
     def hop_changed(self, hop: Hop) -> None:
         """Tell the store a hop's handshake, outcome or close changed."""
