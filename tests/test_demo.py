@@ -149,7 +149,7 @@ def test_closing_the_apps_terminal_removes_the_demos_ca_and_files(tmp_path):
     try:
         screen = b""
         deadline = time.monotonic() + 60
-        while b"/fixed/ticker" not in screen:  # the app lists the demo's sessions
+        while b"rejected" not in screen:  # the app lists the demo's sessions (the broken one)
             assert time.monotonic() < deadline, screen[-2000:]
             ready, _, _ = select.select([master], [], [], 1)
             if ready:
@@ -220,5 +220,5 @@ async def test_the_app_shows_the_demo_sessions():
             await wait_for(lambda: pane.message is not None and pane.message.index == 0)
             await pilot.pause()
             text = screen_text(app)
-            assert f"messages {2 * CHATTY_MESSAGES + 1}" in text
+            assert f"messages {2 * CHATTY_MESSAGES + 2}" in text  # and both close frames
             assert '"type": "tick",' in text and '"book": {' in text and "[json]" in text

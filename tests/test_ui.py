@@ -89,10 +89,11 @@ async def test_sessions_appear_and_a_session_shows_handshake_messages_and_payloa
             await chat(proxy, port)
             table = app.screen.query_one(SessionsTable)
             await wait_for(lambda: table.row_count == 1, what="the session row")
-            await wait_for(lambda: "closed" in screen_text(app), what="the session to close")
-            text = screen_text(app)
-            assert f"ws://127.0.0.1:{port}/chat" in text, text
-            assert "1 session (1 closed)" in text
+            # The status bar may say so a frame before the list shows it: wait for the row.
+            url = f"ws://127.0.0.1:{port}/chat"
+            await wait_for(lambda: url in screen_text(app) and " closed " in screen_text(app),
+                           what="the closed session's row")
+            assert "1 session (1 closed)" in screen_text(app)
 
             screen = await open_first_session(app, pilot)
             listing = message_list(app)
