@@ -3,9 +3,9 @@ does not resolve, an untrusted TLS certificate, a server that never answers. Eac
 finding naming what failed and where, with the fix, so `wsinspect report --fail-on warning`
 exits 1; and the fix the finding gives is checked to work where it can be.
 
-A CONNECT to a server that is down records nothing with mitmproxy's default (eager)
-connection strategy, which answers the CONNECT with 502 before any request is seen; these
-tests use `connection_strategy=lazy` for that case.
+A CONNECT to a server that is down is answered 502 by mitmproxy's default (eager) connection
+strategy before any request is seen, and is recorded as a failed session for the CONNECT
+target; with `connection_strategy=lazy` the WebSocket request inside the tunnel fails instead.
 """
 
 from __future__ import annotations
@@ -81,6 +81,43 @@ async def test_refused_in_absolute_form(proxy, capsys):
     assert f"Start the WebSocket server on 127.0.0.1:{dead}" in finding.fix
     proxy.store.flush()
     assert_fails_report(proxy.store.path, capsys)
+
+
+async def test_refused_through_connect_is_a_failed_session(proxy, capsys):
+    """The default (eager) strategy: the CONNECT itself fails, with no WebSocket request."""
+    dead = free_port()
+    with pytest.raises((InvalidStatus, InvalidProxyStatus)) as refused:
+        async with connect(f"ws://127.0.0.1:{dead}/chat", proxy=proxy.url, open_timeout=5):
+            pass
+    assert refused.value.response.status_code == 502
+    session = await proxy.wait_session(failed)
+    (hop,) = session.hops
+    assert hop.url == f"127.0.0.1:{dead}"
+    assert hop.request_line == f"CONNECT 127.0.0.1:{dead} HTTP/1.1"
+    assert hop.server_addr == ("127.0.0.1", dead)
+    assert hop.response_status is None  # the server never answered
+    assert hop.error.startswith(f"[Errno 111] Connect call failed ('127.0.0.1', {dead})")
+    assert hop.error.endswith("; the client got 502 Bad Gateway for its CONNECT")
+    assert hop.timestamp_end >= hop.timestamp_start
+    finding = only_finding(session)
+    assert finding.code == "server-unreachable"
+    assert finding.message.startswith(
+        f"Hop 1 (regular) got no answer: the connection to 127.0.0.1:{dead} was refused "
+        f"([Errno 111] Connect call failed"
+    )
+    assert f"Start the WebSocket server on 127.0.0.1:{dead}" in finding.fix
+    proxy.store.flush()
+    assert_fails_report(proxy.store.path, capsys)
+    # A CONNECT that reaches its server records nothing until a WebSocket request is seen.
+    async with serve(echo_handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}/ok", proxy=proxy.url) as ws:
+            await ws.send("fine")
+            assert await ws.recv() == "fine"
+        await proxy.wait_session(lambda s: s.outcome is Outcome.CLOSED)
+    assert [s.url for s in proxy.store.sessions()] == [
+        f"127.0.0.1:{dead}", f"ws://127.0.0.1:{port}/ok"
+    ]
 
 
 async def test_refused_through_connect_with_the_lazy_strategy(start_proxy, capsys):

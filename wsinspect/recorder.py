@@ -159,6 +159,38 @@ class Recorder:
     def http_connect(self, flow: http.HTTPFlow) -> None:
         self._tunnelled.add(flow.client_conn.id)
 
+    def http_connect_error(self, flow: http.HTTPFlow) -> None:
+        """A CONNECT whose server could not be reached, recorded as a failed session.
+
+        With mitmproxy's default (eager) connection strategy the proxy connects to the CONNECT
+        target before answering, and a server that is down gets the client a 502 before any
+        WebSocket request is sent: without this, every wss client and every client told to use
+        the proxy (`websockets` with `proxy=`) would fail with nothing in the capture. A CONNECT
+        carries no Upgrade header, so the proxy cannot tell a WebSocket's tunnel from another;
+        every CONNECT that failed to reach its server is recorded, since a missing session for
+        the one that mattered costs a user of this inspector more than a failed row for an
+        unrelated host (named by its CONNECT line). CONNECTs refused for another reason (407
+        from proxy authentication, a response an addon set) reached no server and are left out:
+        the client is expected to retry or has been told why.
+        """
+        error = flow.server_conn.error
+        if not error or flow.response is None:
+            return
+        hop = hop_from_request(flow)
+        hop.url = flow.request.authority  # a CONNECT does not say ws:// or wss://
+        hop.request_line = (
+            f"{flow.request.method} {flow.request.authority} {flow.request.http_version}"
+        )
+        hop.outcome = Outcome.FAILED
+        # The server never answered (response_status stays None); what the client got is the
+        # proxy's own answer to the CONNECT, beside mitmproxy's text of the failure.
+        hop.error = (
+            f"{error}; the client got {flow.response.status_code} {flow.response.reason} "
+            f"for its CONNECT"
+        )
+        hop.timestamp_end = time.time()
+        self.store.add_hop(hop)
+
     def client_disconnected(self, client) -> None:
         self._tunnelled.discard(client.id)
 
