@@ -6,6 +6,7 @@ mount."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
@@ -18,14 +19,16 @@ from pathlib import Path
 
 import pytest
 from mitmproxy.io import tnetstring
+from websockets.asyncio.client import connect
 
 from wsinspect import formats
 from wsinspect.cli import main
 from wsinspect.formats.common import add_imported_hop
 from wsinspect.model import CLOSE_FIELDS, HOP_FIELDS, MESSAGE_FIELDS, STATS_FIELDS, Close, Hop
 from wsinspect.model import Message, MessageStats, MessageType
-from wsinspect.store import QUERY_SECONDS, CaptureError, SessionStore
+from wsinspect.store import CAPTURE_ENDED, QUERY_SECONDS, CaptureError, SessionStore
 
+from .test_cli import start_process, wsinspect
 from .test_formats import make_hop
 
 BIN = Path(sys.executable).parent
@@ -359,6 +362,55 @@ def test_read_only_commands_leave_a_killed_writers_wal_alone(tmp_path, capsys):
     store = SessionStore.open(path)
     assert [m.payload for m in store.iter_messages(1)] == [m.payload for m in MESSAGES]
     store.close()
+    assert digests(folder) == before
+
+
+def report_json(path: Path) -> dict:
+    result = subprocess.run([str(BIN / "wsinspect"), "report", str(path), "--json"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+async def test_a_killed_proxys_live_session_ends_at_its_last_record(tmp_path, confdir, echo_server):
+    """Read while the proxy writing it runs, the capture's live session is open; once the
+    proxy is killed it ends at its last message, "capture ended", however late it is read."""
+    folder = tmp_path / "captures"
+    folder.mkdir()
+    capture = folder / "cap.db"
+    process, port = await start_process(
+        *wsinspect("--headless", "-w", str(capture), "--listen-port", "0",
+                   "--confdir", str(confdir)),
+        listening=r"listening at 127\.0\.0\.1:(\d+)",
+    )
+    try:
+        async with connect(f"ws://127.0.0.1:{echo_server}/live",
+                           proxy=f"http://127.0.0.1:{port}") as ws:
+            await ws.send("one")
+            assert await ws.recv() == "one"
+            await asyncio.sleep(1.5)  # more than the commit interval
+            (live,) = (await asyncio.to_thread(report_json, capture))["sessions"]
+            assert live["outcome"] == "open" and live["timestamp_end"] is None
+            assert live["close"]["abnormal"] is False
+            process.kill()
+            await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    before = digests(folder)
+    (ended,) = (await asyncio.to_thread(report_json, capture))["sessions"]
+    store = SessionStore.open(capture)
+    (last,) = store.messages(ended["id"], 1, 2)
+    store.close()
+    assert last.payload == b"one" and not last.from_client
+    assert ended["outcome"] == "closed" and ended["timestamp_end"] == last.timestamp
+    assert ended["close"]["abnormal"] is True
+    assert ended["close"]["abnormal_reason"] == CAPTURE_ENDED
+    assert ended["messages"]["from_client"] == 1 and ended["messages"]["from_server"] == 1
+    await asyncio.sleep(0.2)
+    (again,) = (await asyncio.to_thread(report_json, capture))["sessions"]
+    assert again["timestamp_end"] == ended["timestamp_end"]
     assert digests(folder) == before
 
 

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from wsinspect.model import Hop, Message, MessageType, Outcome
-from wsinspect.store import CaptureError, SessionStore
+from wsinspect.model import Close, Hop, Message, MessageType, Outcome
+from wsinspect.store import CAPTURE_ENDED, CaptureError, SessionStore
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_hop(key: str | None = "k1", mode: str = "regular", t: float = 100.0) -> Hop:
@@ -136,3 +142,57 @@ def test_a_foreign_sqlite_database_is_not_a_capture(tmp_path):
     db.close()
     with pytest.raises(CaptureError, match="not a wsinspect capture"):
         SessionStore.open(path)
+
+
+# ----- a capture whose writer was killed ---------------------------------------------------------
+
+KILLED_WRITER = """
+import os, signal, sys
+from tests.test_store import make_hop, text
+from wsinspect.store import SessionStore
+store = SessionStore(sys.argv[1])
+answered = store.add_hop(make_hop("k1")).first_hop
+answered.response_status, answered.timestamp_response = 101, 100.5
+store.hop_changed(answered)
+for i in range(3):
+    store.add_message(answered, text(i))
+store.add_hop(make_hop("k2", t=104.0))  # its handshake never got an answer
+store.flush()
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_writers_open_hops_end_at_their_last_record(tmp_path):
+    path = tmp_path / "c.db"
+    result = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(path)], cwd=ROOT, timeout=60)
+    assert result.returncode == -signal.SIGKILL
+    answered, unanswered = sorted(SessionStore.open(path).sessions(), key=lambda s: s.id)
+    assert answered.outcome is Outcome.CLOSED and answered.timestamp_end == 102.0  # message 2
+    assert answered.close == Close(abnormal=True, abnormal_reason=CAPTURE_ENDED, timestamp=102.0)
+    assert answered.duration(now=1e12) == 2.0
+    assert unanswered.outcome is Outcome.FAILED and unanswered.timestamp_end == 104.0
+    assert unanswered.first_hop.error == CAPTURE_ENDED and unanswered.close is None
+
+
+def test_a_capture_being_written_keeps_its_open_sessions_open(tmp_path):
+    store = SessionStore(tmp_path / "c.db")
+    hop = store.add_hop(make_hop()).first_hop
+    store.add_message(hop, text(0))
+    store.flush()
+    (live,) = SessionStore.open(tmp_path / "c.db").sessions()
+    assert live.outcome is Outcome.OPEN and live.timestamp_end is None and live.close is None
+    store.close()
+
+
+@pytest.mark.parametrize("forget_writer", [False, True], ids=["closed", "from before writer marks"])
+def test_open_sessions_stay_open_in_a_closed_or_older_capture(tmp_path, forget_writer):
+    path = tmp_path / "c.db"
+    store = SessionStore(path)
+    store.add_hop(make_hop())
+    store.close()
+    if forget_writer:
+        with sqlite3.connect(path) as db:
+            db.execute("DELETE FROM meta WHERE key != 'format'")
+        db.close()
+    (session,) = SessionStore.open(path).sessions()
+    assert session.outcome is Outcome.OPEN and session.timestamp_end is None

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import correlate
-from .model import Hop, Message, MessageType, RecordError, Session, member, one_of
+from .model import Close, Hop, Message, MessageType, Outcome, RecordError, Session, member, one_of
 
 logger = logging.getLogger("wsinspect")
 
@@ -154,6 +154,49 @@ def _check_schema(db: sqlite3.Connection) -> None:
         found = db.execute("SELECT name, hidden FROM pragma_table_xinfo(?)", (name,)).fetchall()
         if any(hidden or column not in columns for column, hidden in found):
             raise CaptureError(f"not a wsinspect capture ({name} has unexpected columns)")
+
+
+# A capture's meta rows naming the process that writes it, and saying it closed the capture.
+_WRITER = "writer"
+_CLEAN_CLOSE = "closed"
+CAPTURE_ENDED = "capture ended: its writer stopped without closing it"
+
+
+def _process_identity(pid: int | str) -> str | None:
+    """A process told apart from a later one given the same pid: "pid start-time boot-id"
+    (its start in clock ticks since boot, from /proc/PID/stat, and the boot it started in);
+    None when the process is gone or /proc cannot tell."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (command) ", command may hold ")"
+    if len(fields) < 20:
+        return None
+    return f"{pid} {fields[19]} {boot}"  # field 22 of the line: starttime
+
+
+def _writer_alive(writer: object) -> bool:
+    """Whether the process a capture's writer row names is still running."""
+    if type(writer) is not str:
+        return False
+    pid = writer.split(" ", 1)[0]
+    return pid.isascii() and pid.isdigit() and _process_identity(int(pid)) == writer
+
+
+def _end_at_last_record(hop: Hop) -> None:
+    """End an open hop of a capture whose writer is gone at the last thing it recorded, as the
+    recorder ends a hop whose connection failed (in memory only: the capture is not written)."""
+    times = (hop.timestamp_start, hop.timestamp_response, hop.stats.last_timestamp)
+    hop.timestamp_end = max(t for t in times if t is not None)
+    if hop.response_status is None:
+        hop.outcome = Outcome.FAILED
+        hop.error = hop.error or CAPTURE_ENDED
+        return
+    hop.outcome = Outcome.CLOSED
+    if hop.close is None:
+        hop.close = Close(abnormal=True, abnormal_reason=CAPTURE_ENDED, timestamp=hop.timestamp_end)
 
 
 def _connect_readonly(path: Path, on_progress: Callable[[], bool]) -> sqlite3.Connection:
@@ -286,6 +329,8 @@ class SessionStore:
             self._db = _connect(self.path)
             self._db.executescript(_SCHEMA)
             self._db.execute("INSERT INTO meta VALUES ('format', ?)", (CAPTURE_FORMAT,))
+            if (writer := _process_identity(os.getpid())) is not None:
+                self._db.execute("INSERT INTO meta VALUES (?, ?)", (_WRITER, writer))
             self._db.commit()
         except sqlite3.Error as e:
             self._remove_failed_capture()
@@ -362,6 +407,8 @@ class SessionStore:
                 "SELECT id, session_id, data FROM hops ORDER BY id"
             ):
                 store._add_loaded_hop(hop_id, session_id, data)
+            marks = dict(store._query("SELECT key, value FROM meta WHERE key IN (?, ?)",
+                                      (_WRITER, _CLEAN_CLOSE)))
         except CaptureError as e:
             raise CaptureError(f"{path}: {e}") from None
         except sqlite3.DatabaseError as e:
@@ -370,6 +417,11 @@ class SessionStore:
             raise CaptureError(f"{path}: not a wsinspect capture ({e})") from None
         except UnicodeDecodeError:  # Python 3.12's sqlite3 raises it for a text column
             raise CaptureError(f"{path}: not a wsinspect capture (text that is not UTF-8)") from None
+        # A capture from before writers were recorded has neither mark: its writer is unknown.
+        if _WRITER in marks and _CLEAN_CLOSE not in marks and not _writer_alive(marks[_WRITER]):
+            for hop in store._hops.values():
+                if hop.outcome is Outcome.OPEN:
+                    _end_at_last_record(hop)
         for session in store._sessions.values():
             session.hops.sort(key=lambda h: h.timestamp_start)
         store._next_session_id = max(store._sessions, default=0) + 1
@@ -621,7 +673,18 @@ class SessionStore:
 
     def close(self) -> None:
         self.flush()
-        if self._writer is not None:
-            self._writer.stop()
+        if (writer := self._writer) is not None:
+            writer.stop()
             self._writer = None
+            if not writer.failed:
+                self._mark_clean_close()
         self._db.close()
+
+    def _mark_clean_close(self) -> None:
+        """Tell readers the writer closed the capture itself: it was not killed, so they
+        leave what it recorded as it is."""
+        try:
+            with self._db:
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (_CLEAN_CLOSE, "1"))
+        except sqlite3.Error as e:
+            logger.error(f"marking {self.path} closed failed ({e})")
