@@ -75,5 +75,5 @@ else
   "$VENV/bin/python" -m pip install -q -e .
 fi
 if [ $with_tests = 1 ] && command -v npm >/dev/null 2>&1; then
-  (cd tests/node && npm ci --silent --no-audit --no-fund >/dev/null)
+  (cd tests/node && npm ci --loglevel=error --no-audit --no-fund >/dev/null)  # errors still show
 fi

@@ -54,7 +54,7 @@ const roots = {
 
 async function graphqlTransportWs() {
   const { WebSocketServer, WebSocket } = await import("ws");
-  const { useServer } = await import("graphql-ws/use/ws");
+  const { useServer } = await import("graphql-ws/lib/use/ws");  // graphql-ws 5: Node 18 (Debian 12)
   const { createClient } = await import("graphql-ws");
   const wss = new WebSocketServer({ host: "127.0.0.1", port: 0, path: "/graphql" });
   await new Promise((resolve) => wss.on("listening", resolve));
