@@ -70,10 +70,13 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
 
 class LoopGuard:
     def __init__(self) -> None:
-        # The own end (address, port) of each open server connection: a client connecting from
-        # one of them is this proxy connecting to itself. Not the peer's end: after a NAT rule
-        # on this host, the server connection names the destination before translation.
-        self._outgoing: set[tuple[IPAddress | None, int]] = set()
+        # The own end (address, port) of each open server connection -> its peer's end and when
+        # it was made: a client connecting from one of them is this proxy connecting to itself
+        # if that connection went to the client's listener, or (after a NAT rule on this host,
+        # where the server connection names the destination before translation) if it was
+        # made the moment the client arrived. The kernel reuses a local port for connections
+        # to other destinations, so an older connection to elsewhere proves nothing.
+        self._outgoing: dict[tuple[IPAddress | None, int], tuple[tuple, float]] = {}
         # Server connections being opened (id -> (connection, when)). Their own end is known
         # once the connection is made, which may be just after the other end is accepted.
         self._connecting: dict[str, tuple[connection.Server, float]] = {}
@@ -81,7 +84,7 @@ class LoopGuard:
     async def client_connected(self, client: connection.Client) -> None:
         """Close a connection that this proxy made to itself, or a transparent one whose
         original destination is the proxy (it was not redirected)."""
-        if await self._from_this_proxy(client.peername):
+        if await self._from_this_proxy(client.peername, client.sockname):
             client.error = "this proxy connected to itself"
             logger.warning(
                 f"wsinspect: closed a connection from this proxy to its own listener "
@@ -98,15 +101,16 @@ class LoopGuard:
                 f"listener {_format(client.sockname)}: it was not redirected"
             )
 
-    async def _from_this_proxy(self, peername: tuple | None) -> bool:
-        """Whether `peername` is the own end of one of this proxy's server connections. One
-        that is still being made is waited for a moment: the kernel completes both ends of a
-        connection to this host at once, the event loop sees them in either order."""
+    async def _from_this_proxy(self, peername: tuple | None, sockname: tuple | None) -> bool:
+        """Whether `peername` is the own end of one of this proxy's server connections to
+        `sockname` (see `_outgoing`). One that is still being made is waited for a moment: the
+        kernel completes both ends of a connection to this host at once, the event loop sees
+        them in either order."""
         peer = _endpoint(peername)
         if peer[0] is None or not is_own_address(peer[0]):
             return False
         deadline = time.monotonic() + _CONNECT_SETTLE
-        while peer not in self._outgoing:
+        while not self._made_to(peer, _endpoint(sockname)):
             now = time.monotonic()
             connecting = [s for s, t in self._connecting.values() if now - t < _CONNECT_AGE]
             if any(_endpoint(s.sockname) == peer for s in connecting):
@@ -139,17 +143,28 @@ class LoopGuard:
         )
         logger.warning(f"wsinspect: {data.server.error}")
 
+    def _made_to(self, own_end: tuple, listener: tuple) -> bool:
+        """Whether a server connection whose own end is `own_end` went to `listener`, or was
+        made just now (see `_outgoing`)."""
+        made = self._outgoing.get(own_end)
+        if made is None:
+            return False
+        peer, when = made
+        return peer == listener or time.monotonic() - when < _CONNECT_AGE
+
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
         self._connecting.pop(data.server.id, None)
         if data.server.sockname:
-            self._outgoing.add(_endpoint(data.server.sockname))
+            self._outgoing[_endpoint(data.server.sockname)] = (
+                _endpoint(data.server.peername), time.monotonic()
+            )
 
     def server_connect_error(self, data: server_hooks.ServerConnectionHookData) -> None:
         self._connecting.pop(data.server.id, None)
 
     def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
         if data.server.sockname:
-            self._outgoing.discard(_endpoint(data.server.sockname))
+            self._outgoing.pop(_endpoint(data.server.sockname), None)
 
     @staticmethod
     def _listener_at(
