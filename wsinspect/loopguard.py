@@ -145,12 +145,17 @@ class LoopGuard:
 
     def _made_to(self, own_end: tuple, listener: tuple) -> bool:
         """Whether a server connection whose own end is `own_end` went to `listener`, or was
-        made just now (see `_outgoing`)."""
+        made just now to an address elsewhere (see `_outgoing`)."""
         made = self._outgoing.get(own_end)
         if made is None:
             return False
         peer, when = made
-        return peer == listener or time.monotonic() - when < _CONNECT_AGE
+        if peer == listener:
+            return True
+        # After a NAT rule, the connection names a destination elsewhere; one to another
+        # socket of this host reached that socket, not the listener.
+        foreign = peer[0] is not None and not is_own_address(peer[0])
+        return foreign and time.monotonic() - when < _CONNECT_AGE
 
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
         self._connecting.pop(data.server.id, None)
