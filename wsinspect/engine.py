@@ -67,7 +67,8 @@ def reverse_target_error(spec: str) -> str | None:
 def listen_error(message: str) -> str:
     """mitmproxy's "[Errno 98] HTTP(S) proxy failed to listen on H:P with [Errno 98] error while
     attempting to bind on address ('H', P): address already in use" as one statement."""
-    message = re.sub(r"\[Errno -?\d+\] ", "", message, flags=re.IGNORECASE)
+    message = re.sub(r"\[Errno (-?\d+|None)\] ", "", message, flags=re.IGNORECASE)
+    message = re.sub(r" out of \[\(.*?\)\]", "", message)  # Python 3.13 repeats the address
     message = re.sub(r"error while attempting to bind on address \(.*?\): ", "", message)
     message = message.replace(" with ", ": ", 1)
     if "in use" in message:
