@@ -500,6 +500,8 @@ class Hop:
     replay_of: int | None = None  # the session this hop's session replays (wsinspect replay)
     # Frames that broke RFC 6455 (raw relay), the first MAX_VIOLATIONS of them
     violations: list[Violation] = field(default_factory=list)
+    # The capture file this hop was read from, when several are lined up (wsinspect.lineup)
+    capture: str | None = None
     id: int = -1  # assigned by the store
     session_id: int = -1  # assigned by the store
 
@@ -533,6 +535,7 @@ class Hop:
             "answered_by": self.answered_by,
             "replay_of": self.replay_of,
             "violations": [v.to_json() for v in self.violations],
+            "capture": self.capture,
         }
 
     def validate(self) -> None:
@@ -581,6 +584,7 @@ class Hop:
             answered_by=get("answered_by", None),
             replay_of=get("replay_of", None),
             violations=violations(get("violations", [])),
+            capture=get("capture", None),
         )
         hop.validate()
         return hop
@@ -720,6 +724,7 @@ HOP_FIELDS: dict[str, Check] = {
     "answered_by": optional(text),
     "replay_of": optional(integer(1, MAX_COUNT)),
     "violations": list_of(instance(Violation), MAX_VIOLATIONS),
+    "capture": optional(text),
     "id": ID,
     "session_id": ID,
 }

@@ -41,6 +41,7 @@ def hop_json(hop: Hop, position: int) -> dict:
         "violations": [v.to_json() for v in hop.violations],
         "timestamp_start": hop.timestamp_start,
         "timestamp_end": hop.timestamp_end,
+        "capture": hop.capture,
     }
 
 
@@ -153,7 +154,10 @@ def session_text(session: Session) -> list[str]:
             if hop.response_status is not None
             else (_error(hop.error) or "no response")
         )
-        lines.append(f"  hop {i} [{hop.mode}]{destination(hop)} {hop.request_line} -> {answer}")
+        source = f" (from {hop.capture})" if hop.capture else ""
+        lines.append(
+            f"  hop {i} [{hop.mode}]{destination(hop)} {hop.request_line} -> {answer}{source}"
+        )
     by_type = ", ".join(f"{t} {n}" for t, n in sorted(stats.by_type.items()))
     lines.append(
         f"  messages: {stats.from_client} from client, {stats.from_server} from server, "

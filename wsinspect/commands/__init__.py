@@ -26,9 +26,11 @@ class Command:
 
 COMMANDS = {
     "report": Command(
-        "wsinspect.commands.report", "report FILE", "a capture's sessions and findings (--json)"
+        "wsinspect.commands.report",
+        "report FILE...",
+        "captures' sessions and findings (--json), hops lined up",
     ),
-    "open": Command("wsinspect.commands.open", "open FILE", "browse a capture in the app"),
+    "open": Command("wsinspect.commands.open", "open FILE...", "browse captures in the app"),
     "export": Command(
         "wsinspect.formats.command", "export FILE -o OUT", "a capture as HAR, flows or JSON lines"
     ),

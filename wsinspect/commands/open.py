@@ -1,25 +1,29 @@
-"""`wsinspect open FILE`: browse a capture in the app."""
+"""`wsinspect open FILE [FILE…]`: browse a capture, or several lined up, in the app."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
 
-from ..formats import open_capture
+from ..lineup import open_captures
 from ..store import CaptureError
 from ..text import print_error
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wsinspect open", description="Browse a capture.")
-    parser.add_argument("file")
+    parser = argparse.ArgumentParser(
+        prog="wsinspect open",
+        description="Browse a capture. Several captures of one path (wsinspect on both sides "
+        "of a proxy, on two machines) are lined up into sessions on the first one's clock.",
+    )
+    parser.add_argument("files", nargs="+", metavar="FILE")
     return parser
 
 
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
     try:
-        store = open_capture(args.file)
+        store = open_captures(args.files)
     except CaptureError as e:
         print_error(str(e))
         return 2

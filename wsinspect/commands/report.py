@@ -1,4 +1,5 @@
-"""`wsinspect report FILE`: what a capture holds, as text or JSON, with an exit status for CI."""
+"""`wsinspect report FILE [FILE…]`: what one capture holds, or several lined up, as text or
+JSON, with an exit status for CI."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 from collections.abc import Sequence
 
 from .. import report
-from ..formats import open_capture
+from ..lineup import LinedUpStore, open_captures
 from ..store import CaptureError
 from ..text import print_error
 
@@ -16,9 +17,11 @@ def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wsinspect report",
         description="What a capture holds (wsinspect, mitmproxy flows or HAR): each session's "
-        "hops, messages, end and findings with fixes.",
+        "hops, messages, end and findings with fixes. Several captures of one path (wsinspect "
+        "on a laptop and on the server behind nginx) are lined up into sessions, the later "
+        "ones' clocks set by the offset their handshakes show.",
     )
-    parser.add_argument("file")
+    parser.add_argument("files", nargs="+", metavar="FILE")
     parser.add_argument("--json", action="store_true", help="wsinspect-report/1 JSON")
     parser.add_argument(
         "--fail-on",
@@ -31,13 +34,20 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
     try:
-        store = open_capture(args.file)
+        store = open_captures(args.files)
     except CaptureError as e:
         print_error(str(e))
         return 2
+    lined_up = isinstance(store, LinedUpStore)
     if args.json:
-        print(json.dumps(report.report_json(store), indent=2))
+        data = report.report_json(store)
+        if lined_up:
+            data["captures"] = store.captures_json()
+        print(json.dumps(data, indent=2))
     else:
+        if lined_up:
+            print(f"{len(store.captures)} captures lined up on {store.reference.name}'s clock:")
+            print("\n".join(f"  {line}" for line in store.describe()))
         print(report.report_text(store))
     if args.fail_on and report.has_findings(store, args.fail_on):
         return 1
