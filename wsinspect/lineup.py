@@ -265,12 +265,13 @@ class LinedUpStore(SessionStore):
         """A short line for the app's status bar: the files and the estimated offsets."""
         parts = []
         for capture in self.captures:
+            name = Path(capture.name).name
             if capture.offset is not None:
-                parts.append(f"{capture.name} {capture.offset.seconds:+.3f} s")
+                parts.append(f"{name} {capture.offset.seconds:+.3f} s")
             elif capture is self.reference:
-                parts.append(capture.name)
+                parts.append(name)
             else:
-                parts.append(f"{capture.name} ({'read once' if not capture.used else 'no offset'})")
+                parts.append(f"{name} ({'read once' if not capture.used else 'no offset'})")
         return printable("captures " + " + ".join(parts))
 
     def hop_messages(self, hop_id: int, start: int, stop: int) -> list[Message]:

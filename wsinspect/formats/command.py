@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..store import CaptureError
-from . import EXPORT_FORMATS, STDOUT, SUFFIXES, export, open_capture
+from ..lineup import open_captures
+from . import EXPORT_FORMATS, STDOUT, SUFFIXES, export
 
 
 def export_parser() -> argparse.ArgumentParser:
@@ -17,7 +19,11 @@ def export_parser() -> argparse.ArgumentParser:
         description="Write a capture's sessions as HAR (Chrome DevTools), a mitmproxy flow "
         "file or JSON lines. Credentials are redacted unless --no-redact.",
     )
-    parser.add_argument("file", help="a wsinspect capture, mitmproxy flow file or HAR file")
+    parser.add_argument(
+        "files", nargs="+", metavar="FILE",
+        help="a wsinspect capture, mitmproxy flow file or HAR file; several are lined up into "
+        "sessions as `wsinspect report` lines them up",
+    )
     parser.add_argument(
         "--format", choices=EXPORT_FORMATS,
         help="default: from the output's suffix (.har, .mitm/.flows, .jsonl)",
@@ -45,7 +51,11 @@ def main(argv: Sequence[str]) -> int:
         )
         return 2
     try:
-        store = open_capture(args.file)
+        store = open_captures(args.files)
+        if args.out != STDOUT and Path(args.out).exists() and any(
+            os.path.samefile(args.out, f) for f in args.files
+        ):
+            raise CaptureError(f"{args.out}: is a capture being exported; choose another file")
         result = export(
             store, args.out, fmt, redact=not args.no_redact, session_ids=args.sessions
         )

@@ -26,6 +26,7 @@ from ..formats import export
 from ..replay import ProxyRoute, ReplayError, ReplayPlan, replay
 from ..resend import Injection, ResendError, SessionClosedError
 from ..runtime import Stopped, run_until_stopped
+from ..lineup import LinedUpStore
 from ..store import CaptureError, SessionStore, StoreChanges
 from .colours import Colours
 from .dialogs import ComparisonScreen, ExportRequest, ExportScreen
@@ -190,6 +191,8 @@ class WsInspectApp(App):
             fields.append(SafeText.line(f"{self.messages_per_second:.0f} msg/s"))
             if self.loop_load.saturated:
                 fields.append(SafeText.line("proxy busy, screen paced", style="bold"))
+        elif isinstance(self.store, LinedUpStore):  # wsinspect open a.db b.db
+            fields.append(SafeText.line(self.store.status_text()))
         else:
             where = str(self.store.path) if self.store.path else "(in memory)"
             fields.append(SafeText.line(f"capture {where}"))

@@ -52,8 +52,11 @@ def hop_text(hop: Hop, position: int, colours: Colours) -> SafeText:
     text.append(f"Hop {position}", style="bold reverse")
     text.append(
         f"  {hop.mode}  client {_addr(hop.client_addr)} → server "
-        f"{_addr(hop.server_addr)}  {hop.outcome.value}\n"
+        f"{_addr(hop.server_addr)}  {hop.outcome.value}"
     )
+    if hop.capture:  # several captures lined up: the one this hop was read from
+        text.append(SafeText.line(f"  from {hop.capture}"))
+    text.append("\n")
     text.append("Request\n", style="bold underline")
     text.append(SafeText.line(f"  {hop.request_line}"))
     text.append("\n")
