@@ -10,9 +10,11 @@ That order, and the correlation's "still waiting for its answer", need the captu
 clock. Each later capture's offset from the first is estimated from the handshakes both saw
 (the same Sec-WebSocket-Key, once in each): a hop further along the path receives the request
 after the client-side hop did and answers before the client-side hop gets the answer, so each
-matched handshake bounds the offset as NTP's four timestamps do. The estimate is the median of
-the handshakes' midpoints, kept inside what every handshake allows; the later capture's times
-are shifted by it (hops, closes, messages), so durations, idle cuts and timelines line up.
+matched handshake bounds the offset as NTP's four timestamps do. Within those bounds the
+messages both hops relayed place it more closely (see HandshakePair.midpoint). The estimate is
+the median of the sessions' midpoints, kept inside what every handshake allows; the later
+capture's times are shifted by it (hops, closes, messages), so durations, idle cuts and
+timelines line up.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .formats import open_capture
-from .model import Hop, Message, RecordError
+from .model import Hop, Message, MessageType, RecordError
 from .store import CaptureError, SessionStore
 from .text import printable
 
@@ -52,19 +54,36 @@ class ClockOffset:
 
 @dataclass(frozen=True, slots=True)
 class HandshakePair:
-    """One handshake seen by two captures: `a` on the reference clock, `b` on its own."""
+    """One handshake seen by two captures: `a` on the reference clock, `b` on its own, with
+    the times each recorded the messages both relayed, (a, b) per message by direction."""
 
     a_start: float
     a_response: float
     b_start: float
     b_response: float
+    from_client: tuple[tuple[float, float], ...] = ()
+    from_server: tuple[tuple[float, float], ...] = ()
 
     @property
     def bounds(self) -> tuple[float, float]:
-        """The offsets this handshake allows: the inner hop (the one with the shorter wait
-        for its answer) began after the outer one and was answered before it."""
+        """The offsets this handshake allows: the inner hop (the one that waited less for its
+        answer) received the request after the outer one and the answer before it."""
         started, answered = self.b_start - self.a_start, self.b_response - self.a_response
         return min(started, answered), max(started, answered)
+
+    @property
+    def midpoint(self) -> float:
+        """Where within its bounds the offset most likely is. With messages relayed both ways:
+        halfway between the two ways' median differences, as the delays on open connections
+        are alike and far shorter than the handshake's (whose request waits for the next
+        hop's connection to be made). Message times are taken as the relay handles them,
+        a fraction of a millisecond apart either way, so they are no bounds. Without them:
+        the middle of the bounds."""
+        if self.from_client and self.from_server:
+            ways = (self.from_client, self.from_server)
+            return sum(statistics.median(b - a for a, b in way) for way in ways) / 2
+        low, high = self.bounds
+        return (low + high) / 2
 
 
 def estimate_offset(pairs: Sequence[HandshakePair]) -> ClockOffset | None:
@@ -72,7 +91,7 @@ def estimate_offset(pairs: Sequence[HandshakePair]) -> ClockOffset | None:
     if not pairs:
         return None
     bounds = [pair.bounds for pair in pairs]
-    median = statistics.median((low + high) / 2 for low, high in bounds)
+    median = statistics.median(pair.midpoint for pair in pairs)
     low, high = max(b[0] for b in bounds), min(b[1] for b in bounds)
     if low > high:
         return ClockOffset(median, len(pairs), None, None)
@@ -169,17 +188,40 @@ def _hops(store: SessionStore) -> list[Hop]:
     return [hop for session in store.sessions() for hop in session.hops]
 
 
+# Messages of a matched session compared to tighten the offset's bounds (see HandshakePair).
+_MESSAGES_COMPARED = 64
+
+
+def _relayed(a: Hop, a_store: SessionStore, shift: float, b: Hop, b_store: SessionStore,
+             from_client: bool) -> tuple[tuple[float, float], ...]:
+    """(a's time on the reference clock, b's time) of the data messages both hops relayed
+    one way, in order, up to the first that differs (a proxy may add or drop one)."""
+    def data(hop: Hop, store: SessionStore) -> list[Message]:
+        return [
+            m for m in store.hop_messages(hop.id, 0, _MESSAGES_COMPARED)
+            if m.from_client == from_client and not m.injected
+            and m.type in (MessageType.TEXT, MessageType.BINARY)
+        ]
+
+    times = []
+    for x, y in zip(data(a, a_store), data(b, b_store)):
+        if (x.type, x.size, x.payload) != (y.type, y.size, y.payload):
+            break
+        times.append((x.timestamp - shift, y.timestamp))
+    return tuple(times)
+
+
 def matched_handshakes(
     placed: Sequence[LinedUpCapture], capture: LinedUpCapture
 ) -> list[HandshakePair]:
     """The handshakes `capture` shares with the captures already placed: a key seen once in
     them and once in it (a key reused by several handshakes could pair the wrong two), by a
     different listener, both answered."""
-    by_key: dict[str, list[tuple[Hop, float]]] = {}
+    by_key: dict[str, list[tuple[Hop, LinedUpCapture]]] = {}
     for other in placed:
         for hop in _hops(other.store):
             if hop.websocket_key:
-                by_key.setdefault(hop.websocket_key, []).append((hop, other.shift))
+                by_key.setdefault(hop.websocket_key, []).append((hop, other))
     own: dict[str, list[Hop]] = {}
     for hop in _hops(capture.store):
         if hop.websocket_key:
@@ -189,11 +231,16 @@ def matched_handshakes(
         theirs = by_key.get(key, [])
         if len(hops) != 1 or len(theirs) != 1:
             continue
-        (b,), ((a, shift),) = hops, theirs
+        (b,), ((a, other),) = hops, theirs
         if a.mode == b.mode or a.timestamp_response is None or b.timestamp_response is None:
             continue
-        pairs.append(HandshakePair(a.timestamp_start - shift, a.timestamp_response - shift,
-                                   b.timestamp_start, b.timestamp_response))
+        shift = other.shift
+        pairs.append(HandshakePair(
+            a.timestamp_start - shift, a.timestamp_response - shift,
+            b.timestamp_start, b.timestamp_response,
+            _relayed(a, other.store, shift, b, capture.store, from_client=True),
+            _relayed(a, other.store, shift, b, capture.store, from_client=False),
+        ))
     return pairs
 
 
