@@ -26,9 +26,7 @@ class Command:
 
 COMMANDS = {
     "report": Command(
-        "wsinspect.commands.report",
-        "report FILE...",
-        "captures' sessions and findings (--json), hops lined up",
+        "wsinspect.commands.report", "report FILE...", "captures' sessions and findings (--json)"
     ),
     "open": Command("wsinspect.commands.open", "open FILE...", "browse captures in the app"),
     "export": Command(

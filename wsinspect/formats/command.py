@@ -55,7 +55,7 @@ def main(argv: Sequence[str]) -> int:
         if args.out != STDOUT and Path(args.out).exists() and any(
             os.path.samefile(args.out, f) for f in args.files
         ):
-            raise CaptureError(f"{args.out}: is a capture being exported; choose another file")
+            raise CaptureError(f"{args.out}: is the capture being exported; choose another file")
         result = export(
             store, args.out, fmt, redact=not args.no_redact, session_ids=args.sessions
         )
