@@ -16,13 +16,20 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from websockets.asyncio.server import serve
 
-from wsinspect.lineup import ClockOffset, HandshakePair, LinedUpStore, estimate_offset, open_captures
+from wsinspect.lineup import (
+    ClockOffset, HandshakePair, LinedUpCapture, LinedUpStore, estimate_offset, open_captures,
+)
+from wsinspect.model import Hop, Message, MessageType, header_value
+from wsinspect.store import SessionStore
 from wsinspect.ui import WsInspectApp
 
 from .conftest import echo_handler, wait_for
@@ -338,7 +345,7 @@ def test_a_capture_given_twice_or_without_a_matching_handshake_says_so(recorded,
     assert unmatched["captures"][1]["clock_offset"] is None
     assert unmatched["captures"][1]["note"] == (
         f"no handshake matches one in {recorded['a']}: no clock offset estimated, "
-        "its times are as recorded")
+        "its times are as recorded and its hops not lined up with theirs")
     text = report(recorded["a"], only, text=True).stdout.splitlines()
     assert text[2] == f"  {only}: 1 hop, {unmatched['captures'][1]['note']}"
 
@@ -406,3 +413,98 @@ async def test_the_app_shows_the_lined_up_session_and_the_offset(recorded):
             assert abs(back[0].timestamp - front[0].timestamp) < 0.05
     finally:
         store.close()
+
+
+# ----- many clients, any skew (hypothesis) -----------------------------------------------------
+
+LAPTOP, SERVER = "regular", "reverse:http://127.0.0.1:9000"
+
+
+@dataclass(frozen=True)
+class Synthetic:
+    """A client's session as both hops see it, on true time."""
+
+    start: float
+    key: str | None
+    path: str
+    forward: float  # the request's way from hop 1 to hop 2 (connection setup included)
+    backward: float  # the answer's way back
+    waited: float  # hop 2's wait for the backend's answer
+    relay: float  # a message's way between the hops on the open connections
+
+    def hop(self, mode: str, start: float, answered: float, name: str) -> Hop:
+        headers = [("Host", "app.example"), ("Upgrade", "websocket"),
+                   ("Connection", "Upgrade"), ("X-Client", name)]
+        if self.key:
+            headers.append(("Sec-WebSocket-Key", self.key))
+        return Hop(mode=mode, url=f"ws://app.example{self.path}",
+                   request_line=f"GET {self.path} HTTP/1.1", http_version="HTTP/1.1",
+                   request_headers=headers, timestamp_start=start, timestamp_response=answered,
+                   response_status=101)
+
+
+synthetic = st.builds(
+    Synthetic,
+    start=st.floats(1_700_000_000, 1_700_000_030),
+    key=st.sampled_from([None, "cmV1c2Vk", *[key(n) for n in range(100, 130)]]),
+    path=st.sampled_from(["/a", "/b"]),
+    forward=st.floats(0.0002, 0.02),
+    backward=st.floats(0.0002, 0.005),
+    waited=st.floats(0.0001, 0.05),
+    relay=st.floats(0.00002, 0.001),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(synthetic, min_size=1, max_size=25), st.floats(-7200, 7200))
+def test_any_skew_lines_up_as_one_clock_and_never_merges_two_clients(clients, skew):
+    laptop, server, together = SessionStore(), SessionStore(), SessionStore()
+    hops = []
+    for n, c in enumerate(clients):
+        name = f"client{n}"
+        at_server = c.start + c.forward
+        answered = at_server + c.waited
+        front = c.hop(LAPTOP, c.start, answered + c.backward, name)
+        back = c.hop(SERVER, at_server, answered, name)
+        hops += [(front, laptop, 0.0), (back, server, skew)]
+    for hop, store, shift in sorted(hops, key=lambda h: h[0].timestamp_start):
+        together.add_hop(Hop.from_json(hop.to_json()))  # one process, one clock
+        for name in ("timestamp_start", "timestamp_response"):
+            setattr(hop, name, getattr(hop, name) + shift)
+        store.add_hop(hop)
+        client = clients[int(header_value(hop.request_headers, "X-Client")[6:])]
+        for i, (from_client, delay) in enumerate(((True, 0.001), (False, 0.002))):
+            # A message each way, hop 2 seeing the client's later and the server's earlier.
+            later = (hop.mode == SERVER) == from_client
+            t = client.start + client.forward + client.waited + delay
+            t += (client.relay if later else 0.0) + shift
+            store.add_message(hop, Message(from_client, MessageType.TEXT, 1, b"m", t))
+    lined_up = LinedUpStore([LinedUpCapture("laptop", laptop), LinedUpCapture("server", server)])
+
+    def grouping(store: SessionStore) -> set[tuple[str, ...]]:
+        return {tuple(header_value(h.request_headers, "X-Client") for h in s.hops)
+                for s in store.sessions()}
+
+    got = grouping(lined_up)
+    assert all(len(set(names)) == 1 for names in got)  # never two clients in one session
+    keys = Counter(c.key for c in clients)
+    unique = {f"client{n}" for n, c in enumerate(clients) if c.key and keys[c.key] == 1}
+    assert {g for g in got if g[0] in unique} == {g for g in grouping(together) if g[0] in unique}
+    offset = lined_up.captures[1].offset
+    if unique:
+        assert offset.low <= skew + 1e-6 and skew - 1e-6 <= offset.high
+        assert abs(offset.seconds - skew) <= max(c.relay for c in clients) + 1e-6
+    else:  # keys reused or none: no clock in common, so nothing is lined up
+        assert offset is None and lined_up.captures[1].note.startswith("no handshake matches")
+        assert all(len(s.hops) == 1 for s in lined_up.sessions())
+
+
+def test_a_key_reused_after_the_correlation_window_starts_a_new_session():
+    """(Found by the test above.) The store forgot the old session's key as the new one's hop
+    arrived, and read the new session's start before the hop had joined it."""
+    store = SessionStore()
+    old = store.add_hop(Synthetic(100.0, "c2FtZQ==", "/", 0.001, 0.001, 0.001, 0.0)
+                        .hop(LAPTOP, 100.0, 100.01, "a"))
+    new = store.add_hop(Synthetic(131.0, "c2FtZQ==", "/", 0.001, 0.001, 0.001, 0.0)
+                        .hop(LAPTOP, 131.0, 131.01, "b"))
+    assert new is not old and len(store.sessions()) == 2

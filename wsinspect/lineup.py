@@ -112,6 +112,11 @@ class LinedUpCapture:
     used: bool = True  # False: the same capture as an earlier one, read once
 
     @property
+    def unplaced(self) -> bool:
+        """A capture after the first whose clock offset could not be estimated."""
+        return self.offset is None and self.note is not None
+
+    @property
     def shift(self) -> float:
         return self.offset.seconds if self.offset is not None else 0.0
 
@@ -270,8 +275,8 @@ def place(captures: Sequence[LinedUpCapture]) -> None:
         if capture.offset is None:
             others = " or ".join(c.name for c in placed)
             capture.note = (
-                f"no handshake matches one in {others}: no clock offset estimated, "
-                "its times are as recorded"
+                f"no handshake matches one in {others}: no clock offset estimated, its times "
+                "are as recorded and its hops not lined up with theirs"
             )
         placed.append(capture)
 
@@ -291,9 +296,11 @@ class LinedUpStore(SessionStore):
             for hop in _hops(capture.store):
                 copy = shifted_hop(hop, capture.shift, capture.name)
                 copies.append((copy.timestamp_start, order, hop.id, copy, capture, hop))
-        # In the order one process would have seen them: the correlation relies on it.
+        # In the order one process would have seen them: the correlation relies on it. A
+        # capture whose clock could not be set is not lined up: on an unknown clock, a hop of
+        # one client could look like the continuation of another's.
         for _, _, _, copy, capture, hop in sorted(copies, key=lambda c: c[:3]):
-            self.add_hop(copy)
+            self.add_hop(copy, alone=capture.unplaced)
             self._origin[copy.id] = (capture.store, hop.id, capture.shift)
         self.flush()
 

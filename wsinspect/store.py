@@ -514,25 +514,30 @@ class SessionStore:
 
     # ----- writing -------------------------------------------------------------------------
 
-    def add_hop(self, hop: Hop) -> Session:
-        """Record a handshake seen by a listener: a new session, or another hop of one."""
+    def add_hop(self, hop: Hop, *, alone: bool = False) -> Session:
+        """Record a handshake seen by a listener: a new session, or another hop of one.
+        `alone`: a session of its own, which no later hop joins either (a hop whose clock
+        cannot be compared with the others', see wsinspect.lineup)."""
         hop.id = self._next_hop_id
         self._next_hop_id += 1
-        key = hop.websocket_key
-        session = correlate.find_session(hop, self._by_key.get(key, ()) if key else self._newest)
+        key = None if alone else hop.websocket_key
+        session = None if alone else correlate.find_session(
+            hop, self._by_key.get(key, ()) if key else self._newest
+        )
         if session is None:
             session = Session(self._next_session_id)
             self._next_session_id += 1
             self._sessions[session.id] = session
-            self._newest.append(session)
+            if not alone:
+                self._newest.append(session)
             self._changes.added.add(session.id)
         else:
             self._changes.updated.add(session.id)
-        if key:
-            self._remember_key(key, session, hop.timestamp_start)
         hop.session_id = session.id
         session.hops.append(hop)
         session.hops.sort(key=lambda h: h.timestamp_start)
+        if key:  # after the hop joined: expiring the key's old sessions reads the new one's start
+            self._remember_key(key, session, hop.timestamp_start)
         self._hops[hop.id] = hop
         self._committed[hop.id] = 0
         self._dirty_hops.add(hop.id)
