@@ -364,6 +364,25 @@ def test_a_bad_file_among_captures_is_one_line_and_exit_2(recorded, tmp_path):
             assert line.startswith(f"wsinspect: {files[0] if files[0] != recorded['a'] else files[1]}: ")
 
 
+def test_captures_that_cannot_share_a_clock_are_one_line_and_exit_2(tmp_path):
+    """A crafted pair: the same key in 2001 and in 2191, so the second capture's other hops
+    would move before 1970."""
+    near = Synthetic(1e9, key(200), "/", 0.001, 0.001, 0.001, 0.0)
+    first, second = SessionStore(tmp_path / "first.db"), SessionStore(tmp_path / "second.db")
+    first.add_hop(near.hop(LAPTOP, 1e9, 1e9 + 0.01, "x"))
+    second.add_hop(near.hop(SERVER, 7e9, 7e9 + 0.005, "x"))
+    second.add_hop(Synthetic(1000.0, key(201), "/", 0.001, 0.001, 0.001, 0.0)
+                   .hop(SERVER, 1000.0, 1000.01, "y"))
+    first.close()
+    second.close()
+    result = subprocess.run(wsinspect("report", str(first.path), str(second.path)),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"wsinspect: {second.path}: its hops cannot be put on one "
+                                    "clock (hop timestamp_start is not a timestamp between")
+    assert result.stderr.count("\n") == 1
+
+
 def test_estimate_keeps_inside_what_every_handshake_allows():
     # Outer hop waits 10 ms for its answer; inner hop 4 ms; the inner clock is 2 s ahead.
     def pair(t: float, forward: float, back: float) -> HandshakePair:

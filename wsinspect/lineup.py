@@ -29,6 +29,7 @@ from pathlib import Path
 from .formats import open_capture
 from .model import Hop, Message, MessageType, RecordError
 from .store import CaptureError, SessionStore
+from .report import plural
 from .text import printable
 
 
@@ -123,7 +124,7 @@ class LinedUpCapture:
     def describe(self, reference: str) -> str:
         """One line: how this capture's times were placed on the reference clock."""
         hops = sum(len(s.hops) for s in self.store.sessions())
-        head = f"{self.name}: {hops} hop{'' if hops == 1 else 's'}"
+        head = f"{self.name}: {plural(hops, 'hop')}"
         if self.note is not None:
             return printable(f"{head}, {self.note}")
         if self.offset is None:
@@ -137,7 +138,7 @@ class LinedUpCapture:
         )
         return printable(
             f"{head}, clock {abs(o.seconds):.4f} s {ahead} {reference}'s (estimated from "
-            f"{o.handshakes} matched handshake{'' if o.handshakes == 1 else 's'}{within}); "
+            f"{plural(o.handshakes, 'matched handshake')}{within}); "
             f"its times are shifted by {-o.seconds:+.4f} s"
         )
 
@@ -152,8 +153,8 @@ class LinedUpCapture:
         }
 
 
-# The record keys of a hop (and of its close, stats and violations) that hold a time.
 def _is_time(key: str) -> bool:
+    """Whether a key of a hop's record (or of its close, stats or violations) holds a time."""
     return key == "timestamp" or key.startswith("timestamp_") or key.endswith("_timestamp")
 
 
@@ -193,8 +194,11 @@ def _hops(store: SessionStore) -> list[Hop]:
     return [hop for session in store.sessions() for hop in session.hops]
 
 
-# Messages of a matched session compared to tighten the offset's bounds (see HandshakePair).
+# Messages of a matched session compared to place the offset (see HandshakePair.midpoint).
 _MESSAGES_COMPARED = 64
+# Matched handshakes the offset is estimated from, at most: spread evenly over the capture,
+# so that lining up a capture of many sessions does not read the messages of every one.
+_HANDSHAKES_USED = 256
 
 
 def _relayed(a: Hop, a_store: SessionStore, shift: float, b: Hop, b_store: SessionStore,
@@ -231,7 +235,7 @@ def matched_handshakes(
     for hop in _hops(capture.store):
         if hop.websocket_key:
             own.setdefault(hop.websocket_key, []).append(hop)
-    pairs = []
+    matched = []
     for key, hops in own.items():
         theirs = by_key.get(key, [])
         if len(hops) != 1 or len(theirs) != 1:
@@ -239,6 +243,11 @@ def matched_handshakes(
         (b,), ((a, other),) = hops, theirs
         if a.mode == b.mode or a.timestamp_response is None or b.timestamp_response is None:
             continue
+        matched.append((b.timestamp_start, a, other, b))
+    matched.sort(key=lambda m: m[0])
+    step = max(1, -(-len(matched) // _HANDSHAKES_USED))
+    pairs = []
+    for _, a, other, b in matched[::step]:
         shift = other.shift
         pairs.append(HandshakePair(
             a.timestamp_start - shift, a.timestamp_response - shift,
@@ -261,8 +270,9 @@ def _same_capture(capture: LinedUpCapture, earlier: LinedUpCapture) -> str | Non
 
 
 def place(captures: Sequence[LinedUpCapture]) -> None:
-    """Set each capture's clock offset from the first's, or its note: a capture repeated is
-    left out; one sharing no handshake with those before keeps its own times."""
+    """Set each capture's clock offset from the first's (through any capture placed before
+    it), or its note: a capture repeated is left out; one sharing no handshake with those
+    placed keeps its own times."""
     placed = [captures[0]]
     for capture in captures[1:]:
         repeated = next(
@@ -278,7 +288,8 @@ def place(captures: Sequence[LinedUpCapture]) -> None:
                 f"no handshake matches one in {others}: no clock offset estimated, its times "
                 "are as recorded and its hops not lined up with theirs"
             )
-        placed.append(capture)
+        else:
+            placed.append(capture)  # on the reference clock: later captures can match it
 
 
 class LinedUpStore(SessionStore):
