@@ -26,7 +26,12 @@ from hypothesis import strategies as st
 from websockets.asyncio.server import serve
 
 from wsinspect.lineup import (
-    ClockOffset, HandshakePair, LinedUpCapture, LinedUpStore, estimate_offset, open_captures,
+    ClockOffset,
+    HandshakePair,
+    LinedUpCapture,
+    LinedUpStore,
+    estimate_offset,
+    open_captures,
 )
 from wsinspect.model import Hop, Message, MessageType, header_value
 from wsinspect.store import SessionStore
@@ -188,7 +193,7 @@ def recorded(tmp_path_factory) -> dict[str, Path]:
 
 def report(*files: Path | str, text: bool = False) -> subprocess.CompletedProcess:
     args = ["report", *map(str, files), *([] if text else ["--json"])]
-    return subprocess.run(wsinspect(*args), capture_output=True, text=True, timeout=60)
+    return subprocess.run(wsinspect(*args), capture_output=True, text=True, timeout=60, check=False)
 
 
 def report_json(*files: Path | str) -> dict:
@@ -357,7 +362,7 @@ def test_a_bad_file_among_captures_is_one_line_and_exit_2(recorded, tmp_path):
         for command in ("report", "open", "export"):
             extra = ["-o", str(tmp_path / "out.har")] if command == "export" else []
             result = subprocess.run(wsinspect(command, *map(str, files), *extra),
-                                    capture_output=True, text=True, timeout=60)
+                                    capture_output=True, text=True, timeout=60, check=False)
             assert result.returncode == 2, (command, result.stderr)
             assert result.stdout == ""
             (line,) = result.stderr.splitlines()
@@ -376,7 +381,7 @@ def test_captures_that_cannot_share_a_clock_are_one_line_and_exit_2(tmp_path):
     first.close()
     second.close()
     result = subprocess.run(wsinspect("report", str(first.path), str(second.path)),
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith(f"wsinspect: {second.path}: its hops cannot be put on one "
                                     "clock (hop timestamp_start is not a timestamp between")

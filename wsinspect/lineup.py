@@ -28,8 +28,8 @@ from pathlib import Path
 
 from .formats import open_capture
 from .model import Hop, Message, MessageType, RecordError
-from .store import CaptureError, SessionStore
 from .report import plural
+from .store import CaptureError, SessionStore
 from .text import printable
 
 

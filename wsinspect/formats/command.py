@@ -8,8 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..store import CaptureError
 from ..lineup import open_captures
+from ..store import CaptureError
 from . import EXPORT_FORMATS, STDOUT, SUFFIXES, export
 
 
