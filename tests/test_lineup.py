@@ -306,6 +306,17 @@ def test_clock_offset_is_estimated_from_the_matched_handshakes_and_shifts_the_la
                for line in lines)
 
 
+def test_the_server_side_capture_first_gives_the_same_sessions_on_its_clock(recorded):
+    laptop_first = report_json(recorded["a"], recorded["b+37"])
+    server_first = report_json(recorded["b+37"], recorded["a"])
+    assert shapes(server_first) == shapes(laptop_first)  # hop 1 is still the laptop's
+    assert offset_of(server_first)["seconds"] == pytest.approx(
+        -offset_of(laptop_first)["seconds"], abs=1e-6)
+    for a, b in zip(laptop_first["sessions"], server_first["sessions"], strict=True):
+        assert b["timestamp_start"] == pytest.approx(
+            a["timestamp_start"] + offset_of(laptop_first)["seconds"], abs=1e-6)
+
+
 def test_the_other_capture_formats_line_up_the_same(recorded, tmp_path):
     """HAR and mitmproxy flow files (exports of the server's capture) line up as it does."""
     from_db = report_json(recorded["a"], recorded["b+37"])
