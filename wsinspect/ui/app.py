@@ -23,10 +23,10 @@ from textual.signal import Signal
 
 from ..engine import Engine, LogRecord
 from ..formats import export
+from ..lineup import LinedUpStore
 from ..replay import ProxyRoute, ReplayError, ReplayPlan, replay
 from ..resend import Injection, ResendError, SessionClosedError
 from ..runtime import Stopped, run_until_stopped
-from ..lineup import LinedUpStore
 from ..store import CaptureError, SessionStore, StoreChanges
 from .colours import Colours
 from .dialogs import ComparisonScreen, ExportRequest, ExportScreen
