@@ -242,10 +242,14 @@ class Timeline:
         rtt = [0.0] * columns
         for bucket in range(self._used):
             low, high = bucket * width, (bucket + 1) * width
-            first, last = int(low / step), min(columns - 1, int(high / step))
+            last = min(columns - 1, int(high / step))
+            first = min(last, int(low / step))
             for column in range(first, last + 1):
-                share = (min(high, (column + 1) * step) - max(low, column * step)) / width
-                if share <= 0 and first != last:
+                # The last column takes the rest of the last bucket, which may reach past
+                # the end: every message is counted once.
+                upper = high if column == columns - 1 else min(high, (column + 1) * step)
+                share = (upper - max(low, column * step)) / width
+                if share <= 0:
                     continue
                 for side in (CLIENT, SERVER):
                     messages[side][column] += self._counts[side][bucket] * share / step
