@@ -159,7 +159,7 @@ class TimelineView(VerticalScroll):
             return
         now = end if end is not None else max(self.clock(), self.timeline.last)
         series = self.timeline.series(columns, now, idle)
-        figures = self.timeline.figures(end, idle)
+        figures = self.timeline.figures(now, idle)  # an open session's silence so far too
         for side, name in ((CLIENT, "client"), (SERVER, "server")):
             self.query_one(f"#{name}-messages", Sparkline).data = series.messages[side]
             self.query_one(f"#{name}-bytes", Sparkline).data = series.bytes[side]
