@@ -17,6 +17,7 @@ from websockets.asyncio.client import connect
 
 from tests.conftest import wait_for
 from tests.test_ui import open_first_session
+from tests.test_ui_keyboard import footer_line
 from tests.ui_helpers import T0, handshake_hop, screen_text
 from wsinspect import diagnosis
 from wsinspect.model import Close, Message, MessageType, Outcome
@@ -146,3 +147,21 @@ def test_timeline_tab(snap_compare, size):
 
     app = WsInspectApp(timeline_store(), clock=lambda: T0 + 120)
     assert snap_compare(app, terminal_size=size, run_before=open_timeline)
+
+
+async def test_t_opens_the_timeline_whose_footer_offers_the_tabs_and_not_the_message_keys():
+    app = WsInspectApp(timeline_store(), clock=lambda: T0 + 120)
+    async with app.run_test(size=SIZES["80x24"]) as pilot:
+        await pilot.press("enter", "t")
+        await read_to_the_end(app)
+        await pilot.pause()
+        view = timeline_view(app)
+        assert view.has_focus and view.started
+        footer = footer_line(app)
+        assert "h m i b t Tabs" in footer and "x Export" in footer
+        for message_keys in ("Resend", "Copy", "Save", "View"):
+            assert message_keys not in footer, footer
+        await pilot.press("m")  # and back: the chart is kept, not read again
+        await pilot.press("t")
+        await pilot.pause()
+        assert timeline_view(app).timeline.count == 755
