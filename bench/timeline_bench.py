@@ -7,13 +7,18 @@ The session: text both ways at 10,000 a second with a ping answered every 1,000 
 a 2 s silence every 100,000. Printed: reading the messages in chunks (the baseline: the app and
 the report must read them anyway), the timeline fed the same messages in memory (its own cost,
 also per message and as a ratio to reading), the longest a chunk of `--chunk` messages holds
-the event loop when the app feeds them in a worker (read plus add), and drawing a chart of
-80 and 200 columns and the report's figures from the result.
+the event loop (read plus add), and drawing a chart of 80 and 200 columns and the report's
+figures from the result. Then the app (headless, 120x40) opens the session and its Timeline
+tab: how long the chart takes to fill, and how late a 5 ms timer fires on the app's event
+loop meanwhile (what a key press waits at most), against the same with the app idle on the
+message list.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import statistics
 import sys
 import tempfile
 import time
@@ -46,6 +51,44 @@ def build_capture(path: Path, count: int) -> float:
             store.flush()
     store.close()
     return start
+
+
+async def timer_lateness(until, at_least: float = 0.0) -> list[float]:
+    """How late a 5 ms sleep wakes, again and again, until `until()` (and `at_least` s)."""
+    lateness, began = [], time.perf_counter()
+    while True:
+        start = time.perf_counter()
+        await asyncio.sleep(0.005)
+        lateness.append(time.perf_counter() - start - 0.005)
+        if until() and time.perf_counter() - began >= at_least:
+            return lateness
+
+
+async def in_the_app(path: Path) -> tuple[float, list[float], list[float]]:
+    from wsinspect.ui import WsInspectApp
+    from wsinspect.ui.timeline import TimelineView
+
+    store = SessionStore.open(path)
+    app = WsInspectApp(store)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("enter")
+        await pilot.pause(0.5)
+        idle = await timer_lateness(lambda: True, at_least=2.0)
+        view = app.screen.query_one(TimelineView)
+        total = store.sessions()[0].first_hop.stats.count
+        began = time.perf_counter()
+        timer = asyncio.create_task(timer_lateness(lambda: view.timeline.count >= total))
+        await pilot.press("t")
+        reading = await timer
+        filled = time.perf_counter() - began
+    store.close()
+    return filled, idle, reading
+
+
+def lateness_text(values: list[float]) -> str:
+    ms = sorted(v * 1000 for v in values)
+    return (f"p50 {statistics.median(ms):5.1f} ms  p99 {ms[int(0.99 * (len(ms) - 1))]:5.1f} ms"
+            f"  max {ms[-1]:5.1f} ms")
 
 
 def timed(work) -> tuple[float, object]:
@@ -82,6 +125,7 @@ def main() -> None:
         wide, series = timed(lambda: timeline.series(200, timeline.last))
         figures_time, figures = timed(lambda: timeline.figures(hop.timestamp_end))
         store.close()
+        filled, idle, reading_lateness = asyncio.run(in_the_app(path))
 
     per = 1e6 / args.count
     print(f"{args.count:,} messages, timeline buckets of {timeline.width:g} s")
@@ -96,6 +140,9 @@ def main() -> None:
           f", longest {figures.max_silence.seconds:.3f} s, RTT p50 {figures.rtt.p50 * 1000:.2f}"
           f" ms max {figures.rtt.max * 1000:.2f} ms over {figures.rtt.count} pongs"
           f" ({sum(series.silent)} of 200 columns marked silent)")
+    print(f"  the app's Timeline tab filled in {filled:.1f} s; a 5 ms timer's lateness:")
+    print(f"    idle on the message list   {lateness_text(idle)}")
+    print(f"    while the chart fills      {lateness_text(reading_lateness)}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 import subprocess
 import sys
 
@@ -40,6 +41,10 @@ def text(from_client: bool, at: float, size: int = 10) -> Message:
 
 def pong(at: float, rtt: float) -> Message:
     return Message(False, MessageType.PONG, 4, b"beat", at, rtt=rtt)
+
+
+def timings(messages: list[Message]) -> list[tuple]:
+    return [(m.from_client, m.size, m.timestamp, m.rtt) for m in messages]
 
 
 def fed(messages: list[Message], first: Hop | None = None) -> Timeline:
@@ -91,7 +96,7 @@ def test_round_trips_p50_and_max_agree_with_the_sessions_summary():
     messages = [pong(T0 + 1 + i, rtt) for i, rtt in enumerate(rtts)]
     for message in messages:
         first.stats.add(message)
-    figures = session_figures(session, messages)
+    figures = session_figures(session, timings(messages))
     assert figures.rtt.count == 4 and figures.rtt.p50 == pytest.approx(0.025)
     assert figures.rtt.max == session.ping_rtt.max == 0.5
     series = fed(messages, first).series(4, T0 + 5)
@@ -114,7 +119,7 @@ def idle_cut_session(silence: float) -> Session:
 def test_the_idle_timeout_findings_silence_is_marked_with_the_same_figure():
     session = idle_cut_session(60.0)
     (finding,) = [f for f in diagnosis.diagnose(session) if f.code == "idle-timeout"]
-    figures = session_figures(session, [text(True, T0 + 0.5), text(True, T0 + 1.25)])
+    figures = session_figures(session, timings([text(True, T0 + 0.5), text(True, T0 + 1.25)]))
     longest = figures.max_silence
     assert longest.idle_timeout and longest.start == T0 + 1.25
     assert f"No frame passed for {longest.seconds:.2f} s" in finding.message
@@ -136,7 +141,7 @@ def test_a_cut_across_two_hops_marks_the_silence_measured_across_both():
         side.close = Close(by=by, abnormal=True, abnormal_reason="cut", timestamp=T0 + 12.0)
     session = Session(1, [client_side, server_side])
     (finding,) = [f for f in diagnosis.diagnose(session) if f.code == "idle-timeout"]
-    longest = session_figures(session, [text(True, T0 + 1.0)]).max_silence
+    longest = session_figures(session, timings([text(True, T0 + 1.0)])).max_silence
     assert longest.idle_timeout and longest.start == T0 + 2.0 and longest.seconds == 10.0
     assert "No frame passed for 10.00 s on either side" in finding.message
 
@@ -169,7 +174,7 @@ def test_a_clock_stepping_back_counts_the_message_at_the_previous_time():
     assert timeline.figures(None).peak_client.messages == 2  # both in second 5
 
 
-timings = st.lists(
+arbitrary_timings = st.lists(
     st.tuples(
         st.floats(-5, 30, allow_nan=False),  # seconds since the previous message
         st.booleans(),  # from the client
@@ -181,7 +186,7 @@ timings = st.lists(
 
 
 @settings(max_examples=200, deadline=None)
-@given(timings, st.integers(1, 300), st.one_of(st.none(), st.floats(0, 100)))
+@given(arbitrary_timings, st.integers(1, 300), st.one_of(st.none(), st.floats(0, 100)))
 def test_any_timings_give_consistent_figures(steps, columns, after_end):
     first = hop()
     at, messages = T0 + 0.002, []
@@ -293,3 +298,43 @@ def test_report_json_of_an_idle_timeout_names_the_findings_silence():
     (finding,) = [f for f in entry["findings"] if f["code"] == "idle-timeout"]
     assert longest["idle_timeout"] and f"{longest['seconds']:.2f} s" in finding["message"]
     assert "the longest 60.00 s (the idle timeout)" in report.report_text(store)
+
+
+def test_timings_are_the_messages_without_payloads_committed_or_pending(tmp_path):
+    store = SessionStore(tmp_path / "c.wsinspect")
+    first = hop()
+    store.add_hop(first)
+    messages = [text(True, T0 + 1, 7), pong(T0 + 2, 0.25), text(False, T0 + 3, 9)]
+    for message in messages[:2]:
+        store.add_message(first, message)
+    store.flush()  # two on file, one pending
+    store.add_message(first, messages[2])
+    expected = timings(messages)
+    assert store.hop_timings(first.id, 0, 10) == expected
+    assert store.hop_timings(first.id, 1, 3) == expected[1:]
+    assert list(store.iter_timings(first.id, chunk=2)) == expected
+    store.close()
+    again = SessionStore.open(tmp_path / "c.wsinspect")
+    assert list(again.iter_timings(first.id)) == expected
+    again.close()
+
+
+@pytest.mark.parametrize("damage", [
+    "size = -1", "size = 'big'", "timestamp = 'noon'", "timestamp = 1e300", "rtt = -0.5",
+    "from_client = 7",
+])
+def test_a_damaged_timing_is_one_clear_line_from_the_report(tmp_path, damage):
+    path = tmp_path / "c.wsinspect"
+    capture_with_a_silence_and_pings(path)
+    db = sqlite3.connect(path)
+    db.execute(f"UPDATE messages SET {damage} WHERE idx = 3")
+    db.commit()
+    db.close()
+    for options in ((), ("--json",)):
+        done = subprocess.run(
+            [sys.executable, "-m", "wsinspect", "report", str(path), *options],
+            check=False, capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == 2 and done.stdout == ""
+        (line,) = done.stderr.splitlines()
+        assert str(path) in line and "damaged" in line

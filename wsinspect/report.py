@@ -227,7 +227,7 @@ def over_time(store: SessionStore, session: Session) -> timeline.Figures | None:
     """A session's peak rates, silences and ping round trips, None if it never upgraded."""
     if session.status != 101:
         return None
-    return timeline.session_figures(session, store.iter_messages(session.first_hop.id))
+    return timeline.session_figures(session, store.iter_timings(session.first_hop.id))
 
 
 def over_time_json(figures: timeline.Figures | None) -> dict | None:

@@ -139,13 +139,25 @@ class Timeline:
         self.rtts = array("d")
 
     def add(self, message: Message) -> None:
-        when = max(message.timestamp, self.last)
+        self.add_timing(message.from_client, message.size, message.timestamp, message.rtt)
+
+    def add_all(self, messages: Iterable[Message]) -> None:
+        for message in messages:
+            self.add(message)
+
+    def add_timings(self, timings: Iterable[tuple[bool, int, float, float | None]]) -> None:
+        """Messages as the store's `hop_timings` gives them, without payloads."""
+        for from_client, size, timestamp, rtt in timings:
+            self.add_timing(from_client, size, timestamp, rtt)
+
+    def add_timing(self, from_client: bool, size: int, timestamp: float, rtt: float | None) -> None:
+        when = max(timestamp, self.last)
         gap = when - self.last
         if gap >= SILENCE:
             self._silence(self.last, gap)
         self.last = when
         self.count += 1
-        side = CLIENT if message.from_client else SERVER
+        side = CLIENT if from_client else SERVER
         offset = when - self.origin
         bucket = int(offset / self.width)
         while bucket >= BUCKETS:
@@ -153,21 +165,17 @@ class Timeline:
             bucket = int(offset / self.width)
         self._used = max(self._used, bucket + 1)
         self._counts[side][bucket] += 1
-        self._bytes[side][bucket] += message.size
+        self._bytes[side][bucket] += size
         second = int(offset)
         if second != self._second:
             self._close_second()
             self._second = second
         current = self._in_second[side]
         current[0] += 1
-        current[1] += message.size
-        if message.rtt is not None:
-            self.rtts.append(message.rtt)
-            self._rtt_max[bucket] = max(self._rtt_max[bucket], message.rtt)
-
-    def add_all(self, messages: Iterable[Message]) -> None:
-        for message in messages:
-            self.add(message)
+        current[1] += size
+        if rtt is not None:
+            self.rtts.append(rtt)
+            self._rtt_max[bucket] = max(self._rtt_max[bucket], rtt)
 
     def _silence(self, start: float, seconds: float) -> None:
         self.silences += 1
@@ -268,8 +276,11 @@ class Timeline:
         return Series(self.origin, step, messages, sizes, rtt, silent, idle_columns, silences)
 
 
-def session_figures(session: Session, messages: Iterable[Message]) -> Figures:
-    """The figures of a session from its first hop's messages, in order."""
+def session_figures(
+    session: Session, timings: Iterable[tuple[bool, int, float, float | None]]
+) -> Figures:
+    """The figures of a session from its first hop's messages in order, as (from the client,
+    size, timestamp, a pong's round trip)."""
     timeline = Timeline(session.first_hop)
-    timeline.add_all(messages)
+    timeline.add_timings(timings)
     return timeline.figures(diagnosis.connection_end(session.first_hop), idle_silence(session))

@@ -35,10 +35,12 @@ def main(argv: Sequence[str]) -> int:
     except CaptureError as e:
         print_error(str(e))
         return 2
-    if args.json:
-        print(json.dumps(report.report_json(store), indent=2))
-    else:
-        print(report.report_text(store))
+    try:  # the figures over time read each session's messages, which may be damaged
+        print(json.dumps(report.report_json(store), indent=2) if args.json
+              else report.report_text(store))
+    except CaptureError as e:
+        print_error(str(e))
+        return 2
     if args.fail_on and report.has_findings(store, args.fail_on):
         return 1
     return 0

@@ -1,10 +1,10 @@
 """The Timeline tab: a session's messages/s and bytes/s each way, its silences and its ping
 round trips over time, one Sparkline per series, all sharing one time axis.
 
-The messages are read in the background, a chunk at a time, from the first time the tab is
-shown; live ones join as the store reports them. Reading a chunk and adding it holds the
-event loop for a few milliseconds (bench/timeline_bench.py), so a session of millions of
-messages fills the chart while the app keeps answering keys."""
+The messages are read in the background, a chunk at a time and without their payloads, from
+the first time the tab is shown; live ones join as the store reports them. Reading a chunk
+and adding it holds the event loop for a few milliseconds (bench/timeline_bench.py), so a
+session of millions of messages fills the chart while the app keeps answering keys."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from ..timeline import (
 )
 from .format import SafeText, format_size, milliseconds
 
-CHUNK = 1000  # messages read and added between two turns of the event loop
+CHUNK = 2000  # messages read and added between two turns of the event loop (a few ms)
 REDRAW_INTERVAL = 0.5  # seconds between two redraws while messages pour in or time passes
 TALL = 24  # from this many rows, the charts are two rows high
 SILENT_MARK, IDLE_MARK, QUIET_MARK = "━", "▓", "·"
@@ -118,13 +118,13 @@ class TimelineView(VerticalScroll):
             while self.timeline.count < hop.stats.count:
                 start = self.timeline.count
                 try:
-                    chunk = self.store.hop_messages(hop.id, start, start + CHUNK)
+                    chunk = self.store.hop_timings(hop.id, start, start + CHUNK)
                 except CaptureError as e:
                     self.app.notify(str(e), severity="error", title="damaged capture")
                     return
                 if not chunk:
                     return
-                self.timeline.add_all(chunk)
+                self.timeline.add_timings(chunk)
                 if time.monotonic() - self._drawn >= REDRAW_INTERVAL:
                     self.draw()
                 await asyncio.sleep(0)
