@@ -30,7 +30,7 @@ from ..timeline import (
 )
 from .format import SafeText, format_size, milliseconds
 
-CHUNK = 2000  # messages read and added between two turns of the event loop (a few ms)
+CHUNK = 1000  # messages read and added between two turns of the event loop (a few ms)
 REDRAW_INTERVAL = 0.5  # seconds between two redraws while messages pour in or time passes
 TALL = 24  # from this many rows, the charts are two rows high
 SILENT_MARK, IDLE_MARK, QUIET_MARK = "━", "▓", "·"
@@ -76,6 +76,7 @@ class TimelineView(VerticalScroll):
         self.started = False
         self._reading = False
         self._drawn = 0.0
+        self._note_lines = 0
 
     def compose(self) -> ComposeResult:
         for row_id, label, _ in ROWS:
@@ -165,11 +166,13 @@ class TimelineView(VerticalScroll):
             self.query_one(f"#{name}-bytes", Sparkline).data = series.bytes[side]
         self.query_one("#rtt", Sparkline).data = series.rtt
         self._figures(figures)
-        self.query_one("#silence-marks", Static).update(self._marks(series))
-        self.query_one("#timeline-axis", Static).update(self._axis(series, columns))
-        self.query_one("#timeline-notes", Static).update(
-            self._notes(series, figures, end is None, session.first_hop.stats.count)
-        )
+        # Rows of a fixed size: repainted, not laid out again (that would be the whole screen).
+        self.query_one("#silence-marks", Static).update(self._marks(series), layout=False)
+        self.query_one("#timeline-axis", Static).update(self._axis(series, columns), layout=False)
+        notes = self._notes(series, figures, end is None, session.first_hop.stats.count)
+        lines = notes.plain.count("\n")
+        self.query_one("#timeline-notes", Static).update(notes, layout=lines != self._note_lines)
+        self._note_lines = lines
 
     def _style(self, name: str):
         return self.get_component_rich_style(name, partial=True)
@@ -184,10 +187,12 @@ class TimelineView(VerticalScroll):
                 peak = peaks[row_id.split("-")[0]]
                 value = peak.messages if kind == "messages" else peak.bytes
                 text = f"peak {rate_text(value, kind)}"
-            self.query_one(f"#{row_id}-figure", Static).update(SafeText.line(" " + text))
+            self.query_one(f"#{row_id}-figure", Static).update(SafeText.line(" " + text),
+                                                              layout=False)
         longest = figures.max_silence
         self.query_one("#silence-figure", Static).update(
-            SafeText.line(f" max {seconds_text(longest.seconds, 2)}" if longest else " none")
+            SafeText.line(f" max {seconds_text(longest.seconds, 2)}" if longest else " none"),
+            layout=False,
         )
 
     def _marks(self, series: Series) -> SafeText:
