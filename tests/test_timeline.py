@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import statistics
 import subprocess
 import sys
 
@@ -211,6 +212,7 @@ def test_any_timings_give_consistent_figures(steps, columns, after_end):
     rtts = [m.rtt for m in messages if m.rtt is not None]
     if rtts:
         assert min(rtts) <= figures.rtt.p50 <= figures.rtt.max == max(rtts)
+        assert figures.rtt.p50 == statistics.median(rtts) and figures.rtt.count == len(rtts)
     else:
         assert figures.rtt is None
     series = timeline.series(columns, end if end is not None else timeline.last)

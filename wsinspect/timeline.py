@@ -4,7 +4,8 @@ trips; as series for a chart of any width and as figures for the report.
 A `Timeline` takes a hop's messages in their recorded order, one at a time (a live session's
 as they arrive), in constant time and memory each: counts go into at most `BUCKETS` buckets
 whose width doubles whenever the session outgrows them, the peak rates are counted per whole
-second as they go by, and only the `KEPT_SILENCES` longest silences are kept. A clock that
+second as they go by, and only the `KEPT_SILENCES` longest silences are kept. Round trips are
+kept in two heaps (8 bytes and a logarithmic step a pong) for an exact median at any time. A clock that
 stepped back does not reorder anything: a message stamped before the one it followed counts at
 that one's time. Pure: no I/O, no UI.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import heapq
 import math
-import statistics
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -136,7 +136,10 @@ class Timeline:
         self._peaks = [[0, 0], [0, 0]]  # per direction: most messages, most bytes a second
         self._longest: list[tuple[float, float]] = []  # min-heap of (seconds, start)
         self.silences = 0
-        self.rtts = array("d")
+        # The round trips: the lower half as a max-heap (negated), the upper half as a min-heap.
+        self._lower: list[float] = []
+        self._upper: list[float] = []
+        self._rtt_top = 0.0
 
     def add(self, message: Message) -> None:
         self.add_timing(message.from_client, message.size, message.timestamp, message.rtt)
@@ -174,8 +177,27 @@ class Timeline:
         current[0] += 1
         current[1] += size
         if rtt is not None:
-            self.rtts.append(rtt)
+            self._round_trip(rtt)
             self._rtt_max[bucket] = max(self._rtt_max[bucket], rtt)
+
+    def _round_trip(self, rtt: float) -> None:
+        self._rtt_top = max(self._rtt_top, rtt)
+        if self._lower and rtt > -self._lower[0]:
+            heapq.heappush(self._upper, rtt)
+        else:
+            heapq.heappush(self._lower, -rtt)
+        if len(self._lower) > len(self._upper) + 1:
+            heapq.heappush(self._upper, -heapq.heappop(self._lower))
+        elif len(self._upper) > len(self._lower):
+            heapq.heappush(self._lower, -heapq.heappop(self._upper))
+
+    def round_trips(self) -> RoundTrips | None:
+        count = len(self._lower) + len(self._upper)
+        if not count:
+            return None
+        middle = -self._lower[0]
+        p50 = middle if count % 2 else (middle + self._upper[0]) / 2
+        return RoundTrips(count, p50, self._rtt_top)
 
     def _silence(self, start: float, seconds: float) -> None:
         self.silences += 1
@@ -225,16 +247,13 @@ class Timeline:
         """The report's figures; `end` is when the connection ended (None while open)."""
         silences = self.silence_list(end, idle)
         trailing = idle is not None or (end is not None and end - self.last >= SILENCE)
-        rtt = None
-        if self.rtts:
-            rtt = RoundTrips(len(self.rtts), statistics.median(self.rtts), max(self.rtts))
         return Figures(
             duration=max(end if end is not None else self.last, self.last) - self.origin,
             peak_client=self._peak(CLIENT),
             peak_server=self._peak(SERVER),
             silences=self.silences + trailing,
             max_silence=silences[0] if silences else None,
-            rtt=rtt,
+            rtt=self.round_trips(),
         )
 
     def series(self, columns: int, end: float, idle: Silence | None = None) -> Series:
