@@ -1,6 +1,7 @@
 """The Timeline tab: live, on a session through a real wsinspect between a real websockets
-client and server (pings answered, a silence); and snapshots at 80x24 and 200x50 of a session
-with known rates, a silence and an idle-timeout cut.
+client and server (pings answered, a silence); a real nginx's idle timeout marked with the
+finding's own figure; and snapshots at 80x24 and 200x50 of a session with known rates, a
+silence and an idle-timeout cut.
 
 Update the snapshots after an intended change with
 `pytest tests/test_ui_timeline.py --snapshot-update` and look at the SVGs in
@@ -16,6 +17,8 @@ from textual.widgets import Sparkline
 from websockets.asyncio.client import connect
 
 from tests.conftest import wait_for
+from tests.proxy_servers import NGINX_FIXED
+from tests.test_nginx import answered, both_sides, start_nginx  # noqa: F401 (fixtures)
 from tests.test_ui import open_first_session
 from tests.test_ui_keyboard import footer_line
 from tests.ui_helpers import T0, handshake_hop, screen_text
@@ -98,6 +101,38 @@ async def test_the_timeline_follows_a_live_session_with_pings_and_a_silence(
         assert any(timeline_view(app).timeline.series(sparkline.size.width,
                                                       app.clock()).silent)
     await proxy.wait_session(lambda s: s.close is not None)
+
+
+@pytest.mark.nginx
+async def test_a_real_nginx_idle_timeout_is_marked_with_the_findings_figure(
+    both_sides,  # noqa: F811 (the fixture imported above)
+):
+    """client -> wsinspect -> nginx (proxy_read_timeout 2s) -> wsinspect -> echo server:
+    pings answered, then silence until nginx cuts both of its connections."""
+    proxy, nginx, _ = await both_sides(NGINX_FIXED + "proxy_set_header Host $http_host;",
+                                       read_timeout="2s")
+    async with connect(f"ws://127.0.0.1:{nginx.port}/quiet", proxy=proxy.url,
+                       ping_interval=None) as ws:
+        for i in range(3):
+            await ws.send(f"then silence {i}")
+            assert await ws.recv() == f"then silence {i}"
+            await (await ws.ping())
+        await asyncio.wait_for(ws.wait_closed(), 10)
+    session = await proxy.wait_session(answered(2))
+    (finding,) = [f for f in diagnosis.diagnose(session) if f.code == "idle-timeout"]
+    figure = finding.message.split("No frame passed for ")[1].split(" s")[0]
+
+    app = WsInspectApp(proxy.store, proxy.engine)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_first_session(app, pilot)
+        await pilot.press("t")
+        await read_to_the_end(app)
+        await pilot.pause(0.2)
+        text = screen_text(app)
+        assert f"▓ silent {figure} s from +" in text
+        assert "then cut: a proxy's idle timeout (Findings)" in text
+        assert re.search(rf"silences +[·━]*▓+ max {re.escape(figure)} s", text)
+        assert re.search(r"ping RTT .* p50 \d+\.\d ms", text)
 
 
 def timeline_store() -> SessionStore:
