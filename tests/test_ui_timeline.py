@@ -200,3 +200,13 @@ async def test_t_opens_the_timeline_whose_footer_offers_the_tabs_and_not_the_mes
         await pilot.press("t")
         await pilot.pause()
         assert timeline_view(app).timeline.count == 755
+
+
+def test_timeline_tab_light_theme(snap_compare):
+    async def open_timeline(pilot) -> None:
+        await pilot.press("t", "enter", "t")  # the light theme, then the session's timeline
+        await read_to_the_end(pilot.app)
+        await pilot.pause(0.1)
+
+    app = WsInspectApp(timeline_store(), clock=lambda: T0 + 120)
+    assert snap_compare(app, terminal_size=SIZES["80x24"], run_before=open_timeline)

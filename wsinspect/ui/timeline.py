@@ -63,9 +63,7 @@ class TimelineView(VerticalScroll):
     """The chart of one session. `start()` (the tab was shown) reads its messages;
     `messages_arrived()` and `draw()` (its hops changed) follow the store."""
 
-    COMPONENT_CLASSES: ClassVar[set[str]] = {
-        "timeline--silence", "timeline--idle", "timeline--quiet", "timeline--muted",
-    }
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"timeline--silence", "timeline--idle"}
 
     def __init__(self, store: SessionStore, session_id: int, clock, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -203,7 +201,7 @@ class TimelineView(VerticalScroll):
             elif silent:
                 line.append(SILENT_MARK, style=self._style("timeline--silence"))
             else:
-                line.append(QUIET_MARK, style=self._style("timeline--quiet"))
+                line.append(QUIET_MARK)  # in the row's own (muted) colour
         return line
 
     def _axis(self, series: Series, columns: int) -> SafeText:
@@ -216,7 +214,7 @@ class TimelineView(VerticalScroll):
             text = left + "─" * (pad // 2) + middle + "─" * (pad - pad // 2) + right
         else:
             text = left + "─" * max(0, room) + right
-        return SafeText.line(text[:columns], style=self._style("timeline--muted"))
+        return SafeText.line(text[:columns])
 
     def _notes(self, series: Series, figures: Figures, live: bool, total: int) -> SafeText:
         notes = SafeText()
@@ -233,10 +231,7 @@ class TimelineView(VerticalScroll):
             )
             notes.append(self._silence_note(silence, live) + "\n")
         if not series.silences:
-            notes.append(
-                f"no silence of {seconds_text(SILENCE, 2)} or more\n",
-                style=self._style("timeline--muted"),
-            )
+            notes.append(f"no silence of {seconds_text(SILENCE, 2)} or more\n")
         if figures.rtt is not None:
             notes.append(
                 f"{figures.rtt.count:,} pings answered: round trip p50 "
