@@ -609,13 +609,14 @@ def _last_sign_of_life(hop: Hop) -> float:
     )
 
 
-def _end(hop: Hop) -> float | None:
+def connection_end(hop: Hop) -> float | None:
+    """When a hop's connection ended: its close, else its end; None while open."""
     return hop.close.timestamp if hop.close and hop.close.timestamp else hop.timestamp_end
 
 
 def _silence(hop: Hop) -> float | None:
     """Seconds between the hop's last sign of life and the end of its connection."""
-    end = _end(hop)
+    end = connection_end(hop)
     return None if end is None else max(0.0, end - _last_sign_of_life(hop))
 
 
@@ -627,19 +628,20 @@ class Cut:
     position: int
     silence: float  # seconds without a frame on either side before the cut
     apart: float  # seconds between the two connections' ends
+    since: float  # the last sign of life on either side, when the silence began
 
 
 def cut_across(hops: list[Hop]) -> Cut | None:
     for position, (before, after) in enumerate(zip(hops, hops[1:]), start=1):
         lost_server = before.close and before.close.abnormal and before.close.by == "server"
         lost_client = after.close and after.close.abnormal and after.close.by == "client"
-        ends = _end(before), _end(after)
+        ends = connection_end(before), connection_end(after)
         if not (lost_server and lost_client) or None in ends:
             continue
         apart = abs(ends[0] - ends[1])
         if apart <= CUT_WINDOW:
             last = max(_last_sign_of_life(before), _last_sign_of_life(after))
-            return Cut(position, max(0.0, min(ends) - last), apart)
+            return Cut(position, max(0.0, min(ends) - last), apart, last)
     return None
 
 
@@ -690,10 +692,41 @@ def _idle_timeout(position: int, message: str, silence: float, identity: Identit
     )
 
 
-def _abnormal(hops: list[Hop]) -> list[Finding]:
-    position = next(
+def _first_abnormal(hops: list[Hop]) -> int | None:
+    """The position of the first hop that ended without a close frame."""
+    return next(
         (i for i, hop in enumerate(hops, start=1) if hop.close and hop.close.abnormal), None
     )
+
+
+def _idle(hops: list[Hop], position: int, cut: Cut | None) -> tuple[float, float] | None:
+    """The silence before the abnormal end at hop `position` that makes it an idle timeout,
+    as (when it began, seconds): one across the cut, or with one side of the proxy captured
+    (the cut cannot be seen on both then) the hop's own. With both captured, only a cut
+    across them is an idle timeout."""
+    if cut is not None and cut.silence >= IDLE_SILENCE:
+        return cut.since, cut.silence
+    hop = hops[position - 1]
+    by = hop.close.by if hop.close else None
+    client_left = by == "client" and not hop.mode.startswith("reverse")
+    other_side_unseen = (by == "server" and position == len(hops)) or (
+        by == "client" and position == 1 and not client_left
+    )
+    silence = _silence(hop)
+    if other_side_unseen and silence is not None and silence >= IDLE_SILENCE:
+        return _last_sign_of_life(hop), silence
+    return None
+
+
+def idle_silence(hops: list[Hop]) -> tuple[float, float] | None:
+    """The silence the idle-timeout finding measured, as (when it began, seconds); None
+    when there is no such finding."""
+    position = _first_abnormal(hops)
+    return None if position is None else _idle(hops, position, cut_across(hops))
+
+
+def _abnormal(hops: list[Hop]) -> list[Finding]:
+    position = _first_abnormal(hops)
     if position is None:
         return []
     hop = hops[position - 1]
@@ -740,26 +773,23 @@ def _abnormal(hops: list[Hop]) -> list[Finding]:
         ),
         identity.dialect.name if identity.dialect else None,
     )
+    idle = _idle(hops, position, cut)
+    if idle is None:
+        return [closed]
+    _, silence = idle
     if cut is not None and cut.silence >= IDLE_SILENCE:
-        idle = _idle_timeout(
+        idle_finding = _idle_timeout(
             cut.position,
             f"No frame passed for {cut.silence:.2f} s on either side of the proxy between "
             f"hop {cut.position} and hop {cut.position + 1}; then it dropped both of its "
             f"connections at the same moment ({cut.apart * 1000:.0f} ms apart: hop "
             f"{cut.position} lost its server, hop {cut.position + 1} its client), without a "
             f"close frame: that proxy's idle timeout, about {cut.silence:.1f} s.",
-            cut.silence,
+            silence,
             identity,
         )
-        return [closed, idle]
-    # With one side of the proxy captured, the cut cannot be seen on both: a long silence is
-    # the only sign. With both captured, only a cut across them is an idle timeout.
-    other_side_unseen = (close.by == "server" and deeper is None) or (
-        close.by == "client" and position == 1 and not client_left
-    )
-    silence = _silence(hop)
-    if other_side_unseen and silence is not None and silence >= IDLE_SILENCE:
-        idle = _idle_timeout(
+    else:
+        idle_finding = _idle_timeout(
             position,
             f"No frame passed for {silence:.2f} s before the connection was cut at hop "
             f"{position}, without a close frame: that looks like a proxy's idle timeout "
@@ -767,8 +797,7 @@ def _abnormal(hops: list[Hop]) -> list[Finding]:
             silence,
             identity,
         )
-        return [closed, idle]
-    return [closed]
+    return [closed, idle_finding]
 
 
 def _peer_reaction(hop: Hop, peer: str) -> str:

@@ -29,7 +29,7 @@ from pathlib import Path
 from .formats import open_capture
 from .model import Hop, Message, MessageType, RecordError
 from .report import plural
-from .store import CaptureError, SessionStore
+from .store import CaptureError, SessionStore, Timing
 from .text import printable
 
 
@@ -345,6 +345,13 @@ class LinedUpStore(SessionStore):
         if not shift:
             return messages
         return [dataclasses.replace(m, timestamp=m.timestamp - shift) for m in messages]
+
+    def hop_timings(self, hop_id: int, start: int, stop: int) -> list[Timing]:
+        store, original, shift = self._origin[hop_id]
+        timings = store.hop_timings(original, start, stop)
+        if not shift:
+            return timings
+        return [(way, size, at - shift, rtt) for way, size, at, rtt in timings]
 
     def close(self) -> None:
         super().close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from . import diagnosis
+from . import diagnosis, timeline
 from .formats.redact import redact_text
 from .model import Hop, MessageType, Session
 from .store import SessionStore
@@ -90,7 +90,13 @@ def has_findings(store: SessionStore, at_least: str) -> bool:
 
 
 def report_json(store: SessionStore) -> dict:
-    return {"format": REPORT_FORMAT, "sessions": [session_json(s) for s in store.sessions()]}
+    return {
+        "format": REPORT_FORMAT,
+        "sessions": [
+            {**session_json(s), "timeline": over_time_json(over_time(store, s))}
+            for s in store.sessions()
+        ],
+    }
 
 
 def _size(n: int) -> str:
@@ -139,7 +145,7 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def session_text(session: Session) -> list[str]:
+def session_text(session: Session, figures: timeline.Figures | None = None) -> list[str]:
     """The report's lines for one session. Each line is made printable whole (not field by
     field), so no recorded value can add a line or a control sequence whichever field holds
     it."""
@@ -165,6 +171,8 @@ def session_text(session: Session) -> list[str]:
     )
     if (pings := rtt_text(session)):
         lines.append(f"  pings: {pings}")
+    if figures is not None:
+        lines.append(f"  over time: {over_time_text(figures)}")
     if (ended := close_text(session)):
         lines.append(f"  end: {ended}")
     for boundary in diagnosis.boundaries(session):
@@ -211,9 +219,45 @@ def report_text(store: SessionStore) -> str:
         return "no WebSocket sessions recorded"
     lines = []
     for session in sessions:
-        lines += session_text(session)
+        lines += session_text(session, over_time(store, session))
     lines.append(plural(len(sessions), "session"))
     return "\n".join(lines)
+
+
+# ----- over time: the figures of the app's Timeline tab -------------------------------------
+
+
+def over_time(store: SessionStore, session: Session) -> timeline.Figures | None:
+    """A session's peak rates, silences and ping round trips, None if it never upgraded."""
+    if session.status != 101:
+        return None
+    return timeline.session_figures(session, store.iter_timings(session.first_hop.id))
+
+
+def over_time_json(figures: timeline.Figures | None) -> dict | None:
+    return None if figures is None else figures.to_json()
+
+
+def over_time_text(figures: timeline.Figures) -> str:
+    """"peak 51/s (9.8 KiB/s) from the client; peak 6/s (9.8 KiB/s) from the server;
+    3 silences of 0.50 s or more, the longest 60.45 s (the idle timeout); ping round trip p50
+    18.0 ms, max 50.0 ms": peaks are the busiest whole second of the session."""
+    peaks = "; ".join(
+        f"peak {peak.messages}/s ({_size(peak.bytes)}/s) from the {side}"
+        for side, peak in (("client", figures.peak_client), ("server", figures.peak_server))
+    )
+    longest = figures.max_silence
+    silence = f"{plural(figures.silences, 'silence')} of {timeline.SILENCE:.2f} s or more"
+    if longest is not None:
+        idle = " (the idle timeout)" if longest.idle_timeout else ""
+        silence += f", the longest {longest.seconds:.2f} s{idle}"
+    text = f"{peaks}; {silence}"
+    if figures.rtt is not None:
+        text += (
+            f"; ping round trip p50 {figures.rtt.p50 * 1000:.1f} ms, "
+            f"max {figures.rtt.max * 1000:.1f} ms"
+        )
+    return text
 
 
 def _clock(timestamp: float) -> str:

@@ -24,7 +24,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import correlate
-from .model import Close, Hop, Message, MessageType, Outcome, RecordError, Session, member, one_of
+from .model import (
+    MAX_COUNT,
+    MAX_SECONDS,
+    MAX_TIMESTAMP,
+    Close,
+    Hop,
+    Message,
+    MessageType,
+    Outcome,
+    RecordError,
+    Session,
+    member,
+    one_of,
+)
 
 logger = logging.getLogger("wsinspect")
 
@@ -77,6 +90,8 @@ class StoreChanges:
 
 
 Subscriber = Callable[[StoreChanges], None]
+# A message without its payload: from the client, size, timestamp, a pong's round trip.
+Timing = tuple[bool, int, float, float | None]
 
 
 def temporary_capture_path() -> Path:
@@ -505,6 +520,49 @@ class SessionStore:
             pending = self._pending.get(hop_id, [])
             result += pending[max(0, start - committed) : stop - committed]
         return result
+
+    def hop_timings(self, hop_id: int, start: int, stop: int) -> list[Timing]:
+        """When, which way and how big messages `start` to `stop` of a hop were (a pong's round
+        trip too), without their payloads: what a chart over time needs, read about ten times
+        faster than whole messages. Every value is checked as `hop_messages` checks it."""
+        committed = self._committed.get(hop_id, 0)
+        start = max(0, start)
+        result: list[Timing] = []
+        if start < committed:
+            rtt = self._rtt_column
+            try:
+                rows = self._query(
+                    f"SELECT from_client, size, timestamp, {rtt}, from_client IN (0, 1) "
+                    "AND typeof(size) = 'integer' AND size BETWEEN 0 AND ? "
+                    "AND typeof(timestamp) IN ('real', 'integer') AND timestamp BETWEEN 0 AND ? "
+                    f"AND ({rtt} IS NULL OR typeof({rtt}) IN ('real', 'integer') "
+                    f"AND {rtt} BETWEEN 0 AND ?) "
+                    "FROM messages WHERE hop_id=? AND idx>=? AND idx<? ORDER BY idx",
+                    (MAX_COUNT, MAX_TIMESTAMP, MAX_SECONDS, hop_id, start, min(stop, committed)),
+                )
+            except (sqlite3.DatabaseError, CaptureError) as e:
+                raise CaptureError(
+                    f"{self.path or 'the capture'}: damaged, its messages cannot be read ({e})"
+                ) from None
+            if not all(row[4] for row in rows):
+                raise CaptureError(
+                    f"{self.path or 'the capture'}: damaged, a message's direction, size, time "
+                    "or round trip is out of range"
+                )
+            result = [(bool(row[0]), row[1], float(row[2]), row[3]) for row in rows]
+        if stop > committed:
+            pending = self._pending.get(hop_id, [])
+            result += [
+                (m.from_client, m.size, m.timestamp, m.rtt)
+                for m in pending[max(0, start - committed) : stop - committed]
+            ]
+        return result
+
+    def iter_timings(self, hop_id: int, chunk: int = 10_000) -> Iterator[Timing]:
+        start = 0
+        while batch := self.hop_timings(hop_id, start, start + chunk):
+            yield from batch
+            start += len(batch)
 
     def iter_messages(self, hop_id: int, chunk: int = 1000) -> Iterator[Message]:
         start = 0

@@ -39,16 +39,20 @@ def main(argv: Sequence[str]) -> int:
         print_error(str(e))
         return 2
     lined_up = isinstance(store, LinedUpStore)
-    if args.json:
-        data = report.report_json(store)
-        if lined_up:
-            data["captures"] = store.captures_json()
-        print(json.dumps(data, indent=2))
-    else:
-        if lined_up:
-            print(f"{len(store.captures)} captures lined up on {store.reference.name}'s clock:")
-            print("\n".join(f"  {line}" for line in store.describe()))
-        print(report.report_text(store))
+    try:  # the figures over time read each session's messages, which may be damaged
+        if args.json:
+            data = report.report_json(store)
+            if lined_up:
+                data["captures"] = store.captures_json()
+            print(json.dumps(data, indent=2))
+        else:
+            if lined_up:
+                print(f"{len(store.captures)} captures lined up on {store.reference.name}'s clock:")
+                print("\n".join(f"  {line}" for line in store.describe()))
+            print(report.report_text(store))
+    except CaptureError as e:
+        print_error(str(e))
+        return 2
     if args.fail_on and report.has_findings(store, args.fail_on):
         return 1
     return 0

@@ -1,5 +1,5 @@
-"""One session: its handshakes, messages, findings and hop boundaries, in tabs; resending
-messages, replaying and exporting the session."""
+"""One session: its handshakes, messages, findings, hop boundaries and timeline, in tabs;
+resending messages, replaying and exporting the session."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from .pacing import BUSY_SUMMARY_INTERVAL
 from .payload import PayloadPane, SavePayloadScreen, payload_for_clipboard
 from .sessions import MESSAGE_COUNTS_INTERVAL
 from .status import SessionSummary, StatusBar
+from .timeline import TimelineView
 
 TABS = Binding.Group("Tabs")
 RESEND = Binding.Group("Resend")
@@ -42,7 +43,7 @@ MESSAGE_ACTIONS = frozenset({
     "resend_other_side", "edit_resend",
 })
 TAB_SCROLLS = {"handshake": "#handshake-scroll", "findings": "#findings-scroll",
-               "hops": "#hops-scroll"}
+               "hops": "#hops-scroll", "timeline": "#timeline-view"}
 WIDE_FOOTER = 100  # from this width, the footer also shows ctrl+p for the command palette
 SAVED_FILE_MODE = 0o600  # a payload may hold credentials: private, like captures and exports
 
@@ -64,7 +65,7 @@ class MessageHeader(Widget):
 
 
 class SessionScreen(AppAccess, Coloured, Screen):
-    """Tabs: Handshake, Messages, Findings and Hops. The footer offers what the current tab
+    """Tabs: Handshake, Messages, Findings, Hops and Timeline. The footer offers what the current tab
     can do, most used first (at 80 columns the rightmost keys are cut before the left ones)."""
 
     # A tooltip makes a binding a command of the palette too (see commands.py).
@@ -78,6 +79,8 @@ class SessionScreen(AppAccess, Coloured, Screen):
                 tooltip="What went wrong and how to fix it"),
         Binding("b", "show_tab('hops')", "Hops", group=TABS,
                 tooltip="Header changes at each proxy between hops"),
+        Binding("t", "show_tab('timeline')", "Timeline", group=TABS,
+                tooltip="Rates each way, silences and ping round trips over time"),
         Binding("r", "resend", "Resend", group=RESEND,
                 tooltip="Send the selected message where it went"),
         Binding("R", "resend_other_side", "Resend to the other side", group=RESEND,
@@ -141,6 +144,9 @@ class SessionScreen(AppAccess, Coloured, Screen):
             with TabPane("Hops", id="hops"):
                 with VerticalScroll(classes="tab-scroll", id="hops-scroll"):
                     yield Static(id="hops-text")
+            with TabPane("Timeline", id="timeline"):
+                yield TimelineView(self.store, self.session_id, self.wsapp.clock,
+                                   id="timeline-view")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -148,6 +154,7 @@ class SessionScreen(AppAccess, Coloured, Screen):
         # come up to 50 times a second under load.
         self._summary = self.query_one(SessionSummary)
         self._message_list = self.query_one(MessageList)
+        self._timeline = self.query_one(TimelineView)
         self._show_session()
         self.set_interval(MESSAGE_COUNTS_INTERVAL, self._refresh_summary)
         self._message_list.messages_arrived()  # any that came while the screen was built
@@ -181,8 +188,10 @@ class SessionScreen(AppAccess, Coloured, Screen):
     def store_changed(self, changes: StoreChanges) -> None:
         if self.session_id in changes.messages:
             self._message_list.messages_arrived()
+            self._timeline.messages_arrived()
         if self.session_id in changes.updated:
             self._show_session()
+            self._timeline.draw()
         elif self.session_id in changes.messages:
             self._summary_stale = True  # shown by _refresh_summary, a few times a second
 
@@ -213,6 +222,8 @@ class SessionScreen(AppAccess, Coloured, Screen):
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         self._focus_tab(event.pane.id)  # a click on a tab, as well as its key
+        if event.pane.id == "timeline":
+            self._timeline.start()
         self.refresh_bindings()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
