@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
+from ..formats import (
+    EXPORT_FORMATS, EXPORTS, STDOUT, export, export_format_for, open_capture, readable_formats,
+)
 from ..store import CaptureError
-from . import EXPORT_FORMATS, STDOUT, SUFFIXES, export, open_capture
 
 
 def export_parser() -> argparse.ArgumentParser:
@@ -17,10 +18,11 @@ def export_parser() -> argparse.ArgumentParser:
         description="Write a capture's sessions as HAR (Chrome DevTools), a mitmproxy flow "
         "file or JSON lines. Credentials are redacted unless --no-redact.",
     )
-    parser.add_argument("file", help="a wsinspect capture, mitmproxy flow file or HAR file")
+    parser.add_argument("file", help=readable_formats())
     parser.add_argument(
         "--format", choices=EXPORT_FORMATS,
-        help="default: from the output's suffix (.har, .mitm/.flows, .jsonl)",
+        help="default: from the output's suffix ("
+        + ", ".join("/".join(f.suffixes) for f in EXPORTS) + ")",
     )
     parser.add_argument("-o", dest="out", required=True, metavar="OUT", help="output file, - for stdout")
     parser.add_argument(
@@ -36,7 +38,7 @@ def export_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     args = export_parser().parse_args(argv)
-    fmt = args.format or SUFFIXES.get(Path(args.out).suffix.lower())
+    fmt = args.format or export_format_for(args.out)
     if fmt is None:
         print(
             f"wsinspect: {args.out}: cannot tell the format from the name; "

@@ -1,0 +1,92 @@
+"""Builders for what many tests and benches need: a Hop as a listener records it, the
+handshake headers of a client and a server, a small capture file, a free loopback port.
+
+Each builder takes the fields a test cares about and fills the rest with the plainest
+values, so a test reads as what it varies."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from wsinspect.model import Hop, Message, MessageType, accept_for_key
+from wsinspect.store import SessionStore
+
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's sample key
+
+
+def upgrade_request(
+    host: str = "app.example",
+    key: str | None = KEY,
+    *,
+    upgrade: str | None = "websocket",
+    connection: str | None = "Upgrade",
+    names=str.title,
+) -> list[tuple[str, str]]:
+    """A client's handshake headers; None leaves a header out, `names` spells the header
+    names (e.g. str.lower)."""
+    headers = [("Host", host)]
+    if upgrade is not None:
+        headers.append(("Upgrade", upgrade))
+    if connection is not None:
+        headers.append(("Connection", connection))
+    if key is not None:
+        headers += [("Sec-WebSocket-Key", key), ("Sec-WebSocket-Version", "13")]
+    return [(names(name), value) for name, value in headers]
+
+
+def switching(
+    key: str = KEY, accept: str | None = None, connection: str = "Upgrade"
+) -> list[tuple[str, str]]:
+    """A server's 101 answer headers to `key`."""
+    headers = [("Upgrade", "websocket"), ("Connection", connection)]
+    return headers + [("Sec-WebSocket-Accept", accept or accept_for_key(key))]
+
+
+def make_hop(
+    url: str = "ws://app.example/chat",
+    *,
+    key: str | None = KEY,
+    headers: list[tuple[str, str]] | None = None,
+    t: float = 100.0,
+    mode: str = "regular",
+    version: str = "HTTP/1.1",
+    request_line: str | None = None,
+    **fields,
+) -> Hop:
+    """A hop for `url` started at `t`, not answered yet: by default a client's upgrade request
+    to the URL's host with `key` (None: without one); `fields` sets any other Hop field
+    (response_status=101, …)."""
+    parts = urlsplit(url)
+    target = parts.path or "/"
+    if parts.query:
+        target += f"?{parts.query}"
+    return Hop(
+        mode=mode,
+        url=url,
+        request_line=request_line or f"GET {target} {version}",
+        http_version=version,
+        request_headers=upgrade_request(parts.netloc, key) if headers is None else headers,
+        timestamp_start=t,
+        **fields,
+    )
+
+
+def capture_file(path: Path, url: str = "ws://127.0.0.1:1/probe") -> Path:
+    """A wsinspect capture at `path` holding one answered hop to `url` and one message."""
+    store = SessionStore(path)
+    hop = make_hop(url, t=1000.0, response_status=101)
+    store.add_hop(hop)
+    store.add_message(hop, Message(True, MessageType.TEXT, 5, b"hello", timestamp=1000.1))
+    store.close()
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (the OS's choice), for a process that must be told
+    its port before it starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
