@@ -17,13 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.builders import free_port
 from wsinspect.demo import nginx_config
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _accepts(port: int) -> bool:
