@@ -7,6 +7,7 @@ values, so a test reads as what it varies."""
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,7 +23,7 @@ def upgrade_request(
     *,
     upgrade: str | None = "websocket",
     connection: str | None = "Upgrade",
-    names=str.title,
+    names: Callable[[str], str] = str,
 ) -> list[tuple[str, str]]:
     """A client's handshake headers; None leaves a header out, `names` spells the header
     names (e.g. str.lower)."""
