@@ -1,16 +1,17 @@
 """Builders for what many tests and benches need: a Hop as a listener records it, the
-handshake headers of a client and a server, a small capture file, a free loopback port.
+handshake headers of a client and a server, a small capture file (and, from
+wsinspect.addresses, a free loopback port).
 
 Each builder takes the fields a test cares about and fills the rest with the plainest
 values, so a test reads as what it varies."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from wsinspect.addresses import free_port  # noqa: F401 (one for the tests and benches too)
 from wsinspect.model import Hop, Message, MessageType, accept_for_key
 from wsinspect.store import SessionStore
 
@@ -82,12 +83,3 @@ def capture_file(path: Path, url: str = "ws://127.0.0.1:1/probe") -> Path:
     store.add_message(hop, Message(True, MessageType.TEXT, 5, b"hello", timestamp=1000.1))
     store.close()
     return path
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on now (the OS's choice), for a process that must be told
-    its port before it starts."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]

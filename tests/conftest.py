@@ -50,7 +50,7 @@ def pytest_addoption(parser):
 REAL_PARTS = frozenset({
     "socket", "subprocess", "Popen", "create_subprocess_exec", "create_subprocess_shell",
     "open_connection", "start_server", "create_connection", "create_server", "serve",
-    "connect", "Engine", "Demo", "mitmdump", "fork", "pty",
+    "connect", "free_port", "Engine", "Demo", "NginxProcess", "mitmdump", "fork", "pty",
     "make_lab", "to_png",  # helpers some tests import inside themselves
 })  # fmt: skip
 # Markers of tests that run an outside program (see pyproject.toml).
