@@ -1,5 +1,5 @@
 """Builders for what many tests and benches need: a Hop as a listener records it, the
-handshake headers of a client and a server, a small capture file (and, from
+handshake headers of a client, a small capture file (and, from
 wsinspect.addresses, a free loopback port).
 
 Each builder takes the fields a test cares about and fills the rest with the plainest
@@ -7,43 +7,22 @@ values, so a test reads as what it varies."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from wsinspect.addresses import free_port  # noqa: F401 (one for the tests and benches too)
-from wsinspect.model import Hop, Message, MessageType, accept_for_key
+from wsinspect.model import Hop, Message, MessageType
 from wsinspect.store import SessionStore
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's sample key
 
 
-def upgrade_request(
-    host: str = "app.example",
-    key: str | None = KEY,
-    *,
-    upgrade: str | None = "websocket",
-    connection: str | None = "Upgrade",
-    names: Callable[[str], str] = str,
-) -> list[tuple[str, str]]:
-    """A client's handshake headers; None leaves a header out, `names` spells the header
-    names (e.g. str.lower)."""
-    headers = [("Host", host)]
-    if upgrade is not None:
-        headers.append(("Upgrade", upgrade))
-    if connection is not None:
-        headers.append(("Connection", connection))
+def upgrade_request(host: str = "app.example", key: str | None = KEY) -> list[tuple[str, str]]:
+    """A client's handshake headers to `host`, with `key` (None: without one)."""
+    headers = [("Host", host), ("Upgrade", "websocket"), ("Connection", "Upgrade")]
     if key is not None:
         headers += [("Sec-WebSocket-Key", key), ("Sec-WebSocket-Version", "13")]
-    return [(names(name), value) for name, value in headers]
-
-
-def switching(
-    key: str = KEY, accept: str | None = None, connection: str = "Upgrade"
-) -> list[tuple[str, str]]:
-    """A server's 101 answer headers to `key`."""
-    headers = [("Upgrade", "websocket"), ("Connection", connection)]
-    return headers + [("Sec-WebSocket-Accept", accept or accept_for_key(key))]
+    return headers
 
 
 def make_hop(
