@@ -21,12 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchkit import make_hop
 
-from wsinspect import formats  # noqa: E402
-from wsinspect.formats.common import add_imported_hop  # noqa: E402
-from wsinspect.model import Hop, Message, MessageType, Outcome  # noqa: E402
-from wsinspect.store import SessionStore  # noqa: E402
+from wsinspect import formats
+from wsinspect.formats.common import add_imported_hop
+from wsinspect.model import Message, MessageType, Outcome
+from wsinspect.store import SessionStore
 
 
 def peak_rss() -> int:
@@ -40,14 +40,10 @@ def build_capture(path: Path, sessions: int, messages: int) -> int:
     total = 0
     for n in range(sessions):
         start = 1_700_000_000.0 + n
-        hop = Hop(
-            mode="regular",
-            url=f"ws://127.0.0.1:9000/feed/{n}",
-            request_line=f"GET /feed/{n} HTTP/1.1",
-            http_version="HTTP/1.1",
-            request_headers=[("Host", "127.0.0.1:9000"), ("Upgrade", "websocket"),
-                             ("Connection", "Upgrade"), ("Sec-WebSocket-Key", f"key{n:020d}==")],
-            timestamp_start=start,
+        hop = make_hop(
+            f"ws://127.0.0.1:9000/feed/{n}",
+            key=f"key{n:020d}==",
+            t=start,
             response_status=101,
             response_reason="Switching Protocols",
             timestamp_response=start + 0.001,

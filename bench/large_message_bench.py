@@ -12,26 +12,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 from websockets.asyncio.client import connect
 
-sys.path.insert(0, str(Path(__file__).parent))
-from recorder_bench import ECHO_SERVER, free_port, start_proxy, wait_port  # noqa: E402
-
-
-def memory(pid: int) -> tuple[int, int]:
-    """(current RSS, peak RSS) in bytes."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    rss = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024
-    hwm = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024
-    return rss, hwm
+from benchkit import ECHO_SERVER, free_port, memory, start_proxy, wait_port
 
 
 async def relay(kind: str, echo_port: int, size: int, tmp: str) -> None:

@@ -17,12 +17,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 from websockets.asyncio.client import connect
 
-sys.path.insert(0, str(Path(__file__).parent))
-from recorder_bench import ECHO_SERVER, free_port, start_proxy, rss, wait_port  # noqa: E402
+from benchkit import ECHO_SERVER, free_port, rss, start_proxy, wait_port
 
 
 async def run(kind: str, echo_port: int, sessions: int, messages: int, tmp: str) -> None:

@@ -13,73 +13,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-from pathlib import Path
 
+from benchkit import ECHO_SERVER, echo_rate, free_port, growth, start_proxy, wait_port
 from websockets.asyncio.client import connect
-
-BIN = Path(sys.executable).parent
-ECHO_SERVER = """
-import asyncio, sys
-from websockets.asyncio.server import serve
-async def echo(ws):
-    async for m in ws:
-        await ws.send(m)
-async def main():
-    async with serve(echo, "127.0.0.1", int(sys.argv[1]), max_size=None, compression=None,
-                     ping_interval=None):
-        await asyncio.Future()
-asyncio.run(main())
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024
-
-
-async def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-            w.close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
-
-
-async def echo_rate(ws, payload: bytes, count: int, window: int = 64) -> float:
-    """Messages per second echoed on an open connection, at most `window` in flight (each
-    message counted once: there and back)."""
-    in_flight = asyncio.Semaphore(window)
-
-    async def send():
-        for _ in range(count):
-            await in_flight.acquire()
-            await ws.send(payload)
-
-    start = time.perf_counter()
-    sender = asyncio.create_task(send())
-    for _ in range(count):
-        await ws.recv()
-        in_flight.release()
-    await sender
-    return count / (time.perf_counter() - start)
 
 
 async def throughput(target: int, proxy: str | None, size: int, count: int, window: int = 64) -> float:
@@ -88,52 +28,6 @@ async def throughput(target: int, proxy: str | None, size: int, count: int, wind
         f"ws://127.0.0.1:{target}/", proxy=proxy, max_size=None, compression=None
     ) as ws:
         return await echo_rate(ws, os.urandom(size), count, window)
-
-
-PROXY_KINDS = {
-    # kind: (program, extra arguments)
-    "mitmdump": ("mitmdump", []),
-    "mitmdump-passthrough": ("mitmdump", ["--ignore-hosts", ".*"]),  # raw TCP: the ceiling
-    "wsinspect": ("wsinspect", []),  # the raw relay, wsinspect's default
-    "wsinspect-mitmproxy": ("wsinspect", ["--set", "wsinspect_relay=mitmproxy"]),
-}
-
-
-def start_proxy(kind: str, port: int, confdir: str, capture: str, log=None) -> subprocess.Popen:
-    """One of PROXY_KINDS listening on 127.0.0.1:`port`; its output goes to `log` (a file)."""
-    program, extra = PROXY_KINDS[kind]
-    env = None
-    if program == "mitmdump":
-        args = [str(BIN / "mitmdump"), "-q", "--listen-host", "127.0.0.1", "--listen-port",
-                str(port), "--set", f"confdir={confdir}", *extra]
-        # mitmdump makes ~/.mitmproxy before it reads --set confdir: keep it in the temp dir.
-        env = {**os.environ, "HOME": confdir}
-    else:
-        args = [str(BIN / "wsinspect"), "--headless", "--listen-port", str(port), "--confdir",
-                confdir, "-w", capture, *extra]
-    out = log or subprocess.DEVNULL
-    return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT if log else out, env=env)
-
-
-async def growth(target: int, proxy_port: int, pid: int, steps: list[int], size: int) -> list[tuple[int, int]]:
-    """(messages recorded, proxy RSS) as one session grows."""
-    payload = os.urandom(size)
-    samples = []
-    sent = 0
-    async with connect(
-        f"ws://127.0.0.1:{target}/", proxy=f"http://127.0.0.1:{proxy_port}", compression=None
-    ) as ws:
-        for step in steps:
-            while sent < step:
-                batch = min(256, step - sent)
-                for _ in range(batch):
-                    await ws.send(payload)
-                for _ in range(batch):
-                    await ws.recv()
-                sent += batch
-            await asyncio.sleep(1.0)  # let the recorder commit
-            samples.append((2 * sent, rss(pid)))
-    return samples
 
 
 async def main(quick: bool) -> None:

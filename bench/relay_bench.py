@@ -35,17 +35,7 @@ from pathlib import Path
 
 from websockets.asyncio.client import connect
 
-sys.path.insert(0, str(Path(__file__).parent))
-from large_message_bench import memory  # noqa: E402
-from recorder_bench import (  # noqa: E402
-    BIN,
-    ECHO_SERVER,
-    echo_rate,
-    free_port,
-    growth,
-    start_proxy,
-    wait_port,
-)
+from benchkit import BIN, ECHO_SERVER, echo_rate, free_port, growth, memory, start_proxy, wait_port
 
 KINDS = ["direct", "mitmdump", "mitmdump-passthrough", "wsinspect-mitmproxy", "wsinspect"]
 SINK_SERVER = """

@@ -19,9 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.test_replay import RawServer, crafted_capture, message  # noqa: E402
-from wsinspect.model import Message, MessageType  # noqa: E402
+from benchkit import ROOT  # noqa: F401 (puts the checkout on sys.path for tests.test_replay)
+
+from tests.test_replay import RawServer, crafted_capture, message
+from wsinspect.model import Message, MessageType
 
 MIB = 1024 * 1024
 CHUNK = bytes(MIB)

@@ -16,12 +16,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 from websockets.asyncio.client import connect
 
-sys.path.insert(0, str(Path(__file__).parent))
-from recorder_bench import ECHO_SERVER, free_port, rss, start_proxy, wait_port  # noqa: E402
+from benchkit import ECHO_SERVER, free_port, rss, start_proxy, wait_port
 
 
 async def traffic(echo_port: int, ports: list[int], sessions: int, rate: float, stop: asyncio.Event):

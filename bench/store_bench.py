@@ -13,24 +13,17 @@ the store.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchkit import make_hop
 
-from wsinspect.model import Hop  # noqa: E402
-from wsinspect.store import SessionStore  # noqa: E402
+from wsinspect.model import Hop
+from wsinspect.store import SessionStore
 
 
 def handshake(n: int, start: float, mode: str = "regular", key: bool = True) -> Hop:
-    headers = [("Host", "127.0.0.1:9000"), ("Upgrade", "websocket"), ("Connection", "Upgrade"),
-               ("User-Agent", "bench")]
-    if key:
-        headers.append(("Sec-WebSocket-Key", f"key{n:020d}=="))
-    return Hop(
-        mode=mode, url=f"ws://127.0.0.1:9000/feed/{n}", request_line=f"GET /feed/{n} HTTP/1.1",
-        http_version="HTTP/1.1", request_headers=headers, timestamp_start=start,
+    return make_hop(
+        f"ws://127.0.0.1:9000/feed/{n}", key=f"key{n:020d}==" if key else None, t=start, mode=mode
     )
 
 

@@ -36,38 +36,23 @@ from pathlib import Path
 
 from websockets.asyncio.client import connect
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchkit import ECHO_SERVER, echo_rate, free_port, make_hop, wait_port
 
-from recorder_bench import ECHO_SERVER, echo_rate, free_port, wait_port  # noqa: E402
-
-from wsinspect.model import Hop, Message, MessageType  # noqa: E402
-from wsinspect.store import SessionStore  # noqa: E402
-from wsinspect.ui import WsInspectApp  # noqa: E402
-from wsinspect.ui.message_list import MessageList  # noqa: E402
-from wsinspect.ui.pacing import LIVE_NOTIFY_INTERVAL  # noqa: E402
-from wsinspect.ui.session_view import SessionScreen  # noqa: E402
+from wsinspect.model import Message, MessageType
+from wsinspect.store import SessionStore
+from wsinspect.ui import WsInspectApp
+from wsinspect.ui.message_list import MessageList
+from wsinspect.ui.pacing import LIVE_NOTIFY_INTERVAL
+from wsinspect.ui.session_view import SessionScreen
 
 BIN = Path(sys.executable).parent
 SIZE = (120, 40)
 
 
-def new_hop(start: float) -> Hop:
-    return Hop(
-        mode="regular",
-        url="ws://bench.test/feed",
-        request_line="GET /feed HTTP/1.1",
-        http_version="HTTP/1.1",
-        request_headers=[("Host", "bench.test"), ("Upgrade", "websocket")],
-        timestamp_start=start,
-        response_status=101,
-    )
-
-
 def build_capture(path: Path, count: int) -> None:
     store = SessionStore(path)
     start = time.time()
-    hop = new_hop(start)
+    hop = make_hop("ws://bench.test/feed", t=start, response_status=101)
     store.add_hop(hop)
     for i in range(count):
         payload = b'{"seq": %d, "price": 101.25, "side": "buy"}' % i
@@ -153,7 +138,7 @@ async def arrival_to_screen(
     """Latencies (ms) from `add_message` to a rendered frame showing that message or a later
     one, with messages fed at `rate` per second in 5 ms batches into a new capture file."""
     store = SessionStore(capture)
-    hop = new_hop(time.time())
+    hop = make_hop("ws://bench.test/feed", t=time.time(), response_status=101)
     store.add_hop(hop)
     store.flush()
     app = WsInspectApp(store)

@@ -28,9 +28,8 @@ from wsproto import events as wse
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import XorMaskerSimple
 
-sys.path.insert(0, str(Path(__file__).parent.parent))
-from wsinspect import wire  # noqa: E402
-from wsinspect.wire import Deflate, FrameParser, negotiated_deflate, unmask  # noqa: E402
+from wsinspect import wire
+from wsinspect.wire import Deflate, FrameParser, negotiated_deflate, unmask
 
 READ = 64 * 1024
 

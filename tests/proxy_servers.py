@@ -17,13 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from wsinspect.demo import nginx_config
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.builders import free_port
+from wsinspect.nginx import NginxProcess
 
 
 def _accepts(port: int) -> bool:
@@ -128,33 +123,43 @@ _NGINX_SERVER = """
 """
 
 
-class Nginx(ProxyServer):
-    """nginx proxying to the upstream with `location` lines."""
+class Nginx:
+    """nginx proxying to the upstream with `location` lines, run by wsinspect's launcher (the
+    one `wsinspect demo` uses)."""
 
     name = "nginx"
-    conf_name = "nginx.conf"
 
     def __init__(
         self, folder: Path, upstream_port: int, location: str, read_timeout: str = "60s"
     ) -> None:
-        super().__init__(folder, upstream_port)
+        self.folder = folder
+        self.upstream_port = upstream_port
         self.location = location
         self.read_timeout = read_timeout
+        self.launcher = NginxProcess(binary("nginx"), folder, self.server)
 
-    def config(self) -> str:
-        return nginx_config(
-            self.folder,
-            _NGINX_SERVER.format(
-                port=self.port,
-                upstream_port=self.upstream_port,
-                location=self.location,
-                read_timeout=self.read_timeout,
-            ),
+    def server(self, port: int) -> str:
+        return _NGINX_SERVER.format(
+            port=port,
+            upstream_port=self.upstream_port,
+            location=self.location,
+            read_timeout=self.read_timeout,
         )
 
-    def command(self, conf: Path) -> list[str]:
-        log = self.folder / self.log_name
-        return [binary("nginx"), "-p", str(self.folder), "-c", str(conf), "-e", str(log)]
+    @property
+    def port(self) -> int:
+        return self.launcher.port
+
+    @property
+    def error_log(self) -> str:
+        return self.launcher.error_log
+
+    def start(self) -> Nginx:
+        self.launcher.start()
+        return self
+
+    def stop(self) -> None:
+        self.launcher.stop()
 
 
 # ----- Apache httpd 2.4 ----------------------------------------------------------------------

@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
+from tests.builders import capture_file, make_hop
 from tests.conftest import mitmdump
 from wsinspect.cli import main
-from wsinspect.model import Close, Hop, Session
+from wsinspect.model import Close, Session
 from wsinspect.report import close_text
 from wsinspect.store import SessionStore
 
@@ -279,29 +280,16 @@ def run_probed(
     return result, json.loads(probe)
 
 
-def a_capture(path: Path) -> Path:
-    from wsinspect.model import Hop
-
-    store = SessionStore(path)
-    store.add_hop(Hop(
-        mode="regular", url="ws://127.0.0.1:1/probe", request_line="GET /probe HTTP/1.1",
-        http_version="HTTP/1.1", request_headers=[("Upgrade", "websocket")],
-        timestamp_start=1000.0, response_status=101,
-    ))  # fmt: skip
-    store.close()
-    return path
-
-
 @pytest.mark.parametrize("argv", [["report", "{capture}"], ["report", "{capture}", "--json"]])
 def test_report_imports_neither_the_proxy_core_nor_textual(tmp_path, argv):
-    capture = a_capture(tmp_path / "cap.db")
+    capture = capture_file(tmp_path / "cap.db")
     result, probe = run_probed(*(a.format(capture=capture) for a in argv))
     assert probe == {"status": 0, "heavy": []}, result.stderr
     assert "/probe" in result.stdout
 
 
 def test_export_imports_neither_the_proxy_core_nor_textual(tmp_path):
-    capture = a_capture(tmp_path / "cap.db")
+    capture = capture_file(tmp_path / "cap.db")
     out = tmp_path / "out.har"
     result, probe = run_probed("export", str(capture), "-o", str(out))
     assert probe == {"status": 0, "heavy": []}, result.stderr
@@ -441,15 +429,9 @@ def test_a_command_after_options_is_told_to_come_first():
 
 def big_capture(path: Path, sessions: int = 300) -> None:
     """A capture whose report is larger than a pipe's buffer."""
-    from wsinspect.model import Hop
-
     store = SessionStore(path)
     for i in range(sessions):
-        store.add_hop(Hop(
-            mode="regular", url=f"ws://127.0.0.1:1/{i}", request_line=f"GET /{i} HTTP/1.1",
-            http_version="HTTP/1.1", request_headers=[("Upgrade", "websocket")],
-            timestamp_start=1000.0 + i, response_status=101,
-        ))
+        store.add_hop(make_hop(f"ws://127.0.0.1:1/{i}", key=f"k{i}", t=1000.0 + i, response_status=101))
     store.close()
 
 
@@ -707,7 +689,5 @@ async def test_report_shows_ping_round_trips_and_how_each_side_ended(tmp_path, s
 
 
 def test_report_names_a_close_frame_without_a_status_code():
-    hop = Hop(mode="regular", url="ws://h/", request_line="GET / HTTP/1.1",
-              http_version="HTTP/1.1", request_headers=[], timestamp_start=1.7e9,
-              close=Close(code=None, by="client"))
+    hop = make_hop("ws://h/", headers=[], t=1.7e9, close=Close(code=None, by="client"))
     assert close_text(Session(1, [hop])) == "close with no status code by client"

@@ -32,6 +32,7 @@ from wsinspect.formats.redact import MASK, redact_subprotocols, redact_text, red
 from wsinspect.model import Close, Hop, Message, MessageType, Outcome
 from wsinspect.store import CaptureError, SessionStore
 
+from .builders import make_hop, upgrade_request
 from .conftest import mitmdump, wait_for
 from .test_cli import start_process
 
@@ -196,7 +197,7 @@ async def test_jsonl_has_one_line_per_message_with_exact_payloads(recorded, tmp_
 
 def test_capped_payloads_keep_their_size_and_digest(tmp_path):
     store = SessionStore(max_payload=100)
-    hop = make_hop()
+    hop = secret_hop()
     add_imported_hop(store, hop, [Message(True, MessageType.BINARY, 256, EVERY_BYTE, 1000.5)])
     store.flush()
     for fmt in ("har", "flows"):
@@ -542,25 +543,21 @@ def test_open_capture_errors_name_the_file():
 # ----- redaction, selection and file modes -----------------------------------------------------
 
 
-def make_hop(**changes) -> Hop:
-    hop = Hop(
-        mode="regular",
-        url=f"wss://api.example/ws?room=1&token={SECRET}&access_token={SECRET}&auth={SECRET}"
+def secret_hop(**changes) -> Hop:
+    """A closed hop with a secret in every place redaction must mask; `changes` sets fields."""
+    hop = make_hop(
+        f"wss://api.example/ws?room=1&token={SECRET}&access_token={SECRET}&auth={SECRET}"
         f"&key={SECRET}&secret={SECRET}&password={SECRET}&sig={SECRET}&X-Amz-Signature={SECRET}",
         request_line="GET /ws?room=1&token=" + SECRET + " HTTP/1.1",
-        http_version="HTTP/1.1",
-        request_headers=[
-            ("Host", "api.example"),
-            ("Upgrade", "websocket"),
-            ("Connection", "Upgrade"),
-            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        headers=[
+            *upgrade_request("api.example")[:4],
             ("Authorization", f"Bearer {SECRET}"),
             ("Proxy-Authorization", f"Basic {SECRET}"),
             ("Cookie", f"sid={SECRET}; theme=dark{SECRET}"),
             ("X-Api-Key", SECRET),
             ("Referer", f"https://api.example/page?session={SECRET}"),
         ],
-        timestamp_start=1000.0,
+        t=1000.0,
         client_addr=("127.0.0.1", 50000),
         server_addr=("127.0.0.1", 443),
         response_status=101,
@@ -585,7 +582,7 @@ def make_hop(**changes) -> Hop:
 def capture_with_secrets(tmp_path) -> Path:
     path = tmp_path / "secrets.db"
     store = SessionStore(path)
-    add_imported_hop(store, make_hop(), [Message(True, MessageType.TEXT, 2, b"hi", 1000.5)])
+    add_imported_hop(store, secret_hop(), [Message(True, MessageType.TEXT, 2, b"hi", 1000.5)])
     store.close()
     return path
 
@@ -614,8 +611,8 @@ def test_exports_are_redacted_unless_asked_not_to(capture_with_secrets, tmp_path
     assert hop.url.startswith(f"wss://api.example/ws?room=1&token={MASK}&access_token={MASK}")
     assert hop.request_line == f"GET /ws?room=1&token={MASK} HTTP/1.1"
     original = formats.open_capture(kept).sessions()[0].first_hop
-    assert original.request_headers == make_hop().request_headers
-    assert original.url == make_hop().url
+    assert original.request_headers == secret_hop().request_headers
+    assert original.url == secret_hop().url
 
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJzM2NyM3QtdmFsdWUifQ.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg"
@@ -625,7 +622,7 @@ JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJzM2NyM3QtdmFsdWUifQ.c2lnbmF0dXJlLW9mLXRoZ
 def test_tokens_in_subprotocols_nameless_cookies_and_error_texts_are_redacted(tmp_path, capsys, fmt):
     """`Sec-WebSocket-Protocol: access_token, <JWT>` is how a browser passes a token to a
     WebSocket; a refused request's error quotes its request line, query and password included."""
-    hop = make_hop(
+    hop = secret_hop(
         request_headers=[
             ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
             ("Sec-WebSocket-Protocol", f"graphql-transport-ws, access_token, {JWT}"),

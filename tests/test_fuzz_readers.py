@@ -21,7 +21,7 @@ from wsinspect.formats.common import add_imported_hop
 from wsinspect.model import Close, Message, MessageType, Outcome
 from wsinspect.store import CaptureError, SessionStore
 
-from .test_formats import make_hop
+from .test_formats import secret_hop
 
 # A few seconds a reader: enough examples to meet each kind of damage, never a slow suite.
 FUZZ = settings(
@@ -38,18 +38,18 @@ def valid_files() -> dict[str, bytes]:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         store = SessionStore(folder / "c.db", max_payload=8)
-        add_imported_hop(store, make_hop(), [
+        add_imported_hop(store, secret_hop(), [
             Message(True, MessageType.TEXT, 5, b"hello", 1000.2),
             Message(False, MessageType.BINARY, 300, bytes(range(256)) + bytes(44), 1000.3),
             Message(False, MessageType.PING, 1, b"p", 1000.4),
             Message(True, MessageType.CLOSE, 4, b"\x03\xe8ok", 1000.5),
         ])
-        add_imported_hop(store, make_hop(
+        add_imported_hop(store, secret_hop(
             response_status=403, outcome=Outcome.REJECTED, close=None,
             error="refused GET http://u:pw@h/?token=x HTTP/1.1",
             request_headers=[("Sec-WebSocket-Key", "other"), ("Upgrade", "websocket")],
         ), [])
-        add_imported_hop(store, make_hop(
+        add_imported_hop(store, secret_hop(
             close=Close(abnormal=True, abnormal_reason="reset", by="server",
                         told_client=(1000, ""), timestamp=1001.0),
             request_headers=[("Sec-WebSocket-Key", "third")],

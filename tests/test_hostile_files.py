@@ -29,7 +29,7 @@ from wsinspect.model import Message, MessageStats, MessageType
 from wsinspect.store import CAPTURE_ENDED, QUERY_SECONDS, CaptureError, SessionStore
 
 from .test_cli import start_process, wsinspect
-from .test_formats import make_hop
+from .test_formats import secret_hop
 
 BIN = Path(sys.executable).parent
 MESSAGES = [
@@ -41,7 +41,7 @@ MESSAGES = [
 
 def valid_capture(path: Path) -> Path:
     store = SessionStore(path)
-    add_imported_hop(store, make_hop(), [dataclasses.replace(m) for m in MESSAGES])
+    add_imported_hop(store, secret_hop(), [dataclasses.replace(m) for m in MESSAGES])
     store.close()
     return path
 
@@ -328,9 +328,9 @@ def killed_writer_capture(folder: Path) -> Path:
         "from wsinspect.formats.common import add_imported_hop\n"
         "from wsinspect.store import SessionStore\n"
         "from tests.test_hostile_files import MESSAGES\n"
-        "from tests.test_formats import make_hop\n"
+        "from tests.test_formats import secret_hop\n"
         f"store = SessionStore({str(path)!r})\n"
-        "add_imported_hop(store, make_hop(), MESSAGES)\n"
+        "add_imported_hop(store, secret_hop(), MESSAGES)\n"
         "store.flush()\n"
         "os._exit(0)\n"
     )

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
+from tests.builders import free_port
 from tests.conftest import mitmdump, wait_for
 from tests.netns_lab import GATEWAY_CLIENT_ADDR, SERVER_ADDR, make_lab
 from wsinspect.engine import Engine
@@ -33,12 +34,6 @@ IPV4_SPELLINGS = [
     "0", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "localhost", socket.gethostname(),
 ]  # fmt: skip
 IPV6_SPELLINGS = ["[::1]", "[0:0:0:0:0:0:0:1]", "[::]"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ask(port: int, head: str, host: str = "127.0.0.1", timeout: float = 10) -> str:

@@ -16,6 +16,7 @@ from wsinspect.report import printable
 from wsinspect.seams import parse_close_frame
 from wsinspect.store import CaptureError, SessionStore
 
+from .builders import make_hop
 from .rawpeers import frame
 
 messages = st.lists(
@@ -32,20 +33,13 @@ messages = st.lists(
 )
 
 
-def hop(headers=(), mode="regular", t=1.0) -> Hop:
-    return Hop(
-        mode=mode, url="ws://h/", request_line="GET / HTTP/1.1", http_version="HTTP/1.1",
-        request_headers=list(headers), timestamp_start=t,
-    )
-
-
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches=st.lists(messages, min_size=1, max_size=4), cut=st.integers(0, 200))
 def test_capture_round_trip_keeps_every_byte(batches, cut):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "c.db"
         store = SessionStore(path)
-        session = store.add_hop(hop([("Sec-WebSocket-Key", "k")]))
+        session = store.add_hop(make_hop("ws://h/", key="k"))
         sent = []
         for batch in batches:
             for m in batch:
@@ -80,7 +74,7 @@ def test_a_truncated_capture_opens_or_says_why(keep):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "c.db"
         store = SessionStore(path)
-        session = store.add_hop(hop([("Sec-WebSocket-Key", "k")]))
+        session = store.add_hop(make_hop("ws://h/", key="k"))
         for i in range(200):
             store.add_message(session.first_hop, Message(True, MessageType.TEXT, 4, b"%04d" % i, i))
         store.close()
@@ -110,7 +104,7 @@ json_values = st.recursive(
 def test_hop_records_load_checked_or_raise_record_error(data):
     """Any JSON in any field of a hop record: a hop whose every field has its type and range,
     or RecordError (which readers make a CaptureError), never another exception."""
-    good = hop([("Sec-WebSocket-Key", "k")]).to_json()
+    good = make_hop("ws://h/", key="k").to_json()
     good["close"] = {"code": 1000, "reason": "", "by": "client", "abnormal": False,
                      "abnormal_reason": None, "timestamp": 2.0, "offender": None,
                      "told_client": [1000, "bye"], "told_server": None}
@@ -164,7 +158,7 @@ headers = st.lists(st.tuples(header_names, header_values), max_size=8)
 def test_diagnosis_never_fails_and_points_at_real_hops(hops):
     session = Session(1)
     for i, (request, response, status, version) in enumerate(hops):
-        h = hop(request, mode=f"listener{i}", t=float(i))
+        h = make_hop("ws://h/", headers=list(request), mode=f"listener{i}", t=float(i))
         h.response_headers = response
         h.response_status = status
         h.http_version = version

@@ -31,6 +31,7 @@ import socketio
 from aiohttp import web
 from websockets.asyncio.server import serve
 
+from tests.builders import free_port
 from wsinspect.model import Outcome
 from wsinspect.protocols import analyse_hop
 
@@ -38,12 +39,6 @@ from .conftest import wait_for
 
 NODE_DIR = Path(__file__).parent / "node"
 PEERS = NODE_DIR / "protocol_peers.mjs"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 async def reverse_proxy(start_proxy, port: int):

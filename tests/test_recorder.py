@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import os
 import re
 import signal
-import socket
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,9 @@ from mitmproxy.proxy.layers import websocket as websocket_layer
 from wsinspect.model import MessageType, Outcome, accept_for_key, header_value
 from wsinspect.store import SessionStore
 
+from .builders import free_port
 from .conftest import mitmdump, wait_for
+from .rawpeers import frame, raw_client, upgrade_request
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -149,18 +149,10 @@ async def test_upgrade_answered_426_is_a_rejected_session(proxy):
 
 
 async def test_unreachable_server_is_a_failed_session(proxy):
-    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
-        s.bind(("127.0.0.1", 0))
-        dead_port = s.getsockname()[1]
+    dead_port = free_port()  # free a moment ago: nothing listens there
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(
-        (
-            f"GET http://127.0.0.1:{dead_port}/ HTTP/1.1\r\nHost: 127.0.0.1:{dead_port}\r\n"
-            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
+    request, _ = upgrade_request(f"http://127.0.0.1:{dead_port}/", f"127.0.0.1:{dead_port}")
+    writer.write(request)
     answer = await reader.read(4096)
     writer.close()
     assert answer.startswith(b"HTTP/1.1 502")
@@ -172,20 +164,10 @@ async def test_unreachable_server_is_a_failed_session(proxy):
 
 
 async def test_abrupt_client_disconnect_is_an_abnormal_close(proxy, echo_server):
-    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(
-        (
-            f"GET http://127.0.0.1:{echo_server}/ HTTP/1.1\r\nHost: 127.0.0.1:{echo_server}\r\n"
-            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    head = await reader.readuntil(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 101")
+    origin = f"127.0.0.1:{echo_server}"
+    reader, writer = await raw_client(proxy.port, f"http://{origin}/", origin)
     # One masked text frame "hi", then the socket is torn down without a close frame.
-    mask = b"\x01\x02\x03\x04"
-    writer.write(b"\x81\x82" + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(b"hi")))
+    writer.write(frame(0x1, b"hi", mask=True))
     await writer.drain()
     await asyncio.sleep(0.2)
     writer.transport.abort()

@@ -11,20 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from wsinspect.model import Close, Hop, Message, MessageType, Outcome
+from tests.builders import make_hop
+from wsinspect.model import Close, Message, MessageType, Outcome
 from wsinspect.store import CAPTURE_ENDED, CaptureError, SessionStore
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def make_hop(key: str | None = "k1", mode: str = "regular", t: float = 100.0) -> Hop:
-    headers = [("Host", "example"), ("Upgrade", "websocket")]
-    if key:
-        headers.append(("Sec-WebSocket-Key", key))
-    return Hop(
-        mode=mode, url="ws://example/", request_line="GET / HTTP/1.1", http_version="HTTP/1.1",
-        request_headers=headers, timestamp_start=t,
-    )
 
 
 def text(i: int, from_client: bool = True) -> Message:
@@ -69,10 +60,10 @@ def test_reopened_capture_has_the_same_sessions_and_bytes(tmp_path):
 
 def test_hops_with_the_same_key_from_two_listeners_are_one_session():
     store = SessionStore()
-    first = store.add_hop(make_hop("abc", "regular@8080", 100.0))
-    second = store.add_hop(make_hop("abc", "reverse:http://127.0.0.1:9000@8081", 100.2))
-    other = store.add_hop(make_hop("xyz", "reverse:http://127.0.0.1:9000@8081", 100.3))
-    same_listener = store.add_hop(make_hop("abc", "regular@8080", 100.4))
+    first = store.add_hop(make_hop(key="abc", mode="regular@8080", t=100.0))
+    second = store.add_hop(make_hop(key="abc", mode="reverse:http://127.0.0.1:9000@8081", t=100.2))
+    other = store.add_hop(make_hop(key="xyz", mode="reverse:http://127.0.0.1:9000@8081", t=100.3))
+    same_listener = store.add_hop(make_hop(key="abc", mode="regular@8080", t=100.4))
     assert first is second
     assert [h.mode for h in first.hops] == ["regular@8080", "reverse:http://127.0.0.1:9000@8081"]
     assert other is not first and same_listener is not first
@@ -84,12 +75,12 @@ def test_a_second_listeners_hop_finds_its_session_among_many():
     started since (more than the 200 newest once looked at), and keyless hops still follow
     their predecessor by elimination."""
     store = SessionStore()
-    first = store.add_hop(make_hop("abc", "regular@8080", 100.0))
+    first = store.add_hop(make_hop(key="abc", mode="regular@8080", t=100.0))
     for n in range(500):
-        store.add_hop(make_hop(f"k{n}", "regular@8080", 100.001 + n / 100_000))
-    assert store.add_hop(make_hop("abc", "reverse:http://127.0.0.1:9000@8081", 100.2)) is first
-    keyless = store.add_hop(make_hop(None, "regular@8080", 200.0))
-    assert store.add_hop(make_hop(None, "reverse:http://127.0.0.1:9000@8081", 200.1)) is keyless
+        store.add_hop(make_hop(key=f"k{n}", mode="regular@8080", t=100.001 + n / 100_000))
+    assert store.add_hop(make_hop(key="abc", mode="reverse:http://127.0.0.1:9000@8081", t=100.2)) is first
+    keyless = store.add_hop(make_hop(key=None, mode="regular@8080", t=200.0))
+    assert store.add_hop(make_hop(key=None, mode="reverse:http://127.0.0.1:9000@8081", t=200.1)) is keyless
     assert len(store.sessions()) == 502
 
 
@@ -148,15 +139,16 @@ def test_a_foreign_sqlite_database_is_not_a_capture(tmp_path):
 
 KILLED_WRITER = """
 import os, signal, sys
-from tests.test_store import make_hop, text
+from tests.builders import make_hop
+from tests.test_store import text
 from wsinspect.store import SessionStore
 store = SessionStore(sys.argv[1])
-answered = store.add_hop(make_hop("k1")).first_hop
+answered = store.add_hop(make_hop(key="k1")).first_hop
 answered.response_status, answered.timestamp_response = 101, 100.5
 store.hop_changed(answered)
 for i in range(3):
     store.add_message(answered, text(i))
-store.add_hop(make_hop("k2", t=104.0))  # its handshake never got an answer
+store.add_hop(make_hop(key="k2", t=104.0))  # its handshake never got an answer
 store.flush()
 os.kill(os.getpid(), signal.SIGKILL)
 """

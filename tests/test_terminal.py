@@ -19,10 +19,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 
-from wsinspect.model import Close, Hop, Message, MessageType, Outcome
+from wsinspect.model import Close, Message, MessageType, Outcome
 from wsinspect.store import SessionStore
 from wsinspect.text import TerminalStream, printable
 
+from .builders import make_hop
 from .test_cli import start_process, wsinspect
 
 # An OSC that retitles the terminal, a clear-screen CSI, a colour, a C1 CSI (U+009B), a
@@ -46,13 +47,12 @@ def hostile_capture(path: Path, *, typed: bool = True) -> None:
     the close code, the close's `by` and `offender` and the listener modes are hostile strings
     too, as a crafted file could hold them (loading refuses such a file in one line)."""
     store = SessionStore(path)
-    hop = Hop(
+    hop = make_hop(
+        f"ws://host/{HOSTILE}",
         mode="reverse:http://x@1" if typed else f"reverse:http://x{HOSTILE}@1",
-        url=f"ws://host/{HOSTILE}",
         request_line=f"GET /{HOSTILE} HTTP/1.1",
-        http_version="HTTP/1.1",
-        request_headers=[("Host", HOSTILE), ("Upgrade", "websocket"), ("Connection", "Upgrade")],
-        timestamp_start=time.time(),
+        headers=[("Host", HOSTILE), ("Upgrade", "websocket"), ("Connection", "Upgrade")],
+        t=time.time(),
         client_addr=(HOSTILE, 1),
         server_addr=(HOSTILE, 2),
         response_status=101 if typed else HOSTILE,
@@ -70,13 +70,12 @@ def hostile_capture(path: Path, *, typed: bool = True) -> None:
                       by="server" if typed else HOSTILE, offender="client" if typed else HOSTILE)
     store.hop_changed(hop)
     # A transparent hop: its server address is printed beside the request line.
-    second = Hop(
+    second = make_hop(
+        f"ws://other/{HOSTILE}",
         mode="transparent" if typed else f"transparent{HOSTILE}",
-        url=f"ws://other/{HOSTILE}",
         request_line="GET / HTTP/1.1",
-        http_version="HTTP/1.1",
-        request_headers=[("Host", "other"), ("Upgrade", "websocket")],
-        timestamp_start=time.time() + 100,
+        headers=[("Host", "other"), ("Upgrade", "websocket")],
+        t=time.time() + 100,
         server_addr=(HOSTILE, 443),
         response_status=400 if typed else HOSTILE,
         response_reason=HOSTILE,
@@ -295,14 +294,9 @@ async def test_replay_prints_the_recorded_url_escaped(tmp_path, echo_server):
     escaping streams, whichever module prints it."""
     capture = tmp_path / "recorded.db"
     store = SessionStore(capture)
-    hop = Hop(
-        mode="regular", url=f"ws://127.0.0.1:{echo_server}/{HOSTILE}",
-        request_line=f"GET /{HOSTILE} HTTP/1.1", http_version="HTTP/1.1",
-        request_headers=[("Host", f"127.0.0.1:{echo_server}"), ("Upgrade", "websocket"),
-                         ("Connection", "Upgrade"),
-                         ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
-                         ("Sec-WebSocket-Version", "13")],
-        timestamp_start=time.time(), response_status=101, response_reason="Switching Protocols",
+    hop = make_hop(
+        f"ws://127.0.0.1:{echo_server}/{HOSTILE}", request_line=f"GET /{HOSTILE} HTTP/1.1",
+        t=time.time(), response_status=101, response_reason="Switching Protocols",
     )
     store.add_hop(hop)
     payload = HOSTILE.encode()

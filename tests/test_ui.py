@@ -49,6 +49,7 @@ async def chat_server():
     return serve(echo_handler, "127.0.0.1", 0, subprotocols=["chat"])
 
 
+
 def chat_rows(relay_path: str) -> int:
     """The messages of `chat`: 4 each way and the client's close frame, and under the raw
     relay the server's answering close frame too (mitmproxy's path does not record it)."""
@@ -128,75 +129,67 @@ async def test_sessions_appear_and_a_session_shows_handshake_messages_and_payloa
             assert "Subprotocol: offered chat; chosen chat" in text
 
 
-async def test_filtering_narrows_the_message_list_and_n_jumps_to_matches(start_proxy, relay_path):
-    proxy = await start_proxy()
-    async with await chat_server() as server:
-        port = server.sockets[0].getsockname()[1]
-        await chat(proxy, port)
-        await proxy.wait_session(lambda s: s.outcome.value == "closed")
-        app = WsInspectApp(proxy.store, proxy.engine)
-        async with app.run_test(size=SIZE) as pilot:
-            screen = await open_first_session(app, pilot)
-            listing = message_list(app)
-            assert listing.row_count == chat_rows(relay_path)
+async def test_filtering_narrows_the_message_list_and_n_jumps_to_matches(closed_chat, relay_path):
+    proxy = await closed_chat()
+    app = WsInspectApp(proxy.store, proxy.engine)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_first_session(app, pilot)
+        listing = message_list(app)
+        assert listing.row_count == chat_rows(relay_path)
 
-            await pilot.press("y", "y")  # type: text, then binary
-            await pilot.pause()
-            assert listing.row_count == 2
-            assert [listing.message_index(r) for r in range(2)] == [4, 5]
+        await pilot.press("y", "y")  # type: text, then binary
+        await pilot.pause()
+        assert listing.row_count == 2
+        assert [listing.message_index(r) for r in range(2)] == [4, 5]
 
-            await pilot.press("d")  # client → server only
-            await pilot.pause()
-            assert listing.row_count == 1
+        await pilot.press("d")  # client → server only
+        await pilot.pause()
+        assert listing.row_count == 1
 
-            await pilot.press("y", "y", "y", "y", "d", "d")  # all types, both ways again
-            await pilot.pause()
-            assert listing.row_count == chat_rows(relay_path)
+        await pilot.press("y", "y", "y", "y", "d", "d")  # all types, both ways again
+        await pilot.pause()
+        assert listing.row_count == chat_rows(relay_path)
 
-            await pilot.press("slash")
-            await pilot.press(*"/sub.*news/")
-            await pilot.pause()
-            assert listing.row_count == 2  # the JSON message and its echo
-            await pilot.press("enter")  # back to the list, on the first match
-            await pilot.pause()
-            assert listing.cursor_message == 2
+        await pilot.press("slash")
+        await pilot.press(*"/sub.*news/")
+        await pilot.pause()
+        assert listing.row_count == 2  # the JSON message and its echo
+        await pilot.press("enter")  # back to the list, on the first match
+        await pilot.pause()
+        assert listing.cursor_message == 2
 
-            await pilot.press("o")  # keep all rows, mark the matches
-            await pilot.pause()
-            assert listing.row_count == chat_rows(relay_path) and list(listing.hits) == [2, 3]
-            assert "▶        2" in screen_text(app)
-            assert listing.cursor_message == 2, "the selected message stays selected"
-            await pilot.press("n")
-            assert listing.cursor_message == 3
-            await pilot.press("n")  # wraps around
-            assert listing.cursor_message == 2
-            await pilot.press("N")
-            assert listing.cursor_message == 3
+        await pilot.press("o")  # keep all rows, mark the matches
+        await pilot.pause()
+        assert listing.row_count == chat_rows(relay_path) and list(listing.hits) == [2, 3]
+        assert "▶        2" in screen_text(app)
+        assert listing.cursor_message == 2, "the selected message stays selected"
+        await pilot.press("n")
+        assert listing.cursor_message == 3
+        await pilot.press("n")  # wraps around
+        assert listing.cursor_message == 2
+        await pilot.press("N")
+        assert listing.cursor_message == 3
 
-            screen.query_one("#filter-text").value = "/[unclosed/"
-            await pilot.pause()
-            assert screen.query_one("#filter-text").has_class("-invalid")
-            assert any("bad regular expression" in n.message for n in app._notifications)
+        screen.query_one("#filter-text").value = "/[unclosed/"
+        await pilot.pause()
+        assert screen.query_one("#filter-text").has_class("-invalid")
+        assert any("bad regular expression" in n.message for n in app._notifications)
 
 
-async def test_markup_and_ansi_payloads_render_literally(start_proxy):
-    proxy = await start_proxy()
-    async with await chat_server() as server:
-        port = server.sockets[0].getsockname()[1]
-        await chat(proxy, port, path="/[bold]room[/bold]")
-        await proxy.wait_session(lambda s: s.outcome.value == "closed")
-        app = WsInspectApp(proxy.store, proxy.engine)
-        async with app.run_test(size=SIZE) as pilot:
-            await pilot.pause()
-            assert "/[bold]room[/bold]" in screen_text(app)
-            screen = await open_first_session(app, pilot)
-            await pilot.press("home", *["down"] * 6)  # message 6: the hostile text
-            await wait_for(lambda: screen.query_one(PayloadPane).message.index == 6)
-            await pilot.pause()
-            text = screen_text(app)
-            literal = r"[bold red]not markup[/] \x1b[31mnot red\x1b[0m \x1b]0;pwned\x07 [link=x]y[/link]"
-            assert text.count(literal) == 3  # the message, its echo, and the payload pane
-            assert "\x1b" not in text and "\x07" not in text
+async def test_markup_and_ansi_payloads_render_literally(closed_chat):
+    proxy = await closed_chat("/[bold]room[/bold]")
+    app = WsInspectApp(proxy.store, proxy.engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert "/[bold]room[/bold]" in screen_text(app)
+        screen = await open_first_session(app, pilot)
+        await pilot.press("home", *["down"] * 6)  # message 6: the hostile text
+        await wait_for(lambda: screen.query_one(PayloadPane).message.index == 6)
+        await pilot.pause()
+        text = screen_text(app)
+        literal = r"[bold red]not markup[/] \x1b[31mnot red\x1b[0m \x1b]0;pwned\x07 [link=x]y[/link]"
+        assert text.count(literal) == 3  # the message, its echo, and the payload pane
+        assert "\x1b" not in text and "\x07" not in text
 
 
 async def test_list_follows_the_tail_and_stays_put_when_scrolled_away(start_proxy):
@@ -326,45 +319,41 @@ def palette_names(screen) -> set[str]:
     return {name for name, _, _ in BindingCommands(screen).commands()}
 
 
-async def test_copy_save_theme_palette_and_log(start_proxy, tmp_path):
-    proxy = await start_proxy()
-    async with await chat_server() as server:
-        port = server.sockets[0].getsockname()[1]
-        await chat(proxy, port)
-        await proxy.wait_session(lambda s: s.outcome.value == "closed")
-        app = WsInspectApp(proxy.store, proxy.engine)
-        async with app.run_test(size=SIZE) as pilot:
-            titles = [c.title for c in app.get_system_commands(app.screen)]
-            assert {"Show log", "Toggle dark/light"} <= set(titles)
-            assert {"Open", "Newest", "Export all"} <= palette_names(app.screen)
-            await pilot.press("t")
-            assert app.theme == "textual-light"
-            await pilot.press("t")
-            assert app.theme == "textual-dark"
+async def test_copy_save_theme_palette_and_log(closed_chat, tmp_path):
+    proxy = await closed_chat()
+    app = WsInspectApp(proxy.store, proxy.engine)
+    async with app.run_test(size=SIZE) as pilot:
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert {"Show log", "Toggle dark/light"} <= set(titles)
+        assert {"Open", "Newest", "Export all"} <= palette_names(app.screen)
+        await pilot.press("t")
+        assert app.theme == "textual-light"
+        await pilot.press("t")
+        assert app.theme == "textual-dark"
 
-            await pilot.press("l")
-            await pilot.pause()
-            assert "proxy listening at" in screen_text(app).lower()
-            await pilot.press("escape")
+        await pilot.press("l")
+        await pilot.pause()
+        assert "proxy listening at" in screen_text(app).lower()
+        await pilot.press("escape")
 
-            screen = await open_first_session(app, pilot)
-            assert {"Filter", "Copy", "Save", "Handshake"} <= palette_names(screen)
-            await pilot.press("home", "down", "down")
-            await pilot.press("c")
-            assert app.clipboard == JSON_PAYLOAD
+        screen = await open_first_session(app, pilot)
+        assert {"Filter", "Copy", "Save", "Handshake"} <= palette_names(screen)
+        await pilot.press("home", "down", "down")
+        await pilot.press("c")
+        assert app.clipboard == JSON_PAYLOAD
 
-            await pilot.press("down", "down", "s")
-            await pilot.pause()
-            target = tmp_path / "payload.bin"
-            path_input = app.screen.query_one("#save-path")
-            path_input.value = str(target)
-            await pilot.press("enter")
-            await wait_for(lambda: target.exists(), what="the saved file")
-            assert target.read_bytes() == BINARY_PAYLOAD
-            assert oct(target.stat().st_mode & 0o777) != "0o000"
+        await pilot.press("down", "down", "s")
+        await pilot.pause()
+        target = tmp_path / "payload.bin"
+        path_input = app.screen.query_one("#save-path")
+        path_input.value = str(target)
+        await pilot.press("enter")
+        await wait_for(lambda: target.exists(), what="the saved file")
+        assert target.read_bytes() == BINARY_PAYLOAD
+        assert oct(target.stat().st_mode & 0o777) != "0o000"
 
-            await pilot.press("v")  # hex -> text
-            assert screen.query_one(PayloadPane).view == "text"
+        await pilot.press("v")  # hex -> text
+        assert screen.query_one(PayloadPane).view == "text"
 
 
 async def test_a_failed_upgrade_shows_the_error_in_plain_words(start_proxy):
@@ -394,12 +383,9 @@ async def test_a_failed_upgrade_shows_the_error_in_plain_words(start_proxy):
         assert re.search(r"Response\s+none: .*(refused|failed)", text, re.I), text
 
 
-async def test_open_a_saved_capture_without_a_proxy(start_proxy, tmp_path, relay_path):
+async def test_open_a_saved_capture_without_a_proxy(closed_chat, tmp_path, relay_path):
     capture = tmp_path / "saved.db"
-    proxy = await start_proxy(capture=capture)
-    async with await chat_server() as server:
-        await chat(proxy, server.sockets[0].getsockname()[1])
-        await proxy.wait_session(lambda s: s.outcome.value == "closed")
+    proxy = await closed_chat(capture=capture)
     await proxy.engine.stop()
     proxy.store.close()
 

@@ -15,7 +15,7 @@ from websockets.exceptions import InvalidStatus
 
 from tests.conftest import echo_handler, wait_for
 from tests.test_diagnosis import BACK, FRONT, make_hop, request
-from tests.test_ui import SIZE, chat, chat_server, open_first_session
+from tests.test_ui import SIZE, open_first_session
 from tests.ui_helpers import screen_text
 from wsinspect.model import Message, MessageType
 from wsinspect.store import SessionStore
@@ -132,38 +132,34 @@ async def test_a_text_with_escapes_is_edited_as_hex_and_resent_byte_for_byte(
 
 
 async def test_replay_shows_a_matching_comparison_and_export_writes_a_private_har(
-    start_proxy, tmp_path
+    closed_chat, tmp_path
 ):
-    proxy = await start_proxy()
-    async with await chat_server() as server:
-        port = server.sockets[0].getsockname()[1]
-        await chat(proxy, port)
-        await proxy.wait_session(lambda s: s.outcome.value == "closed")
-        app = WsInspectApp(proxy.store, proxy.engine)
-        async with app.run_test(size=SIZE) as pilot:
-            await open_first_session(app, pilot)
-            await pilot.press("home", "r")  # the session has ended: the app offers a replay
-            await wait_for(lambda: notified(app, "press p to replay it here"), what="the advice")
-            await pilot.press("p")
-            await wait_for(
-                lambda: isinstance(app.screen, ComparisonScreen), timeout=20, what="the comparison"
-            )
-            await wait_for(lambda: "matched" in screen_text(app), what="the comparison text")
-            text = screen_text(app)
-            assert "the server's answers matched: 4 match, 0 differ" in text, text
-            assert "new session #2" in text
-            await pilot.press("escape")
+    proxy = await closed_chat()  # its echo server still up: the replay reaches it
+    app = WsInspectApp(proxy.store, proxy.engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_first_session(app, pilot)
+        await pilot.press("home", "r")  # the session has ended: the app offers a replay
+        await wait_for(lambda: notified(app, "press p to replay it here"), what="the advice")
+        await pilot.press("p")
+        await wait_for(
+            lambda: isinstance(app.screen, ComparisonScreen), timeout=20, what="the comparison"
+        )
+        await wait_for(lambda: "matched" in screen_text(app), what="the comparison text")
+        text = screen_text(app)
+        assert "the server's answers matched: 4 match, 0 differ" in text, text
+        assert "new session #2" in text
+        await pilot.press("escape")
 
-            out = tmp_path / "session.har"
-            await pilot.press("x")
-            await wait_for(lambda: isinstance(app.screen, ExportScreen), what="the export dialog")
-            app.screen.query_one("#export-path", Input).value = str(out)
-            await pilot.press("enter")
-            await wait_for(out.exists, what="the HAR file")
-            assert stat.S_IMODE(out.stat().st_mode) == 0o600
-            entries = json.loads(out.read_text())["log"]["entries"]
-            assert len(entries) == 1 and entries[0]["request"]["url"].endswith("/chat")
-            await wait_for(lambda: notified(app, "exported 1 session ("), what="the notice")
+        out = tmp_path / "session.har"
+        await pilot.press("x")
+        await wait_for(lambda: isinstance(app.screen, ExportScreen), what="the export dialog")
+        app.screen.query_one("#export-path", Input).value = str(out)
+        await pilot.press("enter")
+        await wait_for(out.exists, what="the HAR file")
+        assert stat.S_IMODE(out.stat().st_mode) == 0o600
+        entries = json.loads(out.read_text())["log"]["entries"]
+        assert len(entries) == 1 and entries[0]["request"]["url"].endswith("/chat")
+        await wait_for(lambda: notified(app, "exported 1 session ("), what="the notice")
 
 
 async def test_a_damaged_message_record_is_a_notification_not_a_crash(tmp_path):

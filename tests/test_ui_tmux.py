@@ -8,7 +8,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
+from tests.builders import free_port
 from tests.conftest import wait_for
 from wsinspect.store import SessionStore
 
@@ -28,12 +28,6 @@ def tmux_installed():
 WSINSPECT = Path(sys.executable).parent / "wsinspect"
 # The terminal's own size, not COLUMNS/LINES inherited from the test process.
 UNSIZED = ["env", "-u", "COLUMNS", "-u", "LINES"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Tmux:

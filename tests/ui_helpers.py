@@ -6,11 +6,11 @@ import json
 
 from textual.app import App
 
+from tests.builders import KEY, make_hop
 from wsinspect.model import Close, Hop, Message, MessageType, Outcome, accept_for_key
 from wsinspect.store import SessionStore
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
-KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
 
 def screen_text(app: App) -> str:
@@ -21,12 +21,10 @@ def screen_text(app: App) -> str:
 def handshake_hop(
     path: str, start: float, status: int = 101, accept: str | None = None, key: str = KEY
 ) -> Hop:
-    hop = Hop(
-        mode="regular",
-        url=f"ws://echo.test:9000{path}",
-        request_line=f"GET http://echo.test:9000{path} HTTP/1.1",
-        http_version="HTTP/1.1",
-        request_headers=[
+    hop = make_hop(
+        f"ws://echo.test:9000{path}",
+        request_line=f"GET http://echo.test:9000{path} HTTP/1.1",  # as sent to a proxy
+        headers=[
             ("Host", "echo.test:9000"),
             ("Upgrade", "websocket"),
             ("Connection", "Upgrade"),
@@ -35,7 +33,7 @@ def handshake_hop(
             ("Sec-WebSocket-Protocol", "chat, superchat"),
             ("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits"),
         ],
-        timestamp_start=start,
+        t=start,
         client_addr=("127.0.0.1", 50000),
         server_addr=("127.0.0.1", 9000),
         response_status=status,

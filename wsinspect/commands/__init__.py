@@ -30,7 +30,7 @@ COMMANDS = {
     ),
     "open": Command("wsinspect.commands.open", "open FILE...", "browse captures in the app"),
     "export": Command(
-        "wsinspect.formats.command", "export FILE... -o OUT", "a capture as HAR, flows or JSON lines"
+        "wsinspect.commands.export", "export FILE... -o OUT", "a capture as HAR, flows or JSON lines"
     ),
     "replay": Command(
         "wsinspect.commands.replay",

@@ -1,10 +1,12 @@
 """What the readers and writers share: filling a store the way the recorder does, choosing
-what to export, and WebSocket opcodes."""
+what to export, WebSocket opcodes, and reading a wsinspect capture itself."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
 
 from ..model import Hop, Message, MessageStats, MessageType, RecordError
 from ..store import SessionStore
@@ -18,6 +20,12 @@ OPCODES = {
     MessageType.PONG: 10,
 }
 TYPES_BY_OPCODE = {opcode: kind for kind, opcode in OPCODES.items()}
+JSONL_FORMAT = "wsinspect-jsonl/1"  # each line of a JSON lines export says so
+
+
+def read_capture(path: Path, fo: BinaryIO) -> SessionStore:
+    """A wsinspect capture, read where it is (`fo` is the file as sniffed)."""
+    return SessionStore.open(path)
 
 
 def hop_record(item: ExportedHop) -> dict:

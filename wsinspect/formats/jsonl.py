@@ -10,9 +10,7 @@ from typing import TextIO
 
 from ..model import Message
 from ..store import SessionStore
-from .common import OPCODES, ExportedHop
-
-JSONL_FORMAT = "wsinspect-jsonl/1"
+from .common import JSONL_FORMAT, OPCODES, ExportedHop
 
 
 def message_line(item: ExportedHop, message: Message) -> dict:

@@ -13,11 +13,9 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Checkbox, Input, Label, RadioButton, RadioSet, Static
 
-from ..formats import EXPORT_FORMATS
+from ..formats import EXPORTS, export_format, export_format_for
 from ..resend import DESTINATIONS, PAYLOAD_ENCODINGS
 from .format import SafeText
-
-FORMAT_SUFFIXES = {"har": ".har", "flows": ".flows", "jsonl": ".jsonl"}
 
 
 def choices(options: list[tuple[str, str]], value: str, id: str) -> RadioSet:
@@ -95,10 +93,10 @@ class ExportScreen(ModalScreen[ExportRequest | None]):
         scope = f"session #{self.session_id}" if self.session_id is not None else "all sessions"
         with Vertical(classes="dialog"):
             yield Label(f"Export {scope} to (Enter exports, Esc cancels):")
-            yield Input(value=self.stem + FORMAT_SUFFIXES["har"], id="export-path")
+            yield Input(value=self.stem + EXPORTS[0].suffixes[0], id="export-path")
             with Horizontal(classes="dialog-options"):
                 yield Label("as ")
-                yield choices([(f, f) for f in EXPORT_FORMATS], "har", "export-format")
+                yield choices([(f.name, f.name) for f in EXPORTS], EXPORTS[0].name, "export-format")
             with Horizontal(classes="dialog-options"):
                 yield Checkbox("redact credentials", value=True, id="export-redact",
                                compact=True)
@@ -108,8 +106,9 @@ class ExportScreen(ModalScreen[ExportRequest | None]):
     def on_radio_set_changed(self, event: RadioSet.Changed) -> None:
         path_input = self.query_one("#export-path", Input)
         path = Path(path_input.value)
-        if path.suffix in FORMAT_SUFFIXES.values():
-            path_input.value = str(path.with_suffix(FORMAT_SUFFIXES[chosen(event.radio_set)]))
+        if export_format_for(path):  # a name the user has not made their own: follow the choice
+            suffix = export_format(chosen(event.radio_set)).suffixes[0]
+            path_input.value = str(path.with_suffix(suffix))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         value = event.value.strip()

@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..formats import EXPORT_FORMATS, EXPORTS, STDOUT, export, export_format_for, readable_formats
 from ..lineup import open_captures
 from ..store import CaptureError
-from . import EXPORT_FORMATS, STDOUT, SUFFIXES, export
 
 
 def export_parser() -> argparse.ArgumentParser:
@@ -21,12 +21,13 @@ def export_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "files", nargs="+", metavar="FILE",
-        help="a wsinspect capture, mitmproxy flow file or HAR file; several are lined up into "
-        "sessions as `wsinspect report` lines them up",
+        help=readable_formats() + "; several are lined up into sessions as `wsinspect report` "
+        "lines them up",
     )
     parser.add_argument(
         "--format", choices=EXPORT_FORMATS,
-        help="default: from the output's suffix (.har, .mitm/.flows, .jsonl)",
+        help="default: from the output's suffix ("
+        + ", ".join("/".join(f.suffixes) for f in EXPORTS) + ")",
     )
     parser.add_argument("-o", dest="out", required=True, metavar="OUT", help="output file, - for stdout")
     parser.add_argument(
@@ -42,7 +43,7 @@ def export_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     args = export_parser().parse_args(argv)
-    fmt = args.format or SUFFIXES.get(Path(args.out).suffix.lower())
+    fmt = args.format or export_format_for(args.out)
     if fmt is None:
         print(
             f"wsinspect: {args.out}: cannot tell the format from the name; "

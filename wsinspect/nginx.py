@@ -1,0 +1,143 @@
+"""A real nginx as a child process: a config written to a folder of its own, run in the
+foreground on a port chosen just before it starts (nginx cannot pick one itself; a port taken
+by another process in between is retried with another). `wsinspect demo` runs it as its hop,
+the tests in front of their servers: one launcher for both."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .addresses import free_port
+
+HOST = "127.0.0.1"
+START_ATTEMPTS = 5
+START_TIMEOUT = 10.0  # seconds for nginx to accept on its port
+
+_NGINX_MAIN = """
+daemon off;
+master_process off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log info;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {dir}/access.log;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        ''      close;
+    }}
+{server}
+}}
+"""
+
+
+class NginxError(Exception):
+    """nginx did not start; the message says why in one line."""
+
+
+def nginx_config(folder: Path, server: str) -> str:
+    """A config for nginx in the foreground, all its files in `folder`, with the map a
+    WebSocket location needs and one `server` block."""
+    return _NGINX_MAIN.format(dir=folder, server=server)
+
+
+def find_nginx() -> str | None:
+    found = shutil.which("nginx")
+    if found:
+        return found
+    return "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def ends_with_parent() -> Callable[[], None] | None:
+    """For Popen's preexec_fn: the child gets SIGTERM when its parent dies, even by SIGKILL,
+    which leaves no chance to stop it otherwise (Linux; elsewhere, None). The libc function is
+    looked up here, before the fork."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection((HOST, port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+class NginxProcess:
+    """nginx serving `server(port)` (a `server { … }` block for the port it gets) from
+    `folder`. `start` blocks until nginx accepts (run it in a thread from a loop)."""
+
+    def __init__(self, binary: str, folder: Path, server: Callable[[int], str]) -> None:
+        self.binary = binary
+        self.folder = folder
+        self.server = server
+        self.port = 0
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def error_log(self) -> str:
+        path = self.folder / "error.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for _ in range(START_ATTEMPTS):
+            self.port = free_port(HOST)
+            conf = self.folder / "nginx.conf"
+            conf.write_text(nginx_config(self.folder, self.server(self.port)))
+            self.process = subprocess.Popen(
+                [
+                    self.binary,
+                    *("-p", str(self.folder), "-c", str(conf)),
+                    *("-e", str(self.folder / "error.log")),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                preexec_fn=ends_with_parent(),
+                # Its own process group: the terminal's signals (Ctrl-C, hangup) reach its
+                # parent only, which stops nginx itself; SIGHUP would make nginx reload.
+                process_group=0,
+            )
+            deadline = time.monotonic() + START_TIMEOUT
+            while self.process.poll() is None and time.monotonic() < deadline:
+                if _accepts(self.port):
+                    return
+                time.sleep(0.02)
+            self.stop()
+            if "Address already in use" not in self.error_log:
+                break
+        last = self.error_log.strip().splitlines()
+        raise NginxError(f"nginx did not start: {last[-1] if last else 'no error log'}")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
