@@ -707,12 +707,11 @@ def _abnormal(hops: list[Hop]) -> list[Finding]:
             f" Hop {position + 1} lost its connection the same way, so the proxy between hop "
             f"{position} and hop {position + 1} cut both sides."
         )
-    survivor = {"client": "server", "server": "client"}.get(close.by or "")
-    told = getattr(close, f"told_{survivor}") if survivor else None
+    told = close.told_survivor()
     if told is not None:
         code, reason = told
         message += (
-            f" The {close.by} died; the proxy told the {survivor} close {code}"
+            f" The {close.by} died; the proxy told the {close.survivor} close {code}"
             + (f" {reason!r}" if reason else " with no reason")
             + (", as if all was well." if code == 1000 else ".")
         )
@@ -777,7 +776,7 @@ def _peer_reaction(hop: Hop, peer: str) -> str:
     if close is None:
         return f"the {peer} has not closed the connection so far"
     offender = "client" if peer == "server" else "server"
-    told = getattr(close, f"told_{offender}")  # the peer's close frame, under the raw relay
+    told = close.told(offender)  # the peer's close frame, under the raw relay
     if told is not None:
         code = "an empty close frame" if told[0] is None else f"close {told[0]}"
         verb = "closed with" if close.by == peer else "answered with"

@@ -435,6 +435,21 @@ class Close:
     client_end: str | None = None
     server_end: str | None = None
 
+    @property
+    def survivor(self) -> str | None:
+        """The side that outlived the other: the one `by` did not name (None when the proxy
+        ended it, or nobody is named)."""
+        return {"client": "server", "server": "client"}.get(self.by or "")
+
+    def told(self, side: str) -> tuple[int | None, str] | None:
+        """The close code and reason the proxy sent `side` ("client" or "server"), if any."""
+        return self.told_client if side == "client" else self.told_server
+
+    def told_survivor(self) -> tuple[int | None, str] | None:
+        """What the survivor was told: a survivor is told 1000 when its peer vanished."""
+        survivor = self.survivor
+        return self.told(survivor) if survivor else None
+
     def to_json(self) -> dict:
         return {
             "code": self.code,
