@@ -17,14 +17,9 @@ from enum import Enum
 from urllib.parse import urlsplit
 
 from . import proxies
-from .model import Hop, Outcome, Session, accept_for_key, header_tokens, header_value
+from .http_rules import header_tokens, header_value, is_hop_by_hop
+from .model import Hop, Outcome, Session, accept_for_key
 from .proxies import Identity, Sighting
-
-# RFC 9110 7.6.1 and RFC 2616 13.5.1; any Proxy-* header, and any header a Connection header
-# names, is hop-by-hop too.
-HOP_BY_HOP = frozenset(
-    {"connection", "upgrade", "keep-alive", "te", "trailer", "trailers", "transfer-encoding"}
-)
 
 # Two hops that lost their connections this close together were cut by the proxy between them.
 CUT_WINDOW = 0.5
@@ -70,11 +65,6 @@ class HeaderChange:
             "after": self.after,
             "hop_by_hop": self.hop_by_hop,
         }
-
-
-def is_hop_by_hop(name: str, connection_tokens: Iterable[str] = ()) -> bool:
-    lname = name.lower()
-    return lname in HOP_BY_HOP or lname.startswith("proxy-") or lname in connection_tokens
 
 
 def _by_name(headers: list[tuple[str, str]]) -> dict[str, tuple[str, str]]:

@@ -12,6 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
+# Header lookup is defined with the other HTTP rules; modules reading the model import it here
+# too, as they always have.
+from .http_rules import (  # noqa: F401
+    close_code_reason,
+    header_tokens,
+    header_value,
+    header_values,
+)
+
 
 class MessageType(str, Enum):
     TEXT = "text"
@@ -235,26 +244,6 @@ def member(cls: type[Enum], value: object, what: str) -> Enum:
         raise _fail(what, f"is not one of {', '.join(m.value for m in cls)}") from None
 
 
-def header_values(headers: list[tuple[str, str]], name: str) -> list[str]:
-    lname = name.lower()
-    return [v for k, v in headers if k.lower() == lname]
-
-
-def header_value(headers: list[tuple[str, str]], name: str) -> str | None:
-    values = header_values(headers, name)
-    return ", ".join(values) if values else None
-
-
-def header_tokens(headers: list[tuple[str, str]], name: str) -> list[str]:
-    """Comma-separated tokens of a header across all its lines, lower-cased."""
-    return [
-        token.strip().lower()
-        for value in header_values(headers, name)
-        for token in value.split(",")
-        if token.strip()
-    ]
-
-
 @dataclass(slots=True)
 class Message:
     """One WebSocket message (or control frame) as it passed one hop."""
@@ -288,10 +277,7 @@ class Message:
 
     def close_code_reason(self) -> tuple[int | None, str]:
         """Code and reason of a close frame's payload."""
-        if len(self.payload) < 2:
-            return None, ""
-        code = int.from_bytes(self.payload[:2], "big")
-        return code, self.payload[2:].decode("utf-8", errors="replace")
+        return close_code_reason(self.payload)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from wsproto.frame_protocol import Opcode
 
 from . import seams, wire
 from .converters import ABNORMAL_CLOSURE, header_pairs, hop_from_request, is_upgrade_attempt
+from .http_rules import close_payload, header_values, parse_head, request_target
 from .model import (
     MAX_VIOLATIONS,
     Close,
@@ -253,20 +254,14 @@ class Recorder:
 
     def on_refused_request(self, client, head: bytes, reason: str) -> None:
         """An upgrade attempt mitmproxy's HTTP/1 parser refused with a 400 and no flow."""
-        lines = head.decode("latin-1").split("\r\n")
-        headers = [
-            (name.strip(), value.strip()) if sep else (line, "")
-            for line in lines[1:]
-            for name, sep, value in [line.partition(":")]
-        ]
-        parts = lines[0].split(" ")
-        target = parts[1] if len(parts) > 1 else ""
-        host = next((v for k, v in headers if k.lower() == "host"), "")
+        request_line, headers = parse_head(head)
+        target, http_version = request_target(request_line)
+        host = next(iter(header_values(headers, "Host")), "")
         hop = Hop(
             mode=client.proxy_mode.full_spec,
             url=target if "://" in target else f"ws://{host}{target}",
-            request_line=lines[0],
-            http_version=parts[-1] if len(parts) == 3 else "",
+            request_line=request_line,
+            http_version=http_version,
             request_headers=headers,
             timestamp_start=time.time(),
             client_addr=tuple(client.peername[:2]) if client.peername else None,
@@ -516,7 +511,7 @@ class Recorder:
             if event.code == ABNORMAL_CLOSURE:
                 return  # no frame: the connection was lost; websocket_end records it
             kind = MessageType.CLOSE
-            payload = int(event.code).to_bytes(2, "big") + (event.reason or "").encode()
+            payload = close_payload(event.code, event.reason or "")
         else:
             return
         self.store.add_message(

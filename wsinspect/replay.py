@@ -57,7 +57,18 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.connection import ConnectionState
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from .model import Close, Hop, Message, MessageType, Outcome, Session, header_tokens
+from .http_rules import (
+    WEBSOCKET_HANDSHAKE,
+    authority,
+    close_payload,
+    end_to_end,
+    header_tokens,
+    header_values,
+    parse_head,
+    parse_status_line,
+    ws_url,
+)
+from .model import Close, Hop, Message, MessageType, Outcome, Session
 from .report import printable
 from .store import SessionStore
 
@@ -67,13 +78,8 @@ DEFAULT_TIMEOUT = 10.0  # connecting and the upgrade
 DEFAULT_ANSWER_WAIT = 3.0  # silence after which no more answers are expected
 DEFAULT_DEADLINE = 60.0  # the whole replay, plus the recorded span with timing "original"
 
-# Rebuilt for each connection: hop-by-hop headers (RFC 9110 7.6.1) and the handshake's own.
-_REBUILT_HEADERS = {
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
-    "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length",
-    "sec-websocket-key", "sec-websocket-version", "sec-websocket-accept",
-    "sec-websocket-extensions", "sec-websocket-protocol",
-}
+# Made anew by each connection, beside the hop-by-hop headers.
+_REBUILT_HEADERS = ("host", "content-length", *WEBSOCKET_HANDSHAKE)
 _DATA_TYPES = (MessageType.TEXT, MessageType.BINARY)
 _SETTLE = 0.25  # once all expected answers are in, how long to listen for extra ones
 _CLOSE_WAIT = 2.0
@@ -98,9 +104,7 @@ class Target:
 
     @property
     def url(self) -> str:
-        scheme = "wss" if self.secure else "ws"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{scheme}://{host}:{self.port}{self.resource}"
+        return ws_url(self.secure, self.host, self.port, self.resource)
 
     @classmethod
     def parse(cls, url: str, host_header: str | None = None, resource: str | None = None):
@@ -130,9 +134,7 @@ def rebuilt_headers(
     """The original request's end-to-end headers, in order, without those named in `drop` and
     those that each connection makes anew (hop-by-hop ones, including any that the original
     Connection header listed, and the handshake's)."""
-    rebuilt = _REBUILT_HEADERS | set(header_tokens(list(headers), "Connection"))
-    dropped = {name.lower() for name in drop}
-    return [(k, v) for k, v in headers if k.lower() not in rebuilt | dropped]
+    return end_to_end(headers, drop=(*_REBUILT_HEADERS, *drop))
 
 
 @dataclass
@@ -170,7 +172,7 @@ class ReplayPlan:
         except KeyError:
             raise ReplayError(f"there is no session #{session_id} in the capture") from None
         hop = session.first_hop
-        original_host = next((v for k, v in hop.request_headers if k.lower() == "host"), None)
+        original_host = next(iter(header_values(hop.request_headers, "Host")), None)
         if to:
             target = Target.parse(to, resource=Target.parse(hop.url).resource)
         else:
@@ -327,17 +329,6 @@ class ReplayResult:
     comparison: Comparison
 
 
-def _parse_head(head: bytes) -> tuple[str, list[tuple[str, str]]]:
-    """The first line and the headers (wire order, original case) of an HTTP/1 message head."""
-    first, *rest = head.decode("latin-1").split("\r\n")
-    headers = []
-    for line in rest:
-        if ":" in line:
-            name, _, value = line.partition(":")
-            headers.append((name, value.strip()))
-    return first, headers
-
-
 async def _read_head(reader: asyncio.StreamReader, what: str) -> tuple[bytes, bytes]:
     """Read an HTTP/1 message head; returns it and whatever came after it."""
     data = b""
@@ -353,10 +344,10 @@ async def _read_head(reader: asyncio.StreamReader, what: str) -> tuple[bytes, by
 
 
 def _status_words(status_line: str) -> str:
-    parts = status_line.split(" ", 2)
-    if len(parts) < 2 or not parts[1].isdigit():
+    _, code, reason = parse_status_line(status_line)
+    if code is None:
         return printable(status_line)
-    return f"{parts[1]} {printable(parts[2]) if len(parts) > 2 else ''}".strip()
+    return f"{code} {printable(reason)}".strip()
 
 
 class _Replayer:
@@ -466,20 +457,19 @@ class _Replayer:
         return reader, writer
 
     async def _tunnel(self, reader, writer) -> None:
-        authority = f"{self.plan.target.host}:{self.plan.target.port}"
-        if ":" in self.plan.target.host:
-            authority = f"[{self.plan.target.host}]:{self.plan.target.port}"
-        writer.write(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+        target = authority(self.plan.target.host, self.plan.target.port)
+        writer.write(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
         try:
             head, body = await asyncio.wait_for(
                 _read_head(reader, "the wsinspect proxy"), self.timeout
             )
         except TimeoutError:
             raise ReplayError(f"timed out after {self.timeout:g}s waiting for the proxy") from None
-        status_line, _ = _parse_head(head)
-        if status_line.split(" ")[1:2] == ["407"]:
+        status_line, _ = parse_head(head)
+        _, status, _ = parse_status_line(status_line)
+        if status == 407:
             raise ReplayError("the wsinspect proxy requires authentication; replay directly")
-        if status_line.split(" ")[1:2] != ["200"]:
+        if status != 200:
             # mitmproxy connects to the server on CONNECT and says in the body why it could not.
             said = printable(body.decode("utf-8", "replace").strip())
             if "Errno 111" in said or "refused" in said.lower():
@@ -538,7 +528,7 @@ class _Replayer:
         except (ReplayError, OSError) as e:
             self._record_failure(str(e))
             raise ReplayError(str(e)) from None
-        status_line, headers = _parse_head(head)
+        status_line, headers = parse_head(head)
         if self.via:
             self._link_proxied_session()
         else:
@@ -648,7 +638,7 @@ class _Replayer:
             elif isinstance(event, ws_events.Pong):
                 self._record(False, MessageType.PONG, bytes(event.payload))
             elif isinstance(event, ws_events.CloseConnection):
-                self._record(False, MessageType.CLOSE, _close_payload(event))
+                self._record(False, MessageType.CLOSE, close_payload(event.code, event.reason or ""))
                 if self.close_by is None:
                     self.close_by = "server"
                 if self.ws.state is ConnectionState.REMOTE_CLOSING:
@@ -673,7 +663,7 @@ class _Replayer:
         raise ReplayError("the proxy did not record the replay's handshake")
 
     def _record_request(self, data: bytes, started: float) -> None:
-        request_line, headers = _parse_head(data.partition(b"\r\n\r\n")[0])
+        request_line, headers = parse_head(data)
         peer = self.writer.get_extra_info("peername")
         self.hop = Hop(
             mode="direct",
@@ -689,10 +679,9 @@ class _Replayer:
         self.store.add_hop(self.hop)
 
     def _record_response(self, status_line: str, headers: list[tuple[str, str]]) -> None:
-        version, _, rest = status_line.partition(" ")
-        code, _, reason = rest.partition(" ")
+        version, status, reason = parse_status_line(status_line)
         hop = self.hop
-        hop.response_status = int(code) if code.isdigit() else None
+        hop.response_status = status
         hop.response_reason = reason
         hop.response_headers = headers
         hop.response_http_version = version
@@ -719,7 +708,7 @@ class _Replayer:
             kind = MessageType.PING if isinstance(event, ws_events.Ping) else MessageType.PONG
             self._record(True, kind, bytes(event.payload))
         elif isinstance(event, ws_events.CloseConnection):
-            self._record(True, MessageType.CLOSE, _close_payload(event))
+            self._record(True, MessageType.CLOSE, close_payload(event.code, event.reason or ""))
 
     def _record(self, from_client: bool, kind: MessageType, payload: bytes) -> None:
         self._record_message(
@@ -778,10 +767,6 @@ class _Incoming:
             from_client=False, type=self.kind, size=self.size, payload=bytes(self.prefix),
             timestamp=time.time(), sha256=self.sha256.hexdigest() if capped else None,
         )
-
-
-def _close_payload(event: ws_events.CloseConnection) -> bytes:
-    return int(event.code).to_bytes(2, "big") + (event.reason or "").encode()
 
 
 async def replay(

@@ -23,6 +23,7 @@ from typing import BinaryIO, TextIO
 from urllib.parse import unquote_plus, urlsplit
 
 from .. import __version__
+from ..http_rules import as_ws_url
 from ..model import (
     MAX_TIMESTAMP,
     Close,
@@ -174,13 +175,6 @@ def _milliseconds(value: object, what: str) -> float:
     return value / 1000
 
 
-def _ws_url(url: str) -> str:
-    for http, ws in (("http://", "ws://"), ("https://", "wss://")):
-        if url.startswith(http):
-            return ws + url[len(http) :]
-    return url
-
-
 def _message(item: object, default_time: float) -> Message | None:
     direction = field_of(item, "type", "message")
     if direction not in ("send", "receive"):
@@ -305,7 +299,7 @@ def hop_from_entry(entry: object) -> tuple[Hop, list[Message]] | None:
     if record:
         hop = hop_from_record(record, headers, response_headers)
     else:
-        hop = _derived_hop(entry, _ws_url(url), headers, response_headers)
+        hop = _derived_hop(entry, as_ws_url(url), headers, response_headers)
     if type(items) is not list:
         raise RecordError("_webSocketMessages is not a list")
     messages = []
