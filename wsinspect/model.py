@@ -421,6 +421,17 @@ class Close:
     client_end: str | None = None
     server_end: str | None = None
 
+    @classmethod
+    def lost(cls, by: str, timestamp: float | None, reason: str | None = None) -> Close:
+        """`by`'s side vanished without a close frame; `reason` says how, when more is known
+        than that."""
+        return cls(
+            by=by,
+            abnormal=True,
+            abnormal_reason=reason or f"the {by} connection was lost without a close frame",
+            timestamp=timestamp,
+        )
+
     @property
     def survivor(self) -> str | None:
         """The side that outlived the other: the one `by` did not name (None when the proxy
@@ -507,6 +518,63 @@ class Hop:
     @property
     def websocket_key(self) -> str | None:
         return header_value(self.request_headers, "Sec-WebSocket-Key")
+
+    # ----- the life cycle ---------------------------------------------------------------------
+    # A hop starts OPEN with its request. Then the handshake is answered (a 101 keeps it open,
+    # anything else rejects it), refused by the proxy itself or fails without an answer; an
+    # open WebSocket ends with a Close. Every producer (the recorder, replay, the readers of
+    # files) moves a hop through these, so each outcome means the same wherever it came from.
+
+    def answered(
+        self,
+        status: int | None,
+        reason: str,
+        headers: list[tuple[str, str]],
+        http_version: str | None,
+        timestamp: float,
+        *,
+        finished: float | None = None,
+    ) -> None:
+        """The handshake's answer arrived at `timestamp`; an answer other than 101 rejects the
+        upgrade, and the hop ends when that answer was `finished` (default: `timestamp`)."""
+        self.response_status = status
+        self.response_reason = reason
+        self.response_headers = headers
+        self.response_http_version = http_version
+        self.timestamp_response = timestamp
+        if status != 101:
+            self.outcome = Outcome.REJECTED
+            self.timestamp_end = finished if finished is not None else timestamp
+
+    def refused(self, reason: str, timestamp: float) -> None:
+        """The proxy answered the request itself with a 400 (it could not pass it on)."""
+        self.answered(400, "Bad Request", [], None, timestamp)
+        self.answered_by = "proxy"
+        self.error = reason or "refused by the proxy"
+
+    def failed(self, error: str | None, timestamp: float) -> None:
+        """No answer came: the connection or TLS failed, or the server was unreachable."""
+        self.outcome = Outcome.FAILED
+        self.error = error
+        self.timestamp_end = timestamp
+
+    def errored(self, error: str, timestamp: float) -> None:
+        """The connection broke with `error`: before an answer the hop failed; after one, its
+        WebSocket ended without a close frame (unless how it closed is known already)."""
+        if self.response_status is None:
+            self.failed(error, timestamp)
+            return
+        self.error = error
+        self.timestamp_end = timestamp
+        self.outcome = Outcome.CLOSED
+        if self.close is None:
+            self.close = Close(abnormal=True, abnormal_reason=error, timestamp=timestamp)
+
+    def ended(self, close: Close) -> None:
+        """The WebSocket ended as `close` says, at its timestamp."""
+        self.outcome = Outcome.CLOSED
+        self.close = close
+        self.timestamp_end = close.timestamp
 
     def to_json(self) -> dict:
         return {

@@ -182,14 +182,13 @@ class Recorder:
         hop.request_line = (
             f"{flow.request.method} {flow.request.authority} {flow.request.http_version}"
         )
-        hop.outcome = Outcome.FAILED
         # The server never answered (response_status stays None); what the client got is the
         # proxy's own answer to the CONNECT, beside mitmproxy's text of the failure.
-        hop.error = (
+        hop.failed(
             f"{error}; the client got {flow.response.status_code} {flow.response.reason} "
-            f"for its CONNECT"
+            f"for its CONNECT",
+            time.time(),
         )
-        hop.timestamp_end = time.time()
         self.store.add_hop(hop)
 
     def client_disconnected(self, client) -> None:
@@ -217,16 +216,17 @@ class Recorder:
         if hop is None or flow.response is None:
             return
         response = flow.response
-        hop.response_status = response.status_code
-        hop.response_reason = response.reason
-        hop.response_headers = header_pairs(response.headers)
-        hop.response_http_version = response.http_version
-        hop.timestamp_response = response.timestamp_start or time.time()
         if flow.server_conn.address:
             hop.server_addr = tuple(flow.server_conn.address[:2])
-        if response.status_code != 101:
-            hop.outcome = Outcome.REJECTED
-            hop.timestamp_end = response.timestamp_end or time.time()
+        hop.answered(
+            response.status_code,
+            response.reason,
+            header_pairs(response.headers),
+            response.http_version,
+            response.timestamp_start or time.time(),
+            finished=response.timestamp_end or time.time(),
+        )
+        if hop.outcome is Outcome.REJECTED:
             del self._hops[flow.id]
         self.store.hop_changed(hop)
 
@@ -240,16 +240,7 @@ class Recorder:
                 self._record_refusal(hop, flow.error.msg if flow.error else "")
             return
         self._untap(flow)
-        hop.error = flow.error.msg if flow.error else "connection error"
-        hop.timestamp_end = time.time()
-        if hop.response_status is None:
-            hop.outcome = Outcome.FAILED
-        else:
-            hop.outcome = Outcome.CLOSED
-            if hop.close is None:
-                hop.close = Close(
-                    abnormal=True, abnormal_reason=hop.error, timestamp=hop.timestamp_end
-                )
+        hop.errored(flow.error.msg if flow.error else "connection error", time.time())
         self.store.hop_changed(hop)
 
     def on_refused_request(self, client, head: bytes, reason: str) -> None:
@@ -269,12 +260,7 @@ class Recorder:
         self._record_refusal(hop, reason)
 
     def _record_refusal(self, hop: Hop, reason: str) -> None:
-        hop.outcome = Outcome.REJECTED
-        hop.response_status = 400
-        hop.response_reason = "Bad Request"
-        hop.answered_by = "proxy"
-        hop.error = reason or "refused by the proxy"
-        hop.timestamp_response = hop.timestamp_end = time.time()
+        hop.refused(reason, time.time())
         self.store.add_hop(hop)
 
     # ----- WebSocket: messages and the end -------------------------------------------------
@@ -430,9 +416,7 @@ class Recorder:
                 )
         if hop.violations:
             close.offender = hop.violations[0].sender
-        hop.close = close
-        hop.timestamp_end = end.timestamp
-        hop.outcome = Outcome.CLOSED
+        hop.ended(close)
         self.store.hop_changed(hop)
         ws = flow.websocket
         if ws is not None:
@@ -467,27 +451,18 @@ class Recorder:
         ws = flow.websocket
         assert ws is not None
         side = "client" if ws.closed_by_client else "server"
-        hop.timestamp_end = ws.timestamp_end or time.time()
-        hop.outcome = Outcome.CLOSED
-        close = Close(
-            timestamp=hop.timestamp_end,
-            told_client=notes.told.get("client"),
-            told_server=notes.told.get("server"),
-        )
+        ended = ws.timestamp_end or time.time()
         if notes.protocol_error is not None:
             # mitmproxy's flow says the offending side closed; it was the proxy.
-            close.by = "proxy"
-            close.offender = notes.protocol_error[0]
-            close.code, close.reason = notes.protocol_error[1:]
+            offender, code, reason = notes.protocol_error
+            close = Close(code=code, reason=reason, by="proxy", offender=offender, timestamp=ended)
         elif ws.close_code == ABNORMAL_CLOSURE:
-            close.by = side
-            close.abnormal = True
-            close.abnormal_reason = f"the {side} connection was lost without a close frame"
+            close = Close.lost(side, ended)
         else:
-            close.by = side
-            close.code = int(ws.close_code) if ws.close_code is not None else None
-            close.reason = ws.close_reason or ""
-        hop.close = close
+            code = int(ws.close_code) if ws.close_code is not None else None
+            close = Close(code=code, reason=ws.close_reason or "", by=side, timestamp=ended)
+        close.told_client, close.told_server = notes.told.get("client"), notes.told.get("server")
+        hop.ended(close)
         self.store.hop_changed(hop)
 
     def on_frame_event(

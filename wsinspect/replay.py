@@ -680,23 +680,13 @@ class _Replayer:
 
     def _record_response(self, status_line: str, headers: list[tuple[str, str]]) -> None:
         version, status, reason = parse_status_line(status_line)
-        hop = self.hop
-        hop.response_status = status
-        hop.response_reason = reason
-        hop.response_headers = headers
-        hop.response_http_version = version
-        hop.timestamp_response = time.time()
-        if hop.response_status != 101:
-            hop.outcome = Outcome.REJECTED
-            hop.timestamp_end = hop.timestamp_response
-        self.store.hop_changed(hop)
+        self.hop.answered(status, reason, headers, version, time.time())
+        self.store.hop_changed(self.hop)
 
     def _record_failure(self, error: str) -> None:
         if self.via or self.hop is None:
             return
-        self.hop.outcome = Outcome.FAILED
-        self.hop.error = error
-        self.hop.timestamp_end = time.time()
+        self.hop.failed(error, time.time())
         self.store.hop_changed(self.hop)
 
     def _record_sent(self, event: ws_events.Event) -> None:
@@ -724,16 +714,13 @@ class _Replayer:
     def _record_end(self, code: int | None, reason: str, abnormal: str | None = None) -> None:
         if self.via or self.hop is None:
             return
-        hop = self.hop
-        hop.outcome = Outcome.CLOSED
-        hop.timestamp_end = time.time()
-        by = self.close_by or "server"
-        hop.close = (
-            Close(by=by, abnormal=True, abnormal_reason=abnormal, timestamp=hop.timestamp_end)
+        by, now = self.close_by or "server", time.time()
+        self.hop.ended(
+            Close.lost(by, now, abnormal)
             if abnormal
-            else Close(code=code, reason=reason, by=by, timestamp=hop.timestamp_end)
+            else Close(code=code, reason=reason, by=by, timestamp=now)
         )
-        self.store.hop_changed(hop)
+        self.store.hop_changed(self.hop)
 
     async def _finished_session(self) -> Session:
         """The replay's session, once the recorder has seen it end."""
