@@ -39,7 +39,8 @@ from wsproto.events import (
 )
 from wsproto.utilities import RemoteProtocolError
 
-from .engine import Engine, EngineError
+from .engine import Engine
+from .errors import DemoError, EngineError
 from .http_rules import end_to_end, header_values, parse_head
 from .model import Outcome
 from .store import SessionStore
@@ -47,10 +48,6 @@ from .store import SessionStore
 HOST = "127.0.0.1"
 CHATTY_MESSAGES = 300
 SETTLE_TIMEOUT = 15.0
-
-
-class DemoError(Exception):
-    """The demo could not start; the message says why in one line."""
 
 
 def free_port() -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 from mitmproxy.proxy import mode_specs
 
 from .addresses import is_loopback
+from .errors import HostError
 
 logger = logging.getLogger("wsinspect")
 
@@ -101,10 +102,6 @@ def iptables_command(action: str, rule: Sequence[str], family: Family = IPV4) ->
 
 
 # ----- reading the host ------------------------------------------------------------------
-
-
-class HostError(Exception):
-    """A tool the preflight needs is missing or refused; the message says which and why."""
 
 
 def run_tool(*argv: str) -> str:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import correlate
+from .errors import CaptureError
 from .model import Close, Hop, Message, MessageType, Outcome, RecordError, Session, member, one_of
 
 logger = logging.getLogger("wsinspect")
@@ -48,20 +49,6 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_hop ON messages (hop_id, idx);
 """
-
-
-class CaptureError(Exception):
-    """A capture file that cannot be opened or read; the message names the file and why, on
-    one line: what it quotes (SQLite's and mitmproxy's errors, which may quote the file) has
-    its line breaks and runs of spaces made single spaces, and is cut after MAX_CHARS."""
-
-    MAX_CHARS = 400
-
-    def __init__(self, message: str) -> None:
-        line = " ".join(message.split())
-        if len(line) > self.MAX_CHARS:
-            line = line[: self.MAX_CHARS - 1] + "…"
-        super().__init__(line)
 
 
 @dataclass
