@@ -461,14 +461,15 @@ class SessionStore:
     def hop(self, hop_id: int) -> Hop:
         return self._hops[hop_id]
 
-    def message_count(self, session_id: int, hop_position: int = 0) -> int:
-        return self._sessions[session_id].hops[hop_position].stats.count
+    def message_count(self, session_id: int, hop_position: int = 1) -> int:
+        return self._sessions[session_id].hops[hop_position - 1].stats.count
 
     def messages(
-        self, session_id: int, start: int, stop: int, hop_position: int = 0
+        self, session_id: int, start: int, stop: int, hop_position: int = 1
     ) -> list[Message]:
-        """Messages `start` to `stop` (exclusive) of one hop of a session, in order."""
-        hop = self._sessions[session_id].hops[hop_position]
+        """Messages `start` to `stop` (exclusive) of one hop of a session, in order; hop 1 is
+        the client-most, as in findings, reports and exports."""
+        hop = self._sessions[session_id].hops[hop_position - 1]
         return self.hop_messages(hop.id, start, stop)
 
     def hop_messages(self, hop_id: int, start: int, stop: int) -> list[Message]:
