@@ -3,6 +3,8 @@ shares (wsinspect.http_rules): socket-free unit tests."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from wsinspect.http_rules import (
@@ -17,7 +19,7 @@ from wsinspect.http_rules import (
     request_target,
     ws_url,
 )
-from wsinspect.model import Close, Hop, Outcome
+from wsinspect.model import Close, Hop, Outcome, RecordError, Side
 
 
 def _hop() -> Hop:
@@ -134,3 +136,28 @@ def test_a_close_payload_without_a_code_and_with_bad_utf8():
     assert close_code_reason(b"") == (None, "")
     assert close_code_reason(b"\x03") == (None, "")
     assert close_code_reason(b"\x03\xe8\xff") == (1000, "\ufffd")
+
+
+def test_who_closed_is_a_side_written_and_read_as_its_text():
+    close = Close(code=1000, by="client", offender="server", timestamp=1.0)
+    assert close.by is Side.CLIENT and close.offender is Side.SERVER
+    record = json.loads(json.dumps(close.to_json()))
+    assert (record["by"], record["offender"]) == ("client", "server")
+    assert f"by {close.by}" == "by client"
+    read = Close.from_json(record)  # as a capture written before Side existed holds it
+    assert read == close and read.by is Side.CLIENT
+    with pytest.raises(RecordError, match="close by is not one of client, server, proxy"):
+        Close.from_json({**record, "by": "nobody"})
+    assert Side.CLIENT.peer is Side.SERVER and Side.PROXY.peer is None
+
+
+def test_replay_comparison_and_preflight_statuses_keep_their_text():
+    from wsinspect.preflight import Check, Preflight, Status
+    from wsinspect.replay import Comparison, Match, compare
+
+    assert [str(m) for m in Match] == ["match", "differ", "missing", "extra"]
+    assert compare([], []).counts() == {"match": 0, "differ": 0, "missing": 0, "extra": 0}
+    assert Comparison().matched
+    preflight = Preflight("", 8080, (Check("forwarding", Status.WARNING, "v6 off"),))
+    assert preflight.ok and preflight.warned
+    assert preflight.lines()[1].split() == ["WARNING", "forwarding:", "v6", "off"]

@@ -10,7 +10,7 @@ import base64
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 
 # Header lookup is defined with the other HTTP rules; modules reading the model import it here
 # too, as they always have.
@@ -37,6 +37,27 @@ class Outcome(str, Enum):
     CLOSED = "closed"  # WebSocket ended (cleanly or not, see Close)
     REJECTED = "rejected"  # upgrade answered with something other than 101
     FAILED = "failed"  # no answer at all: connection or TLS error
+
+
+class Side(StrEnum):
+    """Who did something to a WebSocket: one of its peers, or the proxy between them. A
+    StrEnum, so it compares, formats and is written as its text ("client")."""
+
+    CLIENT = "client"
+    SERVER = "server"
+    PROXY = "proxy"
+
+    @classmethod
+    def of(cls, from_client: bool) -> Side:
+        return cls.CLIENT if from_client else cls.SERVER
+
+    @property
+    def peer(self) -> Side | None:
+        """The other peer (None for the proxy)."""
+        return {Side.CLIENT: Side.SERVER, Side.SERVER: Side.CLIENT}.get(self)
+
+
+SIDES = frozenset(Side)  # holds each Side and its text
 
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -211,7 +232,14 @@ ID = integer(-1, MAX_COUNT)  # -1 until the store assigns one
 PORT = integer(0, 65535)
 CLOSE_CODE = integer(0, 65535)
 ADDRESS = pair(text, PORT)
-SIDE = one_of("client", "server", "proxy")
+
+
+def side(value: object, what: str) -> None:
+    """A Side, or its text (a field set from a plain string)."""
+    if type(value) not in (Side, str) or value not in SIDES:
+        raise _fail(what, f"is not one of {', '.join(Side)}")
+
+
 
 
 def field_of(data: object, key: str, what: str, default: object = ...) -> object:
@@ -268,8 +296,8 @@ class Message:
             raise RecordError(f"message payload is longer than its size {self.size}")
 
     @property
-    def direction(self) -> str:
-        return "client" if self.from_client else "server"
+    def direction(self) -> Side:
+        return Side.of(self.from_client)
 
     def text(self) -> str:
         """The payload as text; invalid UTF-8 is shown with replacement characters."""
@@ -369,8 +397,8 @@ class Violation:
     timestamp: float
 
     @property
-    def sender(self) -> str:
-        return "client" if self.from_client else "server"
+    def sender(self) -> Side:
+        return Side.of(self.from_client)
 
     def to_json(self) -> dict:
         return {
@@ -409,17 +437,25 @@ class Close:
 
     code: int | None = None
     reason: str = ""
-    by: str | None = None
+    by: Side | None = None
     abnormal: bool = False
     abnormal_reason: str | None = None
     timestamp: float | None = None
-    offender: str | None = None
+    offender: Side | None = None
     told_client: tuple[int | None, str] | None = None
     told_server: tuple[int | None, str] | None = None
     # Under the raw relay: how each side's connection ended, "fin" or "reset" (None: the
     # proxy closed it, passing on the other side's reset); each side received the other's.
     client_end: str | None = None
     server_end: str | None = None
+
+    def __post_init__(self) -> None:
+        # Sides given as text (by producers, or read from a file) become Sides; other text is
+        # left for validate() to name.
+        for name in ("by", "offender"):
+            value = getattr(self, name)
+            if type(value) is str and value in SIDES:
+                setattr(self, name, Side(value))
 
     @classmethod
     def lost(cls, by: str, timestamp: float | None, reason: str | None = None) -> Close:
@@ -433,14 +469,14 @@ class Close:
         )
 
     @property
-    def survivor(self) -> str | None:
+    def survivor(self) -> Side | None:
         """The side that outlived the other: the one `by` did not name (None when the proxy
         ended it, or nobody is named)."""
-        return {"client": "server", "server": "client"}.get(self.by or "")
+        return Side(self.by).peer if self.by in SIDES else None
 
-    def told(self, side: str) -> tuple[int | None, str] | None:
-        """The close code and reason the proxy sent `side` ("client" or "server"), if any."""
-        return self.told_client if side == "client" else self.told_server
+    def told(self, to: str) -> tuple[int | None, str] | None:
+        """The close code and reason the proxy sent `to` ("client" or "server"), if any."""
+        return self.told_client if to == Side.CLIENT else self.told_server
 
     def told_survivor(self) -> tuple[int | None, str] | None:
         """What the survivor was told: a survivor is told 1000 when its peer vanished."""
@@ -756,11 +792,11 @@ VIOLATION_FIELDS: dict[str, Check] = {
 CLOSE_FIELDS: dict[str, Check] = {
     "code": optional(CLOSE_CODE),
     "reason": text,
-    "by": optional(SIDE),
+    "by": optional(side),
     "abnormal": flag,
     "abnormal_reason": optional(text),
     "timestamp": optional(timestamp),
-    "offender": optional(SIDE),
+    "offender": optional(side),
     "told_client": optional(pair(optional(CLOSE_CODE), text)),
     "told_server": optional(pair(optional(CLOSE_CODE), text)),
     "client_end": optional(one_of("fin", "reset")),

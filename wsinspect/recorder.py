@@ -31,6 +31,7 @@ from .model import (
     Message,
     MessageType,
     Outcome,
+    Side,
     Violation,
 )
 from .store import DEFAULT_MAX_PAYLOAD, SessionStore, temporary_capture_path
@@ -398,11 +399,11 @@ class Recorder:
             told.setdefault("server" if frame.from_client else "client", frame.close_code_reason())
         if raw.closes:
             first = raw.closes[0]
-            close.by = "client" if first.from_client else "server"
+            close.by = Side.of(first.from_client)
             close.code, close.reason = first.close_code_reason()
             close.told_client, close.told_server = told.get("client"), told.get("server")
         else:
-            close.by = end.first
+            close.by = Side(end.first)
             other = "server" if end.first == "client" else "client"
             how = end.client if end.first == "client" else end.server
             close.abnormal = True
