@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from . import proxies
 from .http_rules import header_tokens, header_value, is_hop_by_hop
-from .model import Hop, Outcome, Session, accept_for_key
+from .model import Hop, Outcome, Session, Side, accept_for_key
 from .proxies import Identity, Sighting
 
 # Two hops that lost their connections this close together were cut by the proxy between them.
@@ -765,7 +765,7 @@ def _peer_reaction(hop: Hop, peer: str) -> str:
     close = hop.close
     if close is None:
         return f"the {peer} has not closed the connection so far"
-    offender = "client" if peer == "server" else "server"
+    offender = Side(peer).peer
     told = close.told(offender)  # the peer's close frame, under the raw relay
     if told is not None:
         code = "an empty close frame" if told[0] is None else f"close {told[0]}"
@@ -785,7 +785,7 @@ def _protocol_errors(hops: list[Hop]) -> list[Finding]:
     for position, hop in enumerate(hops, start=1):
         if hop.violations:
             first = hop.violations[0]
-            peer = "server" if first.from_client else "client"
+            peer = first.sender.peer
             more = len(hop.violations) - 1
             findings.append(
                 Finding(

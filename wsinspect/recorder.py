@@ -396,7 +396,7 @@ class Recorder:
         close = Close(timestamp=end.timestamp, client_end=end.client, server_end=end.server)
         told = {}  # receiver -> the first close frame's code and reason
         for frame in raw.closes:
-            told.setdefault("server" if frame.from_client else "client", frame.close_code_reason())
+            told.setdefault(Side.of(frame.from_client).peer, frame.close_code_reason())
         if raw.closes:
             first = raw.closes[0]
             close.by = Side.of(first.from_client)
@@ -404,7 +404,7 @@ class Recorder:
             close.told_client, close.told_server = told.get("client"), told.get("server")
         else:
             close.by = Side(end.first)
-            other = "server" if end.first == "client" else "client"
+            other = close.by.peer
             how = end.client if end.first == "client" else end.server
             close.abnormal = True
             close.abnormal_reason = (
@@ -451,7 +451,7 @@ class Recorder:
             return
         ws = flow.websocket
         assert ws is not None
-        side = "client" if ws.closed_by_client else "server"
+        side = Side.of(ws.closed_by_client)
         ended = ws.timestamp_end or time.time()
         if notes.protocol_error is not None:
             # mitmproxy's flow says the offending side closed; it was the proxy.
@@ -476,7 +476,7 @@ class Recorder:
         if hop is None:
             return
         if protocol_error:
-            side = "client" if from_client else "server"
+            side = Side.of(from_client)
             notes = self._close_notes.setdefault(flow_id, _CloseNotes())
             notes.protocol_error = (side, int(event.code), event.reason or "")
             return
@@ -506,7 +506,7 @@ class Recorder:
         flow_id = self._flow_by_conn.get(conn_id)
         if flow_id is not None:
             notes = self._close_notes.setdefault(flow_id, _CloseNotes())
-            notes.told["client" if to_client else "server"] = (code, reason)
+            notes.told[Side.of(to_client)] = (code, reason)
 
     def _untap(self, flow: http.HTTPFlow) -> None:
         self._live_flows.pop(flow.id, None)

@@ -106,7 +106,7 @@ class Resender:
                 "only text and binary messages can be resent"
             )
         if to in (None, "original"):
-            to = "server" if message.from_client else "client"
+            to = message.direction.peer
         if to not in ("client", "server"):
             raise ResendError(f"unknown destination {to!r}; use client, server or original")
         if payload is None:

@@ -33,6 +33,7 @@ from ..model import (
     MessageType,
     Outcome,
     RecordError,
+    Side,
     field_of,
     integer,
     member,
@@ -221,7 +222,7 @@ def _end_as_recorded(hop: Hop, flow: http.HTTPFlow) -> None:
         )
     closed = websocket is not None and websocket.closed_by_client is not None
     if hop.response_status == 101 and closed:
-        by = "client" if websocket.closed_by_client else "server"
+        by = Side.of(websocket.closed_by_client)
         optional(CLOSE_CODE)(websocket.close_code, "close code")
         if error is not None:
             hop.error = error.msg
