@@ -240,8 +240,6 @@ def side(value: object, what: str) -> None:
         raise _fail(what, f"is not one of {', '.join(Side)}")
 
 
-
-
 def field_of(data: object, key: str, what: str, default: object = ...) -> object:
     """`data[key]` of a JSON object read from a file."""
     if type(data) is not dict:
