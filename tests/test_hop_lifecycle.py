@@ -16,7 +16,7 @@ from wsinspect.http_rules import (
     is_hop_by_hop,
     parse_head,
     parse_status_line,
-    request_target,
+    request_line_parts,
     ws_url,
 )
 from wsinspect.model import Close, Hop, Outcome, RecordError, Side
@@ -109,8 +109,9 @@ def test_a_message_head_keeps_lines_without_a_colon_and_stops_at_the_blank_line(
     line, headers = parse_head(head)
     assert line == "GET /x HTTP/1.1"
     assert headers == [("Host", "a"), ("broken line", ""), ("X", "y:z")]
-    assert request_target(line) == ("/x", "HTTP/1.1")
-    assert request_target("GET") == ("", "")
+    assert request_line_parts(line) == ("GET", "/x", "HTTP/1.1")
+    assert request_line_parts("GET") == ("GET", "", "")
+    assert request_line_parts("GET /a b HTTP/1.1") == ("GET", "/a", "")
     assert parse_status_line("HTTP/1.1 101 Switching Protocols") == (
         "HTTP/1.1", 101, "Switching Protocols"
     )

@@ -41,7 +41,7 @@ from wsproto.utilities import RemoteProtocolError
 
 from .engine import Engine
 from .errors import DemoError, EngineError
-from .http_rules import end_to_end, header_values, parse_head
+from .http_rules import end_to_end, header_values, parse_head, request_line_parts
 from .model import Outcome
 from .store import SessionStore
 
@@ -162,7 +162,7 @@ def forwarded_head(head: bytes, upstream_port: int) -> bytes | None:
     /fixed/ adds `proxy_http_version 1.1` and the Upgrade/Connection lines, /broken/ is plain
     proxy_pass (HTTP/1.0, Connection: close)."""
     request_line, headers = parse_head(head)
-    method, target, _ = request_line.split(" ", 2)
+    method, target, _ = request_line_parts(request_line)
     passed = end_to_end(headers, drop=("host",))
     upgrade = next(iter(header_values(headers, "Upgrade")), "")
     if target.startswith("/fixed/"):

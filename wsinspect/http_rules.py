@@ -78,10 +78,12 @@ def parse_head(head: bytes) -> tuple[str, list[tuple[str, str]]]:
     return first, headers
 
 
-def request_target(request_line: str) -> tuple[str, str]:
-    """The target and the HTTP version ("" when the line has no version) of a request line."""
+def request_line_parts(request_line: str) -> tuple[str, str, str]:
+    """Method, target and HTTP version of a request line; "" for a part it lacks (a version
+    only when the line has all three)."""
     parts = request_line.split(" ")
-    return (parts[1] if len(parts) > 1 else ""), (parts[-1] if len(parts) == 3 else "")
+    target = parts[1] if len(parts) > 1 else ""
+    return parts[0], target, parts[-1] if len(parts) == 3 else ""
 
 
 def parse_status_line(status_line: str) -> tuple[str, int | None, str]:

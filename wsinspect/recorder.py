@@ -23,7 +23,7 @@ from wsproto.frame_protocol import Opcode
 
 from . import seams, wire
 from .converters import ABNORMAL_CLOSURE, header_pairs, hop_from_request, is_upgrade_attempt
-from .http_rules import close_payload, header_values, parse_head, request_target
+from .http_rules import close_payload, header_values, parse_head, request_line_parts
 from .model import (
     MAX_VIOLATIONS,
     Close,
@@ -247,7 +247,7 @@ class Recorder:
     def on_refused_request(self, client, head: bytes, reason: str) -> None:
         """An upgrade attempt mitmproxy's HTTP/1 parser refused with a 400 and no flow."""
         request_line, headers = parse_head(head)
-        target, http_version = request_target(request_line)
+        _, target, http_version = request_line_parts(request_line)
         host = next(iter(header_values(headers, "Host")), "")
         hop = Hop(
             mode=client.proxy_mode.full_spec,

@@ -24,6 +24,7 @@ from mitmproxy.websocket import WebSocketData, WebSocketMessage
 from wsproto.frame_protocol import Opcode
 
 from ..converters import ABNORMAL_CLOSURE, header_pairs, hop_from_request, is_upgrade_attempt
+from ..http_rules import request_line_parts
 from ..model import (
     CLOSE_CODE,
     COUNT,
@@ -89,7 +90,7 @@ def flow_for_hop(item: ExportedHop, messages: Iterable[Message]) -> http.HTTPFlo
     flow.request = http.Request(
         host=url.hostname or "",
         port=url.port or (443 if secure else 80),
-        method=_wire(hop.request_line.partition(" ")[0] or "GET"),
+        method=_wire(request_line_parts(hop.request_line)[0] or "GET"),
         scheme=b"https" if secure else b"http",
         authority=b"",
         path=_wire((url.path or "/") + (f"?{url.query}" if url.query else "")),

@@ -23,7 +23,7 @@ from typing import BinaryIO, TextIO
 from urllib.parse import unquote_plus, urlsplit
 
 from .. import __version__
-from ..http_rules import as_ws_url
+from ..http_rules import as_ws_url, request_line_parts
 from ..model import (
     MAX_TIMESTAMP,
     Close,
@@ -101,7 +101,7 @@ def har_message(message: Message) -> dict:
 
 def har_entry(item: ExportedHop, messages: Iterable[Message]) -> dict:
     hop = item.hop
-    method = hop.request_line.partition(" ")[0] or "GET"
+    method = request_line_parts(hop.request_line)[0] or "GET"
     waited = hop.timestamp_response - hop.timestamp_start if hop.timestamp_response else 0.0
     response = {
         "status": hop.response_status or 0,
