@@ -393,28 +393,31 @@ class Recorder:
         if raw is None:
             return
         hop = raw.hop
-        close = Close(timestamp=end.timestamp, client_end=end.client, server_end=end.server)
-        told = {}  # receiver -> the first close frame's code and reason
-        for frame in raw.closes:
-            told.setdefault(Side.of(frame.from_client).peer, frame.close_code_reason())
         if raw.closes:
+            told = {}  # receiver -> the first close frame's code and reason
+            for frame in raw.closes:
+                told.setdefault(Side.of(frame.from_client).peer, frame.close_code_reason())
             first = raw.closes[0]
-            close.by = Side.of(first.from_client)
-            close.code, close.reason = first.close_code_reason()
-            close.told_client, close.told_server = told.get("client"), told.get("server")
-        else:
-            close.by = Side(end.first)
-            other = close.by.peer
-            how = end.client if end.first == "client" else end.server
-            close.abnormal = True
-            close.abnormal_reason = (
-                f"the {end.first} {_ended_how(how)} without a close frame; wsinspect passed the "
-                f"same {'reset' if how == 'reset' else 'FIN'} on to the {other}"
+            code, reason = first.close_code_reason()
+            close = Close(
+                code=code,
+                reason=reason,
+                by=Side.of(first.from_client),
+                timestamp=end.timestamp,
+                told_client=told.get(Side.CLIENT),
+                told_server=told.get(Side.SERVER),
             )
-            if how == "fin" and (end.server if end.first == "client" else end.client) == "reset":
-                close.abnormal_reason += (
-                    f"; then the {other} reset the connection, passed on to the {end.first}"
-                )
+        else:
+            by = Side(end.first)
+            how, then = (end.client, end.server) if by is Side.CLIENT else (end.server, end.client)
+            what = (
+                f"the {by} {_ended_how(how)} without a close frame; wsinspect passed the "
+                f"same {'reset' if how == 'reset' else 'FIN'} on to the {by.peer}"
+            )
+            if how == "fin" and then == "reset":
+                what += f"; then the {by.peer} reset the connection, passed on to the {by}"
+            close = Close.lost(by, end.timestamp, what)
+        close.client_end, close.server_end = end.client, end.server
         if hop.violations:
             close.offender = hop.violations[0].sender
         hop.ended(close)
