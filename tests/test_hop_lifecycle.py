@@ -19,7 +19,7 @@ from wsinspect.http_rules import (
     request_line_parts,
     ws_url,
 )
-from wsinspect.model import Close, Hop, Outcome, RecordError, Side
+from wsinspect.model import Close, ConnectionEnd, Hop, Outcome, RecordError, Side
 
 
 def _hop() -> Hop:
@@ -150,6 +150,11 @@ def test_who_closed_is_a_side_written_and_read_as_its_text():
     with pytest.raises(RecordError, match="close by is not one of client, server, proxy"):
         Close.from_json({**record, "by": "nobody"})
     assert Side.CLIENT.peer is Side.SERVER and Side.PROXY.peer is None
+    ends = Close.lost("client", 2.0, "it reset", client_end="reset", server_end="fin")
+    assert (ends.client_end, ends.server_end) == (ConnectionEnd.RESET, ConnectionEnd.FIN)
+    assert json.loads(json.dumps(ends.to_json()))["client_end"] == "reset"
+    with pytest.raises(RecordError, match="close server_end is not one of fin, reset"):
+        Close.from_json({**ends.to_json(), "server_end": "rst"})
 
 
 def test_replay_comparison_and_preflight_statuses_keep_their_text():

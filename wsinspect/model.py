@@ -57,7 +57,11 @@ class Side(StrEnum):
         return {Side.CLIENT: Side.SERVER, Side.SERVER: Side.CLIENT}.get(self)
 
 
-SIDES = frozenset(Side)  # holds each Side and its text
+class ConnectionEnd(StrEnum):
+    """How one side's TCP connection ended under the raw relay."""
+
+    FIN = "fin"
+    RESET = "reset"
 
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -234,10 +238,15 @@ CLOSE_CODE = integer(0, 65535)
 ADDRESS = pair(text, PORT)
 
 
-def side(value: object, what: str) -> None:
-    """A Side, or its text (a field set from a plain string)."""
-    if type(value) not in (Side, str) or value not in SIDES:
-        raise _fail(what, f"is not one of {', '.join(Side)}")
+def member_or_text(cls: type[StrEnum]) -> Check:
+    """A member of `cls`, or its text (a field set from a plain string)."""
+    allowed = frozenset(cls)  # holds each member and its text
+
+    def check(value: object, what: str) -> None:
+        if type(value) not in (cls, str) or value not in allowed:
+            raise _fail(what, f"is not one of {', '.join(cls)}")
+
+    return check
 
 
 def field_of(data: object, key: str, what: str, default: object = ...) -> object:
@@ -442,35 +451,38 @@ class Close:
     offender: Side | None = None
     told_client: tuple[int | None, str] | None = None
     told_server: tuple[int | None, str] | None = None
-    # Under the raw relay: how each side's connection ended, "fin" or "reset" (None: the
-    # proxy closed it, passing on the other side's reset); each side received the other's.
-    client_end: str | None = None
-    server_end: str | None = None
+    # Under the raw relay: how each side's connection ended (None: the proxy closed it,
+    # passing on the other side's reset); each side received the other's.
+    client_end: ConnectionEnd | None = None
+    server_end: ConnectionEnd | None = None
 
     def __post_init__(self) -> None:
-        # Sides given as text (by producers, or read from a file) become Sides; other text is
-        # left for validate() to name.
-        for name in ("by", "offender"):
+        # Text given (by producers, or read from a file) becomes the member it names; other
+        # text is left for validate() to name.
+        for name, cls in _CLOSE_ENUMS.items():
             value = getattr(self, name)
-            if type(value) is str and value in SIDES:
-                setattr(self, name, Side(value))
+            if type(value) is str and value in frozenset(cls):
+                setattr(self, name, cls(value))
 
     @classmethod
-    def lost(cls, by: str, timestamp: float | None, reason: str | None = None) -> Close:
+    def lost(
+        cls, by: str, timestamp: float | None, reason: str | None = None, **more: object
+    ) -> Close:
         """`by`'s side vanished without a close frame; `reason` says how, when more is known
-        than that."""
+        than that (`more`: other fields)."""
         return cls(
             by=by,
             abnormal=True,
             abnormal_reason=reason or f"the {by} connection was lost without a close frame",
             timestamp=timestamp,
+            **more,
         )
 
     @property
     def survivor(self) -> Side | None:
         """The side that outlived the other: the one `by` did not name (None when the proxy
         ended it, or nobody is named)."""
-        return Side(self.by).peer if self.by in SIDES else None
+        return Side(self.by).peer if self.by in frozenset(Side) else None
 
     def told(self, to: str) -> tuple[int | None, str] | None:
         """The close code and reason the proxy sent `to` ("client" or "server"), if any."""
@@ -516,6 +528,9 @@ class Close:
         )
         close.validate()
         return close
+
+
+_CLOSE_ENUMS = {"by": Side, "offender": Side, "client_end": ConnectionEnd, "server_end": ConnectionEnd}
 
 
 @dataclass(slots=True)
@@ -790,15 +805,15 @@ VIOLATION_FIELDS: dict[str, Check] = {
 CLOSE_FIELDS: dict[str, Check] = {
     "code": optional(CLOSE_CODE),
     "reason": text,
-    "by": optional(side),
+    "by": optional(member_or_text(Side)),
     "abnormal": flag,
     "abnormal_reason": optional(text),
     "timestamp": optional(timestamp),
-    "offender": optional(side),
+    "offender": optional(member_or_text(Side)),
     "told_client": optional(pair(optional(CLOSE_CODE), text)),
     "told_server": optional(pair(optional(CLOSE_CODE), text)),
-    "client_end": optional(one_of("fin", "reset")),
-    "server_end": optional(one_of("fin", "reset")),
+    "client_end": optional(member_or_text(ConnectionEnd)),
+    "server_end": optional(member_or_text(ConnectionEnd)),
 }
 HOP_FIELDS: dict[str, Check] = {
     "mode": mode,

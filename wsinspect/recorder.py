@@ -393,6 +393,7 @@ class Recorder:
         if raw is None:
             return
         hop = raw.hop
+        ends = {"client_end": end.client, "server_end": end.server}
         if raw.closes:
             told = {}  # receiver -> the first close frame's code and reason
             for frame in raw.closes:
@@ -406,6 +407,7 @@ class Recorder:
                 timestamp=end.timestamp,
                 told_client=told.get(Side.CLIENT),
                 told_server=told.get(Side.SERVER),
+                **ends,
             )
         else:
             by = Side(end.first)
@@ -416,8 +418,7 @@ class Recorder:
             )
             if how == "fin" and then == "reset":
                 what += f"; then the {by.peer} reset the connection, passed on to the {by}"
-            close = Close.lost(by, end.timestamp, what)
-        close.client_end, close.server_end = end.client, end.server
+            close = Close.lost(by, end.timestamp, what, **ends)
         if hop.violations:
             close.offender = hop.violations[0].sender
         hop.ended(close)
