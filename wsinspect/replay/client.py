@@ -21,8 +21,8 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 from ..errors import ReplayError
 from ..http_rules import authority, close_payload, parse_head, parse_status_line
 from ..model import Message, MessageType, Outcome, Session
-from ..report import printable
 from ..store import SessionStore
+from ..text import printable
 from .compare import Comparison, compare
 from .plan import TIMINGS, ReplayPlan, server_answers
 from .recording import CLOSE_WAIT, ReplayRecording

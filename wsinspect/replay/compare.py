@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from ..model import Message, MessageType
-from ..report import printable
+from ..text import printable
 
 
 class Match(StrEnum):
