@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from wsinspect import cli, diagnosis
 from wsinspect.diagnosis import Change, Severity, boundaries, diagnose, header_diff
+from wsinspect.http_rules import is_hop_by_hop
 from wsinspect.model import (
     Close, Hop, Message, MessageType, Outcome, Session, accept_for_key, header_value,
 )
@@ -137,8 +138,8 @@ def test_header_diff_kept_changed_dropped_added_with_names_in_any_case():
 def test_headers_named_in_connection_are_hop_by_hop():
     diff = header_diff([("Connection", "X-Internal"), ("X-Internal", "1"), ("TE", "trailers")], [])
     assert all(c.hop_by_hop and c.change is Change.DROPPED for c in diff)
-    assert not diagnosis.is_hop_by_hop("Sec-WebSocket-Key")
-    assert diagnosis.is_hop_by_hop("Trailer") and diagnosis.is_hop_by_hop("proxy-connection")
+    assert not is_hop_by_hop("Sec-WebSocket-Key")
+    assert is_hop_by_hop("Trailer") and is_hop_by_hop("proxy-connection")
 
 
 header_names = st.sampled_from(

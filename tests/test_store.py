@@ -41,6 +41,21 @@ def test_range_reads_span_committed_and_pending_messages(tmp_path):
     assert len(list(store.iter_messages(hop.id, chunk=4))) == 15
 
 
+def test_a_hops_messages_are_read_by_its_1_based_position_as_findings_and_exports_number_it(
+    tmp_path,
+):
+    store = SessionStore(tmp_path / "c.db")
+    session = store.add_hop(make_hop(mode="regular", t=100.0))
+    second = store.add_hop(make_hop(mode="reverse:http://127.0.0.1:9000@8081", t=100.1))
+    assert second.id == session.id and len(second.hops) == 2
+    store.add_message(second.hops[0], text(0))
+    for i in range(3):
+        store.add_message(second.hops[1], text(i, from_client=False))
+    assert store.message_count(session.id) == store.message_count(session.id, 1) == 1
+    assert store.message_count(session.id, 2) == 3
+    assert [m.from_client for m in store.messages(session.id, 0, 10, 2)] == [False] * 3
+
+
 def test_reopened_capture_has_the_same_sessions_and_bytes(tmp_path):
     path = tmp_path / "c.db"
     store = SessionStore(path)

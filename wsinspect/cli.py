@@ -11,8 +11,9 @@ import sys
 from collections.abc import Sequence
 
 from .commands import COMMANDS
+from .errors import WsinspectError
 from .runtime import CLOSED_PIPE
-from .text import discard_closed_stdout, terminal_output
+from .text import discard_closed_stdout, print_error, terminal_output
 
 
 def dispatch(argv: list[str]) -> int:
@@ -25,7 +26,8 @@ def dispatch(argv: list[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Every command prints through streams that escape control characters (see
-    wsinspect.text), and ends quietly when its reader goes away (`| head`)."""
+    wsinspect.text), and ends quietly when its reader goes away (`| head`). A wsinspect error
+    a command did not report itself is its one line, not a traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
     with terminal_output():
         try:
@@ -36,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BrokenPipeError:
             discard_closed_stdout()
             return CLOSED_PIPE
+        except WsinspectError as e:
+            print_error(str(e))
+            return 1
     return status
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from .model import Hop, header_tokens
+from .http_rules import as_ws_url, header_tokens
+from .model import Hop
 
 if TYPE_CHECKING:
     from mitmproxy import http
@@ -50,11 +51,7 @@ def _ws_url(request: http.Request) -> str:
     scheme, sep, rest = url.partition("://")
     if ":" in host and rest.startswith(host):
         url = f"{scheme}{sep}[{host}]{rest[len(host):]}"
-    if url.startswith("https://"):
-        return "wss://" + url[len("https://") :]
-    if url.startswith("http://"):
-        return "ws://" + url[len("http://") :]
-    return url
+    return as_ws_url(url)
 
 
 def hop_from_request(flow: http.HTTPFlow, absolute_form: bool = False) -> Hop:

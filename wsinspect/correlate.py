@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from .diagnosis import is_hop_by_hop
-from .model import Hop, Session, header_value
+from .http_rules import header_value, is_hop_by_hop
+from .model import Hop, Session
 
 # A hop further along the path sees the handshake shortly after the one before it.
 CORRELATION_WINDOW = 30.0

@@ -39,18 +39,15 @@ from wsproto.events import (
 )
 from wsproto.utilities import RemoteProtocolError
 
-from .diagnosis import HOP_BY_HOP
-from .engine import Engine, EngineError
+from .engine import Engine
+from .errors import DemoError, EngineError
+from .http_rules import end_to_end, header_values, parse_head, request_line_parts
 from .model import Outcome
 from .store import SessionStore
 
 HOST = "127.0.0.1"
 CHATTY_MESSAGES = 300
 SETTLE_TIMEOUT = 15.0
-
-
-class DemoError(Exception):
-    """The demo could not start; the message says why in one line."""
 
 
 def free_port() -> int:
@@ -164,21 +161,10 @@ def forwarded_head(head: bytes, upstream_port: int) -> bytes | None:
     Like nginx: Host becomes the proxy_pass address and hop-by-hop headers are not passed on;
     /fixed/ adds `proxy_http_version 1.1` and the Upgrade/Connection lines, /broken/ is plain
     proxy_pass (HTTP/1.0, Connection: close)."""
-    request_line, *lines = head.decode("latin-1").split("\r\n")
-    method, target, _ = request_line.split(" ", 2)
-    headers = [tuple(part.strip() for part in line.split(":", 1)) for line in lines if ":" in line]
-    named_by_connection = {
-        token.strip().lower()
-        for name, value in headers
-        if name.lower() == "connection"
-        for token in value.split(",")
-    }
-    passed = [
-        (name, value)
-        for name, value in headers
-        if name.lower() not in HOP_BY_HOP | {"host"} | named_by_connection
-    ]
-    upgrade = next((value for name, value in headers if name.lower() == "upgrade"), "")
+    request_line, headers = parse_head(head)
+    method, target, _ = request_line_parts(request_line)
+    passed = end_to_end(headers, drop=("host",))
+    upgrade = next(iter(header_values(headers, "Upgrade")), "")
     if target.startswith("/fixed/"):
         version = "HTTP/1.1"
         # nginx leaves out a header whose value is empty

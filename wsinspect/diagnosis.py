@@ -17,14 +17,9 @@ from enum import Enum
 from urllib.parse import urlsplit
 
 from . import proxies
-from .model import Hop, Outcome, Session, accept_for_key, header_tokens, header_value
+from .http_rules import header_tokens, header_value, is_hop_by_hop
+from .model import Hop, Outcome, Session, Side, accept_for_key
 from .proxies import Identity, Sighting
-
-# RFC 9110 7.6.1 and RFC 2616 13.5.1; any Proxy-* header, and any header a Connection header
-# names, is hop-by-hop too.
-HOP_BY_HOP = frozenset(
-    {"connection", "upgrade", "keep-alive", "te", "trailer", "trailers", "transfer-encoding"}
-)
 
 # Two hops that lost their connections this close together were cut by the proxy between them.
 CUT_WINDOW = 0.5
@@ -70,11 +65,6 @@ class HeaderChange:
             "after": self.after,
             "hop_by_hop": self.hop_by_hop,
         }
-
-
-def is_hop_by_hop(name: str, connection_tokens: Iterable[str] = ()) -> bool:
-    lname = name.lower()
-    return lname in HOP_BY_HOP or lname.startswith("proxy-") or lname in connection_tokens
 
 
 def _by_name(headers: list[tuple[str, str]]) -> dict[str, tuple[str, str]]:
@@ -740,12 +730,11 @@ def _abnormal(hops: list[Hop]) -> list[Finding]:
             f" Hop {position + 1} lost its connection the same way, so the proxy between hop "
             f"{position} and hop {position + 1} cut both sides."
         )
-    survivor = {"client": "server", "server": "client"}.get(close.by or "")
-    told = getattr(close, f"told_{survivor}") if survivor else None
+    told = close.told_survivor()
     if told is not None:
         code, reason = told
         message += (
-            f" The {close.by} died; the proxy told the {survivor} close {code}"
+            f" The {close.by} died; the proxy told the {close.survivor} close {code}"
             + (f" {reason!r}" if reason else " with no reason")
             + (", as if all was well." if code == 1000 else ".")
         )
@@ -805,8 +794,8 @@ def _peer_reaction(hop: Hop, peer: str) -> str:
     close = hop.close
     if close is None:
         return f"the {peer} has not closed the connection so far"
-    offender = "client" if peer == "server" else "server"
-    told = getattr(close, f"told_{offender}")  # the peer's close frame, under the raw relay
+    offender = Side(peer).peer
+    told = close.told(offender)  # the peer's close frame, under the raw relay
     if told is not None:
         code = "an empty close frame" if told[0] is None else f"close {told[0]}"
         verb = "closed with" if close.by == peer else "answered with"
@@ -825,7 +814,7 @@ def _protocol_errors(hops: list[Hop]) -> list[Finding]:
     for position, hop in enumerate(hops, start=1):
         if hop.violations:
             first = hop.violations[0]
-            peer = "server" if first.from_client else "client"
+            peer = first.sender.peer
             more = len(hop.violations) - 1
             findings.append(
                 Finding(

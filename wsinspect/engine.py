@@ -17,14 +17,11 @@ from mitmproxy import exceptions, master, options
 from mitmproxy.addons import core, next_layer, proxyauth, proxyserver, tlsconfig, upstream_auth
 
 from .addresses import DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT, is_loopback
+from .errors import EngineError
 from .loopguard import LoopGuard
 from .recorder import Recorder
 from .resend import Resender
 from .store import SessionStore
-
-class EngineError(Exception):
-    """The proxy could not start; the message says why in one line."""
-
 
 @dataclass(frozen=True, slots=True)
 class LogRecord:

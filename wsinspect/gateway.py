@@ -28,13 +28,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import preflight
+from .errors import GatewayError
 
 RESTORE_CHAIN = "wsinspect-restore"  # rules: -m comment --comment NAME=VALUE-before-setup
 TAG_KEY = "rules"  # the restore chain's comment "rules=TAG" names the tag of setup's rules
-
-
-class GatewayError(Exception):
-    """Setup or teardown could not go on; the message says why in one line."""
 
 
 def _iptables(family: preflight.Family, action: str, *rule: str, quiet: bool = False) -> bool:

@@ -26,16 +26,13 @@ from wsproto.events import (
 )
 
 from .demo import EchoBackend
+from .errors import StepFailed
 
 STEP_TIMEOUT = 5.0
 PATH = "/hello"
 TEXT = "hello through wsinspect"
 BINARY = bytes(range(8))
 PING = b"are you there"
-
-
-class StepFailed(Exception):
-    """A step of the session did not happen; the message says what happened instead."""
 
 
 class HelloClient:

@@ -10,7 +10,16 @@ import base64
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
+
+# Header lookup is defined with the other HTTP rules; modules reading the model import it here
+# too, as they always have.
+from .http_rules import (  # noqa: F401
+    close_code_reason,
+    header_tokens,
+    header_value,
+    header_values,
+)
 
 
 class MessageType(str, Enum):
@@ -28,6 +37,31 @@ class Outcome(str, Enum):
     CLOSED = "closed"  # WebSocket ended (cleanly or not, see Close)
     REJECTED = "rejected"  # upgrade answered with something other than 101
     FAILED = "failed"  # no answer at all: connection or TLS error
+
+
+class Side(StrEnum):
+    """Who did something to a WebSocket: one of its peers, or the proxy between them. A
+    StrEnum, so it compares, formats and is written as its text ("client")."""
+
+    CLIENT = "client"
+    SERVER = "server"
+    PROXY = "proxy"
+
+    @classmethod
+    def of(cls, from_client: bool) -> Side:
+        return cls.CLIENT if from_client else cls.SERVER
+
+    @property
+    def peer(self) -> Side | None:
+        """The other peer (None for the proxy)."""
+        return {Side.CLIENT: Side.SERVER, Side.SERVER: Side.CLIENT}.get(self)
+
+
+class ConnectionEnd(StrEnum):
+    """How one side's TCP connection ended under the raw relay."""
+
+    FIN = "fin"
+    RESET = "reset"
 
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -202,7 +236,17 @@ ID = integer(-1, MAX_COUNT)  # -1 until the store assigns one
 PORT = integer(0, 65535)
 CLOSE_CODE = integer(0, 65535)
 ADDRESS = pair(text, PORT)
-SIDE = one_of("client", "server", "proxy")
+
+
+def member_or_text(cls: type[StrEnum]) -> Check:
+    """A member of `cls`, or its text (a field set from a plain string)."""
+    allowed = frozenset(cls)  # holds each member and its text
+
+    def check(value: object, what: str) -> None:
+        if type(value) not in (cls, str) or value not in allowed:
+            raise _fail(what, f"is not one of {', '.join(cls)}")
+
+    return check
 
 
 def field_of(data: object, key: str, what: str, default: object = ...) -> object:
@@ -235,26 +279,6 @@ def member(cls: type[Enum], value: object, what: str) -> Enum:
         raise _fail(what, f"is not one of {', '.join(m.value for m in cls)}") from None
 
 
-def header_values(headers: list[tuple[str, str]], name: str) -> list[str]:
-    lname = name.lower()
-    return [v for k, v in headers if k.lower() == lname]
-
-
-def header_value(headers: list[tuple[str, str]], name: str) -> str | None:
-    values = header_values(headers, name)
-    return ", ".join(values) if values else None
-
-
-def header_tokens(headers: list[tuple[str, str]], name: str) -> list[str]:
-    """Comma-separated tokens of a header across all its lines, lower-cased."""
-    return [
-        token.strip().lower()
-        for value in header_values(headers, name)
-        for token in value.split(",")
-        if token.strip()
-    ]
-
-
 @dataclass(slots=True)
 class Message:
     """One WebSocket message (or control frame) as it passed one hop."""
@@ -279,8 +303,8 @@ class Message:
             raise RecordError(f"message payload is longer than its size {self.size}")
 
     @property
-    def direction(self) -> str:
-        return "client" if self.from_client else "server"
+    def direction(self) -> Side:
+        return Side.of(self.from_client)
 
     def text(self) -> str:
         """The payload as text; invalid UTF-8 is shown with replacement characters."""
@@ -288,10 +312,7 @@ class Message:
 
     def close_code_reason(self) -> tuple[int | None, str]:
         """Code and reason of a close frame's payload."""
-        if len(self.payload) < 2:
-            return None, ""
-        code = int.from_bytes(self.payload[:2], "big")
-        return code, self.payload[2:].decode("utf-8", errors="replace")
+        return close_code_reason(self.payload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,8 +404,8 @@ class Violation:
     timestamp: float
 
     @property
-    def sender(self) -> str:
-        return "client" if self.from_client else "server"
+    def sender(self) -> Side:
+        return Side.of(self.from_client)
 
     def to_json(self) -> dict:
         return {
@@ -423,17 +444,54 @@ class Close:
 
     code: int | None = None
     reason: str = ""
-    by: str | None = None
+    by: Side | None = None
     abnormal: bool = False
     abnormal_reason: str | None = None
     timestamp: float | None = None
-    offender: str | None = None
+    offender: Side | None = None
     told_client: tuple[int | None, str] | None = None
     told_server: tuple[int | None, str] | None = None
-    # Under the raw relay: how each side's connection ended, "fin" or "reset" (None: the
-    # proxy closed it, passing on the other side's reset); each side received the other's.
-    client_end: str | None = None
-    server_end: str | None = None
+    # Under the raw relay: how each side's connection ended (None: the proxy closed it,
+    # passing on the other side's reset); each side received the other's.
+    client_end: ConnectionEnd | None = None
+    server_end: ConnectionEnd | None = None
+
+    def __post_init__(self) -> None:
+        # Text given (by producers, or read from a file) becomes the member it names; other
+        # text is left for validate() to name.
+        for name, cls in _CLOSE_ENUMS.items():
+            value = getattr(self, name)
+            if type(value) is str and value in frozenset(cls):
+                setattr(self, name, cls(value))
+
+    @classmethod
+    def lost(
+        cls, by: str, timestamp: float | None, reason: str | None = None, **more: object
+    ) -> Close:
+        """`by`'s side vanished without a close frame; `reason` says how, when more is known
+        than that (`more`: other fields)."""
+        return cls(
+            by=by,
+            abnormal=True,
+            abnormal_reason=reason or f"the {by} connection was lost without a close frame",
+            timestamp=timestamp,
+            **more,
+        )
+
+    @property
+    def survivor(self) -> Side | None:
+        """The side that outlived the other: the one `by` did not name (None when the proxy
+        ended it, or nobody is named)."""
+        return Side(self.by).peer if self.by in frozenset(Side) else None
+
+    def told(self, to: str) -> tuple[int | None, str] | None:
+        """The close code and reason the proxy sent `to` ("client" or "server"), if any."""
+        return self.told_client if to == Side.CLIENT else self.told_server
+
+    def told_survivor(self) -> tuple[int | None, str] | None:
+        """What the survivor was told: a survivor is told 1000 when its peer vanished."""
+        survivor = self.survivor
+        return self.told(survivor) if survivor else None
 
     def to_json(self) -> dict:
         return {
@@ -472,6 +530,9 @@ class Close:
         return close
 
 
+_CLOSE_ENUMS = {"by": Side, "offender": Side, "client_end": ConnectionEnd, "server_end": ConnectionEnd}
+
+
 @dataclass(slots=True)
 class Hop:
     """One listener's view of a session's handshake and traffic."""
@@ -508,6 +569,63 @@ class Hop:
     @property
     def websocket_key(self) -> str | None:
         return header_value(self.request_headers, "Sec-WebSocket-Key")
+
+    # ----- the life cycle ---------------------------------------------------------------------
+    # A hop starts OPEN with its request. Then the handshake is answered (a 101 keeps it open,
+    # anything else rejects it), refused by the proxy itself or fails without an answer; an
+    # open WebSocket ends with a Close. Every producer (the recorder, replay, the readers of
+    # files) moves a hop through these, so each outcome means the same wherever it came from.
+
+    def answered(
+        self,
+        status: int | None,
+        reason: str,
+        headers: list[tuple[str, str]],
+        http_version: str | None,
+        timestamp: float,
+        *,
+        finished: float | None = None,
+    ) -> None:
+        """The handshake's answer arrived at `timestamp`; an answer other than 101 rejects the
+        upgrade, and the hop ends when that answer was `finished` (default: `timestamp`)."""
+        self.response_status = status
+        self.response_reason = reason
+        self.response_headers = headers
+        self.response_http_version = http_version
+        self.timestamp_response = timestamp
+        if status != 101:
+            self.outcome = Outcome.REJECTED
+            self.timestamp_end = finished if finished is not None else timestamp
+
+    def refused(self, reason: str, timestamp: float) -> None:
+        """The proxy answered the request itself with a 400 (it could not pass it on)."""
+        self.answered(400, "Bad Request", [], None, timestamp)
+        self.answered_by = "proxy"
+        self.error = reason or "refused by the proxy"
+
+    def failed(self, error: str | None, timestamp: float) -> None:
+        """No answer came: the connection or TLS failed, or the server was unreachable."""
+        self.outcome = Outcome.FAILED
+        self.error = error
+        self.timestamp_end = timestamp
+
+    def errored(self, error: str, timestamp: float) -> None:
+        """The connection broke with `error`: before an answer the hop failed; after one, its
+        WebSocket ended without a close frame (unless how it closed is known already)."""
+        if self.response_status is None:
+            self.failed(error, timestamp)
+            return
+        self.error = error
+        self.timestamp_end = timestamp
+        self.outcome = Outcome.CLOSED
+        if self.close is None:
+            self.close = Close(abnormal=True, abnormal_reason=error, timestamp=timestamp)
+
+    def ended(self, close: Close) -> None:
+        """The WebSocket ended as `close` says, at its timestamp."""
+        self.outcome = Outcome.CLOSED
+        self.close = close
+        self.timestamp_end = close.timestamp
 
     def to_json(self) -> dict:
         return {
@@ -691,15 +809,15 @@ VIOLATION_FIELDS: dict[str, Check] = {
 CLOSE_FIELDS: dict[str, Check] = {
     "code": optional(CLOSE_CODE),
     "reason": text,
-    "by": optional(SIDE),
+    "by": optional(member_or_text(Side)),
     "abnormal": flag,
     "abnormal_reason": optional(text),
     "timestamp": optional(timestamp),
-    "offender": optional(SIDE),
+    "offender": optional(member_or_text(Side)),
     "told_client": optional(pair(optional(CLOSE_CODE), text)),
     "told_server": optional(pair(optional(CLOSE_CODE), text)),
-    "client_end": optional(one_of("fin", "reset")),
-    "server_end": optional(one_of("fin", "reset")),
+    "client_end": optional(member_or_text(ConnectionEnd)),
+    "server_end": optional(member_or_text(ConnectionEnd)),
 }
 HOP_FIELDS: dict[str, Check] = {
     "mode": mode,

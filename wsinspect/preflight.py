@@ -15,11 +15,13 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from mitmproxy.proxy import mode_specs
 
 from .addresses import is_loopback
+from .errors import HostError
 
 logger = logging.getLogger("wsinspect")
 
@@ -101,10 +103,6 @@ def iptables_command(action: str, rule: Sequence[str], family: Family = IPV4) ->
 
 
 # ----- reading the host ------------------------------------------------------------------
-
-
-class HostError(Exception):
-    """A tool the preflight needs is missing or refused; the message says which and why."""
 
 
 def run_tool(*argv: str) -> str:
@@ -268,14 +266,22 @@ def chains_reached(text: str, start: str = "PREROUTING") -> set[str]:
 # ----- the checks ------------------------------------------------------------------------
 
 
+class Status(StrEnum):
+    """How one check of the preflight turned out."""
+
+    OK = "ok"
+    MISSING = "missing"
+    UNKNOWN = "unknown"  # could not be read
+    WARNING = "warning"  # one family's clients bypass the proxy while the other's reach it
+    ADVICE = "advice"  # only matters in some topologies
+
+
 @dataclass(frozen=True, slots=True)
 class Check:
-    """One thing transparent mode needs. `status` is "ok", "missing", "unknown" (could not
-    be read), "warning" (one family's clients bypass the proxy while the other's reach it) or
-    "advice" (only matters in some topologies)."""
+    """One thing transparent mode needs, and how it stands."""
 
     name: str
-    status: str
+    status: Status
     detail: str
     fix: tuple[str, ...] = ()
     undo: tuple[str, ...] = ()
@@ -283,7 +289,7 @@ class Check:
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        return self.status is Status.OK
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,11 +302,11 @@ class Preflight:
 
     @property
     def ok(self) -> bool:
-        return all(c.status in ("ok", "advice", "warning") for c in self.checks)
+        return all(c.status in (Status.OK, Status.ADVICE, Status.WARNING) for c in self.checks)
 
     @property
     def warned(self) -> bool:
-        return any(c.status == "warning" for c in self.checks)
+        return any(c.status is Status.WARNING for c in self.checks)
 
     def lines(self) -> list[str]:
         host = self.listen_host or "*"
@@ -354,15 +360,15 @@ class _Host:
         return "IF", f"IF: the interface your clients reach this gateway on ({listed})."
 
 
-def _forwarding_check(family: Family, status: str) -> Check:
+def _forwarding_check(family: Family, status: Status) -> Check:
     """`status`: what a problem is for this family ("missing", or "warning")."""
     name = f"{family.prefix}IP forwarding"
     value = read_sysctl(family.forwarding)
     path = sysctl_path(family.forwarding)
     if value is None:
-        return Check(name, "unknown", f"cannot read {path}")
+        return Check(name, Status.UNKNOWN, f"cannot read {path}")
     if value == "1":
-        return Check(name, "ok", f"on ({path} is 1)")
+        return Check(name, Status.OK, f"on ({path} is 1)")
     notes: tuple[str, ...] = ()
     fix = (f"sysctl -w {family.forwarding}=1",)
     undo = (f"sysctl -w {family.forwarding}={value}",)
@@ -399,15 +405,15 @@ def _matching_redirects(host: _Host, listen_port: int) -> list[Redirect]:
     ]  # fmt: skip
 
 
-def _redirect_check(host: _Host, listen_port: int, status: str) -> Check:
+def _redirect_check(host: _Host, listen_port: int, status: Status) -> Check:
     family = host.family
     name = f"{family.prefix}REDIRECT rule"
     if host.nat is None:
         detail = f"cannot read the {family.name} nat table: {host.nat_error}"
-        return Check(name, "unknown", detail, notes=("Reading it needs root.",))
+        return Check(name, Status.UNKNOWN, detail, notes=("Reading it needs root.",))
     if matching := _matching_redirects(host, listen_port):
         found = "; ".join(r.describe() for r in matching)
-        return Check(name, "ok", f"nat PREROUTING redirects {found}")
+        return Check(name, Status.OK, f"nat PREROUTING redirects {found}")
     reached = chains_reached(host.nat)
     tcp = [r for r in parse_redirects(host.nat) if r.protocol in (None, "tcp")]
     found = "; ".join(_why_not(r, listen_port, reached) for r in tcp)
@@ -419,7 +425,7 @@ def _redirect_check(host: _Host, listen_port: int, status: str) -> Check:
     )
     table = "the nat table's" if family is IPV4 else "ip6tables' nat"
     consequence = (
-        "so clients' connections go past the proxy" if status == "missing"
+        "so clients' connections go past the proxy" if status is Status.MISSING
         else "IPv6 clients bypass wsinspect" if family is IPV6
         else "IPv4 clients bypass wsinspect"
     )  # fmt: skip
@@ -455,7 +461,7 @@ def _version(host: str) -> int | None:
 
 
 def _listen_host_check(
-    host: _Host, listen_host: str, listen_port: int, redirects: list[Redirect], status: str
+    host: _Host, listen_host: str, listen_port: int, redirects: list[Redirect], status: Status
 ) -> Check:
     """REDIRECT rewrites a connection's destination to the (first) address of the interface it
     arrived on, so the listener must accept connections to that address."""
@@ -463,7 +469,7 @@ def _listen_host_check(
     name = f"{family.prefix}listen host"
     if listen_host in family.wildcard_hosts:
         detail = f"{listen_host or '*'} accepts redirected connections on every interface"
-        return Check(name, "ok", detail)
+        return Check(name, Status.OK, detail)
     if family is IPV4:
         fix = ("restart wsinspect with --listen-host 0.0.0.0 (every interface)",)
     else:
@@ -485,7 +491,7 @@ def _listen_host_check(
         )
     if not redirects:
         detail = f"{listen_host}: it must be the primary address of the clients' interface"
-        return Check(name, "ok", detail)
+        return Check(name, Status.OK, detail)
     elsewhere = [
         f"{address} on {interface}"
         for interface in {r.named_interface for r in redirects if r.named_interface}
@@ -494,7 +500,7 @@ def _listen_host_check(
     if any(r.named_interface is None for r in redirects):
         elsewhere.append("the address of any other interface they arrive on")
     if not elsewhere:
-        return Check(name, "ok", f"{listen_host} is where REDIRECT sends clients' connections")
+        return Check(name, Status.OK, f"{listen_host} is where REDIRECT sends clients' connections")
     return Check(
         name,
         status,
@@ -509,10 +515,10 @@ def _icmp_redirects_check(redirects: list[Redirect]) -> Check:
     names = dict.fromkeys(n for i in interfaces or [None] for n in send_redirects_names(i))
     on = [n for n in names if read_sysctl(n) == "1"]
     if not on:
-        return Check("ICMP redirects", "ok", "off")
+        return Check("ICMP redirects", Status.OK, "off")
     return Check(
         "ICMP redirects",
-        "advice",
+        Status.ADVICE,
         "sent; when clients and servers share a network, they tell clients to bypass the gateway",
         fix=tuple(f"sysctl -w {n}=0" for n in on),
         undo=tuple(f"sysctl -w {n}=1" for n in on),
@@ -531,7 +537,7 @@ def run(listen_host: str, listen_port: int) -> Preflight:
     any_redirect = any(matching.values())
     checks: list[Check] = []
     for host in in_use:
-        status = "missing" if matching[host.family] or not any_redirect else "warning"
+        status = Status.MISSING if matching[host.family] or not any_redirect else Status.WARNING
         checks += [
             _forwarding_check(host.family, status),
             _redirect_check(host, listen_port, status),
@@ -540,7 +546,8 @@ def run(listen_host: str, listen_port: int) -> Preflight:
     checks.append(_icmp_redirects_check(matching[IPV4]))
     if len(in_use) == 1:
         why = "IPv6 is off in this kernel" if v6 is None else "no IPv6 address beyond link-local"
-        checks.append(Check("IPv6", "ok", f"{why}: no IPv6 client can route through this host"))
+        detail = f"{why}: no IPv6 client can route through this host"
+        checks.append(Check("IPv6", Status.OK, detail))
     return Preflight(listen_host, listen_port, tuple(checks))
 
 

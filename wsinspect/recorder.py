@@ -23,6 +23,7 @@ from wsproto.frame_protocol import Opcode
 
 from . import seams, wire
 from .converters import ABNORMAL_CLOSURE, header_pairs, hop_from_request, is_upgrade_attempt
+from .http_rules import close_payload, header_values, parse_head, request_line_parts
 from .model import (
     MAX_VIOLATIONS,
     Close,
@@ -30,6 +31,7 @@ from .model import (
     Message,
     MessageType,
     Outcome,
+    Side,
     Violation,
 )
 from .store import DEFAULT_MAX_PAYLOAD, SessionStore, temporary_capture_path
@@ -181,14 +183,13 @@ class Recorder:
         hop.request_line = (
             f"{flow.request.method} {flow.request.authority} {flow.request.http_version}"
         )
-        hop.outcome = Outcome.FAILED
         # The server never answered (response_status stays None); what the client got is the
         # proxy's own answer to the CONNECT, beside mitmproxy's text of the failure.
-        hop.error = (
+        hop.failed(
             f"{error}; the client got {flow.response.status_code} {flow.response.reason} "
-            f"for its CONNECT"
+            f"for its CONNECT",
+            time.time(),
         )
-        hop.timestamp_end = time.time()
         self.store.add_hop(hop)
 
     def client_disconnected(self, client) -> None:
@@ -216,16 +217,17 @@ class Recorder:
         if hop is None or flow.response is None:
             return
         response = flow.response
-        hop.response_status = response.status_code
-        hop.response_reason = response.reason
-        hop.response_headers = header_pairs(response.headers)
-        hop.response_http_version = response.http_version
-        hop.timestamp_response = response.timestamp_start or time.time()
         if flow.server_conn.address:
             hop.server_addr = tuple(flow.server_conn.address[:2])
-        if response.status_code != 101:
-            hop.outcome = Outcome.REJECTED
-            hop.timestamp_end = response.timestamp_end or time.time()
+        hop.answered(
+            response.status_code,
+            response.reason,
+            header_pairs(response.headers),
+            response.http_version,
+            response.timestamp_start or time.time(),
+            finished=response.timestamp_end or time.time(),
+        )
+        if hop.outcome is Outcome.REJECTED:
             del self._hops[flow.id]
         self.store.hop_changed(hop)
 
@@ -239,34 +241,19 @@ class Recorder:
                 self._record_refusal(hop, flow.error.msg if flow.error else "")
             return
         self._untap(flow)
-        hop.error = flow.error.msg if flow.error else "connection error"
-        hop.timestamp_end = time.time()
-        if hop.response_status is None:
-            hop.outcome = Outcome.FAILED
-        else:
-            hop.outcome = Outcome.CLOSED
-            if hop.close is None:
-                hop.close = Close(
-                    abnormal=True, abnormal_reason=hop.error, timestamp=hop.timestamp_end
-                )
+        hop.errored(flow.error.msg if flow.error else "connection error", time.time())
         self.store.hop_changed(hop)
 
     def on_refused_request(self, client, head: bytes, reason: str) -> None:
         """An upgrade attempt mitmproxy's HTTP/1 parser refused with a 400 and no flow."""
-        lines = head.decode("latin-1").split("\r\n")
-        headers = [
-            (name.strip(), value.strip()) if sep else (line, "")
-            for line in lines[1:]
-            for name, sep, value in [line.partition(":")]
-        ]
-        parts = lines[0].split(" ")
-        target = parts[1] if len(parts) > 1 else ""
-        host = next((v for k, v in headers if k.lower() == "host"), "")
+        request_line, headers = parse_head(head)
+        _, target, http_version = request_line_parts(request_line)
+        host = next(iter(header_values(headers, "Host")), "")
         hop = Hop(
             mode=client.proxy_mode.full_spec,
             url=target if "://" in target else f"ws://{host}{target}",
-            request_line=lines[0],
-            http_version=parts[-1] if len(parts) == 3 else "",
+            request_line=request_line,
+            http_version=http_version,
             request_headers=headers,
             timestamp_start=time.time(),
             client_addr=tuple(client.peername[:2]) if client.peername else None,
@@ -274,12 +261,7 @@ class Recorder:
         self._record_refusal(hop, reason)
 
     def _record_refusal(self, hop: Hop, reason: str) -> None:
-        hop.outcome = Outcome.REJECTED
-        hop.response_status = 400
-        hop.response_reason = "Bad Request"
-        hop.answered_by = "proxy"
-        hop.error = reason or "refused by the proxy"
-        hop.timestamp_response = hop.timestamp_end = time.time()
+        hop.refused(reason, time.time())
         self.store.add_hop(hop)
 
     # ----- WebSocket: messages and the end -------------------------------------------------
@@ -411,33 +393,35 @@ class Recorder:
         if raw is None:
             return
         hop = raw.hop
-        close = Close(timestamp=end.timestamp, client_end=end.client, server_end=end.server)
-        told = {}  # receiver -> the first close frame's code and reason
-        for frame in raw.closes:
-            told.setdefault("server" if frame.from_client else "client", frame.close_code_reason())
+        ends = {"client_end": end.client, "server_end": end.server}
         if raw.closes:
+            told = {}  # receiver -> the first close frame's code and reason
+            for frame in raw.closes:
+                told.setdefault(Side.of(frame.from_client).peer, frame.close_code_reason())
             first = raw.closes[0]
-            close.by = "client" if first.from_client else "server"
-            close.code, close.reason = first.close_code_reason()
-            close.told_client, close.told_server = told.get("client"), told.get("server")
-        else:
-            close.by = end.first
-            other = "server" if end.first == "client" else "client"
-            how = end.client if end.first == "client" else end.server
-            close.abnormal = True
-            close.abnormal_reason = (
-                f"the {end.first} {_ended_how(how)} without a close frame; wsinspect passed the "
-                f"same {'reset' if how == 'reset' else 'FIN'} on to the {other}"
+            code, reason = first.close_code_reason()
+            close = Close(
+                code=code,
+                reason=reason,
+                by=Side.of(first.from_client),
+                timestamp=end.timestamp,
+                told_client=told.get(Side.CLIENT),
+                told_server=told.get(Side.SERVER),
+                **ends,
             )
-            if how == "fin" and (end.server if end.first == "client" else end.client) == "reset":
-                close.abnormal_reason += (
-                    f"; then the {other} reset the connection, passed on to the {end.first}"
-                )
+        else:
+            by = Side(end.first)
+            how, then = (end.client, end.server) if by is Side.CLIENT else (end.server, end.client)
+            what = (
+                f"the {by} {_ended_how(how)} without a close frame; wsinspect passed the "
+                f"same {'reset' if how == 'reset' else 'FIN'} on to the {by.peer}"
+            )
+            if how == "fin" and then == "reset":
+                what += f"; then the {by.peer} reset the connection, passed on to the {by}"
+            close = Close.lost(by, end.timestamp, what, **ends)
         if hop.violations:
             close.offender = hop.violations[0].sender
-        hop.close = close
-        hop.timestamp_end = end.timestamp
-        hop.outcome = Outcome.CLOSED
+        hop.ended(close)
         self.store.hop_changed(hop)
         ws = flow.websocket
         if ws is not None:
@@ -471,28 +455,19 @@ class Recorder:
             return
         ws = flow.websocket
         assert ws is not None
-        side = "client" if ws.closed_by_client else "server"
-        hop.timestamp_end = ws.timestamp_end or time.time()
-        hop.outcome = Outcome.CLOSED
-        close = Close(
-            timestamp=hop.timestamp_end,
-            told_client=notes.told.get("client"),
-            told_server=notes.told.get("server"),
-        )
+        side = Side.of(ws.closed_by_client)
+        ended = ws.timestamp_end or time.time()
         if notes.protocol_error is not None:
             # mitmproxy's flow says the offending side closed; it was the proxy.
-            close.by = "proxy"
-            close.offender = notes.protocol_error[0]
-            close.code, close.reason = notes.protocol_error[1:]
+            offender, code, reason = notes.protocol_error
+            close = Close(code=code, reason=reason, by="proxy", offender=offender, timestamp=ended)
         elif ws.close_code == ABNORMAL_CLOSURE:
-            close.by = side
-            close.abnormal = True
-            close.abnormal_reason = f"the {side} connection was lost without a close frame"
+            close = Close.lost(side, ended)
         else:
-            close.by = side
-            close.code = int(ws.close_code) if ws.close_code is not None else None
-            close.reason = ws.close_reason or ""
-        hop.close = close
+            code = int(ws.close_code) if ws.close_code is not None else None
+            close = Close(code=code, reason=ws.close_reason or "", by=side, timestamp=ended)
+        close.told_client, close.told_server = notes.told.get("client"), notes.told.get("server")
+        hop.ended(close)
         self.store.hop_changed(hop)
 
     def on_frame_event(
@@ -505,7 +480,7 @@ class Recorder:
         if hop is None:
             return
         if protocol_error:
-            side = "client" if from_client else "server"
+            side = Side.of(from_client)
             notes = self._close_notes.setdefault(flow_id, _CloseNotes())
             notes.protocol_error = (side, int(event.code), event.reason or "")
             return
@@ -516,7 +491,7 @@ class Recorder:
             if event.code == ABNORMAL_CLOSURE:
                 return  # no frame: the connection was lost; websocket_end records it
             kind = MessageType.CLOSE
-            payload = int(event.code).to_bytes(2, "big") + (event.reason or "").encode()
+            payload = close_payload(event.code, event.reason or "")
         else:
             return
         self.store.add_message(
@@ -535,7 +510,7 @@ class Recorder:
         flow_id = self._flow_by_conn.get(conn_id)
         if flow_id is not None:
             notes = self._close_notes.setdefault(flow_id, _CloseNotes())
-            notes.told["client" if to_client else "server"] = (code, reason)
+            notes.told[Side.of(to_client)] = (code, reason)
 
     def _untap(self, flow: http.HTTPFlow) -> None:
         self._live_flows.pop(flow.id, None)

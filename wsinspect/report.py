@@ -112,9 +112,8 @@ def close_text(session: Session) -> str:
     if close is None:
         return _error(session.first_hop.error) or ""
     if close.abnormal:
-        survivor = {"client": "server", "server": "client"}.get(close.by or "")
-        told = getattr(close, f"told_{survivor}") if survivor else None
-        told_text = f"; the {survivor} was told {told[0]}" if told else ""
+        told = close.told_survivor()
+        told_text = f"; the {close.survivor} was told {told[0]}" if told else ""
         return f"abnormal: {_error(close.abnormal_reason)}{told_text}"
     code = close.code if close.code is not None else "close with no status code"
     reason = f" {close.reason!r}" if close.reason else ""

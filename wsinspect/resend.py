@@ -32,6 +32,7 @@ from mitmproxy import command, exceptions, websocket
 from mitmproxy.proxy.layers.websocket import WebSocketMessageInjected
 from wsproto.frame_protocol import Opcode
 
+from .errors import ResendError, SessionClosedError
 from .model import MessageType, Outcome
 from .recorder import Recorder
 
@@ -39,14 +40,6 @@ logger = logging.getLogger("wsinspect")
 
 DESTINATIONS = ("original", "client", "server")
 PAYLOAD_ENCODINGS = ("text", "hex", "base64")
-
-
-class ResendError(Exception):
-    """A message could not be resent; the message says why in one line."""
-
-
-class SessionClosedError(ResendError):
-    """The session has ended: nothing can be injected into it any more (replay it instead)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +106,7 @@ class Resender:
                 "only text and binary messages can be resent"
             )
         if to in (None, "original"):
-            to = "server" if message.from_client else "client"
+            to = message.direction.peer
         if to not in ("client", "server"):
             raise ResendError(f"unknown destination {to!r}; use client, server or original")
         if payload is None:

@@ -61,6 +61,7 @@ from wsproto.events import CloseConnection
 from wsproto.frame_protocol import Opcode
 
 from . import wire
+from .http_rules import close_code_reason
 
 logger = logging.getLogger("wsinspect")
 
@@ -124,9 +125,7 @@ def parse_close_frame(data: bytes) -> tuple[int | None, str] | None:
     if data[1] & 0x80:
         key = data[2:6]
         payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-    if len(payload) < 2:
-        return None, ""
-    return int.from_bytes(payload[:2], "big"), payload[2:].decode("utf-8", errors="replace")
+    return close_code_reason(payload)
 
 
 def _install_frame_tap() -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import correlate
+from .errors import CaptureError
 from .model import (
     MAX_COUNT,
     MAX_SECONDS,
@@ -61,20 +62,6 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_hop ON messages (hop_id, idx);
 """
-
-
-class CaptureError(Exception):
-    """A capture file that cannot be opened or read; the message names the file and why, on
-    one line: what it quotes (SQLite's and mitmproxy's errors, which may quote the file) has
-    its line breaks and runs of spaces made single spaces, and is cut after MAX_CHARS."""
-
-    MAX_CHARS = 400
-
-    def __init__(self, message: str) -> None:
-        line = " ".join(message.split())
-        if len(line) > self.MAX_CHARS:
-            line = line[: self.MAX_CHARS - 1] + "…"
-        super().__init__(line)
 
 
 @dataclass
@@ -489,14 +476,15 @@ class SessionStore:
     def hop(self, hop_id: int) -> Hop:
         return self._hops[hop_id]
 
-    def message_count(self, session_id: int, hop_position: int = 0) -> int:
-        return self._sessions[session_id].hops[hop_position].stats.count
+    def message_count(self, session_id: int, hop_position: int = 1) -> int:
+        return self._sessions[session_id].hops[hop_position - 1].stats.count
 
     def messages(
-        self, session_id: int, start: int, stop: int, hop_position: int = 0
+        self, session_id: int, start: int, stop: int, hop_position: int = 1
     ) -> list[Message]:
-        """Messages `start` to `stop` (exclusive) of one hop of a session, in order."""
-        hop = self._sessions[session_id].hops[hop_position]
+        """Messages `start` to `stop` (exclusive) of one hop of a session, in order; hop 1 is
+        the client-most, as in findings, reports and exports."""
+        hop = self._sessions[session_id].hops[hop_position - 1]
         return self.hop_messages(hop.id, start, stop)
 
     def hop_messages(self, hop_id: int, start: int, stop: int) -> list[Message]:

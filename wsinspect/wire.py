@@ -18,6 +18,7 @@ import time
 import zlib
 from dataclasses import dataclass
 
+from wsinspect.http_rules import close_code_reason
 from wsinspect.model import header_values
 
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -90,11 +91,7 @@ class Control(WireEvent):
 
     def close_code_reason(self) -> tuple[int | None, str]:
         """Code and reason of a close frame; (None, "") when the payload carries no code."""
-        if self.opcode != CLOSE or len(self.payload) < 2:
-            return None, ""
-        return int.from_bytes(self.payload[:2], "big"), self.payload[2:].decode(
-            "utf-8", errors="replace"
-        )
+        return close_code_reason(self.payload) if self.opcode == CLOSE else (None, "")
 
 
 @dataclass(slots=True)

@@ -11,10 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import report
-from ..demo import HOST, Demo, DemoError
-from ..engine import EngineError
+from ..demo import HOST, Demo
+from ..errors import WsinspectError
 from ..runtime import StopEvent, Stopped, run_until_stopped
-from ..store import CaptureError
 
 log = logging.getLogger("wsinspect.demo")
 
@@ -63,7 +62,7 @@ async def run(args: argparse.Namespace) -> int:
                 await run_live(demo.store, demo.engine, stop)
                 clients.cancel()
                 await asyncio.gather(clients, return_exceptions=True)
-    except (CaptureError, DemoError, EngineError, OSError) as e:
+    except (WsinspectError, OSError) as e:
         print(f"wsinspect demo: {e}", file=sys.stderr)
         return 2
     finally:

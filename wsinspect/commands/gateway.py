@@ -7,8 +7,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .. import preflight
 from ..addresses import DEFAULT_LISTEN_PORT
+from ..errors import WsinspectError
 from ..gateway import GatewayError, check, parse_ports, setup, teardown
 
 
@@ -45,7 +45,7 @@ def main(argv: Sequence[str]) -> int:
             teardown()
         else:
             return 0 if check(args.listen_host, args.listen_port) else 1
-    except (GatewayError, preflight.HostError) as e:
+    except WsinspectError as e:
         print(f"wsinspect gateway: {e}", file=sys.stderr)
         return 1
     return 0

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import CaptureError, WsinspectError
 from ..replay import (
-    _CLOSE_WAIT,
+    CLOSE_WAIT,
     CREDENTIAL_HEADERS,
     DEFAULT_ANSWER_WAIT,
     DEFAULT_DEADLINE,
@@ -28,7 +29,7 @@ from ..replay import (
 )
 from ..report import printable, session_text
 from ..runtime import StopEvent, Stopped, new_capture_path, remove_capture, run_until_stopped
-from ..store import CaptureError, SessionStore
+from ..store import SessionStore
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -119,7 +120,7 @@ async def _run(args: argparse.Namespace, plan: ReplayPlan, store: SessionStore) 
             await engine.stop()
 
 
-async def _connections_closed(engine: Engine, timeout: float = _CLOSE_WAIT) -> None:
+async def _connections_closed(engine: Engine, timeout: float = CLOSE_WAIT) -> None:
     """Let the proxy finish with the replay's connection: stopping the loop while mitmproxy
     still handles one makes asyncio print its cancelled handler task."""
     connections = engine.master.addons.get("proxyserver").connections
@@ -144,7 +145,7 @@ async def _main(args: argparse.Namespace) -> int:
         drop = [*args.drop_header, *(CREDENTIAL_HEADERS if args.drop_credentials else ())]
         plan = ReplayPlan.from_store(source, args.session_id, to=args.to, drop_headers=drop)
         store = SessionStore(new_capture_path(args.capture))
-    except (ReplayError, CaptureError, OSError) as e:
+    except (WsinspectError, OSError) as e:
         print(f"wsinspect: {printable(str(e))}", file=sys.stderr)
         source.close()
         return 2

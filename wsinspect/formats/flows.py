@@ -24,6 +24,7 @@ from mitmproxy.websocket import WebSocketData, WebSocketMessage
 from wsproto.frame_protocol import Opcode
 
 from ..converters import ABNORMAL_CLOSURE, header_pairs, hop_from_request, is_upgrade_attempt
+from ..http_rules import request_line_parts
 from ..model import (
     CLOSE_CODE,
     COUNT,
@@ -33,6 +34,7 @@ from ..model import (
     MessageType,
     Outcome,
     RecordError,
+    Side,
     field_of,
     integer,
     member,
@@ -88,7 +90,7 @@ def flow_for_hop(item: ExportedHop, messages: Iterable[Message]) -> http.HTTPFlo
     flow.request = http.Request(
         host=url.hostname or "",
         port=url.port or (443 if secure else 80),
-        method=_wire(hop.request_line.partition(" ")[0] or "GET"),
+        method=_wire(request_line_parts(hop.request_line)[0] or "GET"),
         scheme=b"https" if secure else b"http",
         authority=b"",
         path=_wire((url.path or "/") + (f"?{url.query}" if url.query else "")),
@@ -207,38 +209,41 @@ def _records(extra: dict, key: str, length: int) -> list[tuple]:
 
 
 def _end_as_recorded(hop: Hop, flow: http.HTTPFlow) -> None:
-    """How a hop ended, the way the recorder's hooks would have recorded this flow."""
-    websocket = flow.websocket
-    if flow.error is not None:
-        hop.error = flow.error.msg
-        hop.timestamp_end = flow.error.timestamp
-    if hop.response_status is None:
-        hop.outcome = Outcome.FAILED if flow.error else Outcome.OPEN
-    elif hop.response_status != 101:
-        hop.outcome = Outcome.REJECTED
-        hop.timestamp_end = flow.response.timestamp_end or hop.timestamp_response
-    elif websocket is not None and websocket.closed_by_client is not None:
-        by = "client" if websocket.closed_by_client else "server"
-        hop.outcome = Outcome.CLOSED
-        hop.timestamp_end = websocket.timestamp_end or hop.timestamp_end
+    """How a hop was answered and ended, the way the recorder's hooks would have recorded this
+    flow."""
+    response, websocket, error = flow.response, flow.websocket, flow.error
+    if response is not None:
+        hop.answered(
+            response.status_code,
+            response.reason,
+            header_pairs(response.headers),
+            response.http_version,
+            response.timestamp_start,
+            finished=response.timestamp_end,
+        )
+    closed = websocket is not None and websocket.closed_by_client is not None
+    if hop.response_status == 101 and closed:
+        by = Side.of(websocket.closed_by_client)
         optional(CLOSE_CODE)(websocket.close_code, "close code")
+        if error is not None:
+            hop.error = error.msg
+        ended = websocket.timestamp_end or (error.timestamp if error is not None else None)
         if websocket.close_code == ABNORMAL_CLOSURE:
-            hop.close = Close(
-                by=by,
-                abnormal=True,
-                abnormal_reason=f"the {by} connection was lost without a close frame",
-                timestamp=hop.timestamp_end,
-            )
+            hop.ended(Close.lost(by, ended))
         else:
-            hop.close = Close(
-                code=websocket.close_code,
-                reason=websocket.close_reason or "",
-                by=by,
-                timestamp=hop.timestamp_end,
+            hop.ended(
+                Close(
+                    code=websocket.close_code,
+                    reason=websocket.close_reason or "",
+                    by=by,
+                    timestamp=ended,
+                )
             )
-    elif flow.error is not None:
-        hop.outcome = Outcome.CLOSED
-        hop.close = Close(abnormal=True, abnormal_reason=hop.error, timestamp=hop.timestamp_end)
+    elif error is not None:
+        if hop.outcome is Outcome.REJECTED:  # the answer ended it; the error is beside it
+            hop.error = error.msg
+        else:
+            hop.errored(error.msg, error.timestamp)
 
 
 def hop_from_flow(flow: mitmproxy_flow.Flow) -> tuple[Hop, list[Message]] | None:
@@ -258,12 +263,6 @@ def hop_from_flow(flow: mitmproxy_flow.Flow) -> tuple[Hop, list[Message]] | None
         return checked(hop, _messages(flow, record))
     mode(flow.client_conn.proxy_mode.full_spec, "proxy mode")
     hop = hop_from_request(flow)
-    if flow.response is not None:
-        hop.response_status = flow.response.status_code
-        hop.response_reason = flow.response.reason
-        hop.response_headers = header_pairs(flow.response.headers)
-        hop.response_http_version = flow.response.http_version
-        hop.timestamp_response = flow.response.timestamp_start
     _end_as_recorded(hop, flow)
     return checked(hop, _messages(flow, {}))
 

@@ -23,12 +23,12 @@ from typing import BinaryIO, TextIO
 from urllib.parse import unquote_plus, urlsplit
 
 from .. import __version__
+from ..http_rules import as_ws_url, request_line_parts
 from ..model import (
     MAX_TIMESTAMP,
     Close,
     Hop,
     Message,
-    Outcome,
     RecordError,
     field_of,
     header_list,
@@ -101,7 +101,7 @@ def har_message(message: Message) -> dict:
 
 def har_entry(item: ExportedHop, messages: Iterable[Message]) -> dict:
     hop = item.hop
-    method = hop.request_line.partition(" ")[0] or "GET"
+    method = request_line_parts(hop.request_line)[0] or "GET"
     waited = hop.timestamp_response - hop.timestamp_start if hop.timestamp_response else 0.0
     response = {
         "status": hop.response_status or 0,
@@ -174,13 +174,6 @@ def _milliseconds(value: object, what: str) -> float:
     return value / 1000
 
 
-def _ws_url(url: str) -> str:
-    for http, ws in (("http://", "ws://"), ("https://", "wss://")):
-        if url.startswith(http):
-            return ws + url[len(http) :]
-    return url
-
-
 def _message(item: object, default_time: float) -> Message | None:
     direction = field_of(item, "type", "message")
     if direction not in ("send", "receive"):
@@ -213,20 +206,14 @@ def _derived_end(hop: Hop, messages: list[Message], entry: dict) -> None:
     response = field_of(entry, "response", "HAR entry", None) or {}
     hop.error = field_of(response, "_error", "response", None) or None
     if hop.response_status is None:
-        hop.outcome = Outcome.FAILED
-        hop.timestamp_end = hop.timestamp_start + _milliseconds(entry.get("time"), "entry time")
-    elif hop.response_status != 101:
-        hop.outcome = Outcome.REJECTED
-        hop.timestamp_end = hop.timestamp_response
-    else:
+        waited = _milliseconds(entry.get("time"), "entry time")
+        hop.failed(hop.error, hop.timestamp_start + waited)
+    elif hop.response_status == 101:
         closes = [m for m in messages if m.type.value == "close"]
         if closes:
             code, reason = closes[0].close_code_reason()
-            hop.outcome = Outcome.CLOSED
-            hop.timestamp_end = closes[-1].timestamp
-            hop.close = Close(
-                code=code, reason=reason, by=closes[0].direction, timestamp=hop.timestamp_end
-            )
+            by, ended = closes[0].direction, closes[-1].timestamp
+            hop.ended(Close(code=code, reason=reason, by=by, timestamp=ended))
 
 
 def _headers(items: object, what: str) -> list[tuple[str, str]]:
@@ -266,7 +253,7 @@ def _derived_hop(entry: dict, url: str, headers, response_headers) -> Hop:
         # HAR has no port: the URL's is the best guess
         server_addr = (address.strip("[]"), split.port or _DEFAULT_PORTS.get(split.scheme, 80))
     waited = _milliseconds(field_of(entry, "time", "HAR entry", None), "entry time")
-    return Hop(
+    hop = Hop(
         mode=HAR_MODE,
         url=url,
         request_line=f"{_optional_text(request, 'method', 'request') or 'GET'} {target} "
@@ -275,14 +262,14 @@ def _derived_hop(entry: dict, url: str, headers, response_headers) -> Hop:
         request_headers=headers,
         timestamp_start=start,
         server_addr=server_addr,
-        response_status=status or None,
-        response_reason=_optional_text(response, "statusText", "response"),
-        response_headers=response_headers,
-        response_http_version=(_optional_text(response, "httpVersion", "response") or None)
-        if status
-        else None,
-        timestamp_response=start + waited if status else None,
     )
+    reason = _optional_text(response, "statusText", "response")
+    if status:
+        version = _optional_text(response, "httpVersion", "response") or None
+        hop.answered(status, reason, response_headers, version, start + waited)
+    else:  # no answer (status 0); what else the entry says of one is kept as it is
+        hop.response_reason, hop.response_headers = reason, response_headers
+    return hop
 
 
 def hop_from_entry(entry: object) -> tuple[Hop, list[Message]] | None:
@@ -305,7 +292,7 @@ def hop_from_entry(entry: object) -> tuple[Hop, list[Message]] | None:
     if record:
         hop = hop_from_record(record, headers, response_headers)
     else:
-        hop = _derived_hop(entry, _ws_url(url), headers, response_headers)
+        hop = _derived_hop(entry, as_ws_url(url), headers, response_headers)
     if type(items) is not list:
         raise RecordError("_webSocketMessages is not a list")
     messages = []

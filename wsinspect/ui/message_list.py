@@ -146,7 +146,7 @@ class MessageList(ScrollView, can_focus=True):
         self,
         store: SessionStore,
         session_id: int,
-        hop_position: int = 0,
+        hop_position: int = 1,  # 1 is the client-most hop
         *,
         load: LoopLoad | None = None,
         id: str | None = None,
