@@ -3,8 +3,11 @@ calls paired with their answers, and the call statistics."""
 
 from __future__ import annotations
 
+import copy
+import heapq
 import math
-from collections.abc import Hashable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -26,6 +29,10 @@ SUBPROTOCOLS = {
 PROTOCOLS = ("socket.io", "engine.io", graphql.TRANSPORT_WS, graphql.LEGACY_WS, stomp.PROTOCOL,
              mqtt.PROTOCOL, signalr.PROTOCOL, jsonrpc.PROTOCOL)
 DATA_TYPES = (MessageType.TEXT, MessageType.BINARY)
+# Without a protocol named in the handshake, this many data messages are looked at for one
+# that tells; a session whose first ones do not is taken as speaking none (and a capture of
+# millions of plain messages is not read whole just to find that out).
+DETECT_WITHIN = 1000
 
 
 def detect_handshake(request_headers: Headers = (), response_headers: Headers = (),
@@ -72,7 +79,16 @@ def detect(messages: Iterable[Message], request_headers: Headers = (),
     found = detect_handshake(request_headers, response_headers, url)
     if found:
         return found
-    return next((p for m in messages if (p := detect_content(m))), None)
+    looked = 0
+    for message in messages:
+        if message.type not in DATA_TYPES:
+            continue
+        if (found := detect_content(message)):
+            return found
+        looked += 1
+        if looked >= DETECT_WITHIN:
+            return None
+    return None
 
 
 def decoder_for(protocol: str):
@@ -225,6 +241,11 @@ class SessionDecoder:
             self._pair(part, message, index)
         return Decoded.of(parts)
 
+    def unit_state(self):
+        """A copy of the protocol decoder's state (attachments awaited, packets begun): with
+        it, `decode_from` re-decodes messages from here without the session's pairing."""
+        return copy.deepcopy(self._decoder)
+
     def _pair(self, part: Part, message: Message, index: int) -> None:
         if part.call_key is not None:
             call = Call(part.shown_label, part.id, message.from_client, index, message.timestamp,
@@ -256,7 +277,7 @@ class SessionDecoder:
             unanswered=len(self.calls) - len(answered),
             latency_p50=percentile(latencies, 0.5),
             latency_max=max(latencies) if latencies else None,
-            slowest=sorted(answered, key=lambda c: -c.latency)[:slowest],
+            slowest=heapq.nlargest(slowest, answered, key=lambda c: c.latency),
             unanswered_calls=[c for c in self.calls if not c.answered],
         )
 
@@ -266,6 +287,52 @@ class Analysis:
     protocol: str | None
     decoded: list[Decoded | None]  # one per message given, None where nothing was decoded
     stats: CallStats
+
+
+def decode_from(protocol: str, unit_state, messages: Iterable[Message]) -> list[Part]:
+    """The parts of the last data message of `messages`, decoded in order by a copy of
+    `unit_state` (from `SessionDecoder.unit_state`, taken before the first of them). Answers
+    keep label None: their call's label comes from the session's pairing."""
+    unit = copy.deepcopy(unit_state)
+    parts: list[Part] = []
+    for message in messages:
+        if message.type in DATA_TYPES:
+            parts = unit.decode(message.payload, message.from_client,
+                                message.type is MessageType.TEXT, message.truncated)
+            parts = parts or [Part(protocol, "empty")]
+    return parts
+
+
+@dataclass(slots=True)
+class ProtocolSummary:
+    """A hop's protocol, its messages counted by label, and its call statistics: what
+    `report` says of it."""
+
+    protocol: str | None
+    labels: Counter
+    stats: CallStats
+
+    def to_json(self, listed: int = 5) -> dict:
+        stats = self.stats.to_json()
+        stats["unanswered_calls"] = stats["unanswered_calls"][:listed]
+        stats["slowest"] = stats["slowest"][:listed]
+        return {**stats, "labels": dict(self.labels.most_common())}
+
+
+def summarise(messages: Callable[[], Iterable[Message]], request_headers: Headers = (),
+              response_headers: Headers = (), url: str | None = None,
+              slowest: int = 5) -> ProtocolSummary:
+    """`analyse` without keeping each message's decoding: for sessions of any length.
+    `messages` gives the hop's messages from the start each time it is called (detection
+    may read some of them first)."""
+    protocol = detect(messages(), request_headers, response_headers, url)
+    labels: Counter = Counter()
+    decoder = SessionDecoder(protocol=protocol)
+    if protocol is not None:
+        for message in messages():
+            if (decoded := decoder.feed(message)) is not None:
+                labels.update(part.shown_label for part in decoded.parts)
+    return ProtocolSummary(protocol, labels, decoder.stats(slowest))
 
 
 def analyse(messages: Iterable[Message], request_headers: Headers = (),
