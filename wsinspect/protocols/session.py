@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import heapq
 import math
+from array import array
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,11 @@ DATA_TYPES = (MessageType.TEXT, MessageType.BINARY)
 # that tells; a session whose first ones do not is taken as speaking none (and a capture of
 # millions of plain messages is not read whole just to find that out).
 DETECT_WITHIN = 1000
+# The slowest answered calls a SessionDecoder keeps (`stats(slowest)` lists up to this many).
+# Only these, the open and the unanswered calls are kept as objects: a session of a million
+# calls would otherwise hold a million, and Python's garbage collector walks them all, again
+# and again, while the app waits.
+SLOWEST_KEPT = 50
 
 
 def detect_handshake(request_headers: Headers = (), response_headers: Headers = (),
@@ -220,7 +226,10 @@ class SessionDecoder:
         self.protocol = protocol or detect_handshake(request_headers, response_headers, url)
         self._decoder = decoder_for(self.protocol) if self.protocol else None
         self._open: dict[tuple[Hashable, bool], Call] = {}
-        self.calls: list[Call] = []
+        self.call_count = 0
+        self._latencies = array("d")  # of the answered calls
+        self._slowest: list[tuple[float, int, Call]] = []  # a min-heap of SLOWEST_KEPT
+        self._unanswered: dict[int, tuple[int, Call]] = {}  # by id(): (its number, it)
         self._position = 0
 
     def feed(self, message: Message) -> Decoded | None:
@@ -251,7 +260,8 @@ class SessionDecoder:
             call = Call(part.shown_label, part.id, message.from_client, index, message.timestamp,
                         part.operation, part.destination, part.topic)
             self._open[(part.call_key, message.from_client)] = call
-            self.calls.append(call)
+            self._unanswered[id(call)] = (self.call_count, call)
+            self.call_count += 1
         if part.answer_key is None:
             return
         key = (part.answer_key, not message.from_client)
@@ -264,21 +274,31 @@ class SessionDecoder:
         part.latency = max(0.0, message.timestamp - call.timestamp)
         if call.answer_index is None:
             call.answer_index, call.latency = index, part.latency
+            self._answered(call)
         if part.final:
             del self._open[key]
 
+    def _answered(self, call: Call) -> None:
+        number, _ = self._unanswered.pop(id(call))
+        self._latencies.append(call.latency)
+        # ties: the earlier call ranks slower (as a stable sort would have it)
+        entry = (call.latency, -number, call)
+        if len(self._slowest) < SLOWEST_KEPT:
+            heapq.heappush(self._slowest, entry)
+        else:
+            heapq.heappushpop(self._slowest, entry)
+
     def stats(self, slowest: int = 5) -> CallStats:
-        answered = [c for c in self.calls if c.answered]
-        latencies = [c.latency for c in answered]
+        latencies = list(self._latencies)
         return CallStats(
             protocol=self.protocol,
-            calls=len(self.calls),
-            answered=len(answered),
-            unanswered=len(self.calls) - len(answered),
+            calls=self.call_count,
+            answered=len(latencies),
+            unanswered=self.call_count - len(latencies),
             latency_p50=percentile(latencies, 0.5),
             latency_max=max(latencies) if latencies else None,
-            slowest=heapq.nlargest(slowest, answered, key=lambda c: c.latency),
-            unanswered_calls=[c for c in self.calls if not c.answered],
+            slowest=[e[-1] for e in sorted(self._slowest, reverse=True)[:slowest]],
+            unanswered_calls=[call for _, call in self._unanswered.values()],
         )
 
 

@@ -8,6 +8,7 @@ protocol decoder's state saved every CHECKPOINT_EVERY messages."""
 
 from __future__ import annotations
 
+import math
 from array import array
 from collections.abc import Callable, Sequence
 
@@ -63,7 +64,7 @@ class HopTrack:
         self._summaries = array("I")  # per message: label and operation/destination/topic
         self._protocols = array("I")  # per message: its protocol's id (socket.io, engine.io)
         self._names = Names()
-        self._latency: dict[int, float] = {}  # answers: seconds since their call
+        self._latency = array("d")  # per message: an answer's seconds since its call, or NaN
 
     @property
     def decoded(self) -> int:
@@ -90,12 +91,12 @@ class HopTrack:
                 self._labels.append(0)
                 self._summaries.append(0)
                 self._protocols.append(0)
+                self._latency.append(math.nan)
                 continue
             self._labels.append(self._names.id(found.label))
             self._summaries.append(self._names.id(found.summary))
             self._protocols.append(self._names.id(found.protocol))
-            if found.latency is not None:
-                self._latency[self.decoded - 1] = found.latency
+            self._latency.append(math.nan if found.latency is None else found.latency)
 
     def _detect(self, messages: Sequence[Message]) -> None:
         for message in messages:
@@ -127,7 +128,9 @@ class HopTrack:
         return self._names.names[self._protocols[index]] if index < self.decoded else None
 
     def latency(self, index: int) -> float | None:
-        return self._latency.get(index)
+        if index >= self.decoded or math.isnan(latency := self._latency[index]):
+            return None
+        return latency
 
     def glance(self, message: Message) -> str:
         """The summary of a message not decoded yet, decoded alone (from the decoder's last

@@ -39,8 +39,12 @@ from .pacing import LoopLoad
 SCAN_CHUNK = 5000
 CACHE_ROWS = 4000
 STRIP_CACHE = 1000
-DECODE_CHUNK = 1000  # messages read at once by the background decoding
-DECODE_SLICE = 0.015  # seconds of decoding between two chances for the app to draw and react
+DECODE_CHUNK = 250  # messages read and decoded at once by the background decoding
+# Seconds of decoding, then of rest: a key press or a frame takes many turns of the event loop,
+# and each turn would otherwise wait for a slice of decoding.
+DECODE_SLICE = 0.010
+DECODE_REST = 0.010
+DECODE_PROGRESS_INTERVAL = 0.25  # seconds between two DecodeProgress messages
 # `label:…` and `protocol:…` in the filter box: the Label column, the message's protocol
 FILTER_TERM = re.compile(r"(?:^|(?<=\s))(label|protocol):(\S*)")
 
@@ -346,15 +350,23 @@ class MessageList(ScrollView, can_focus=True):
             self._decode_task = asyncio.ensure_future(self._decode())
 
     async def _decode(self) -> None:
+        told = 0.0  # when DecodeProgress was last posted
         try:
             while self.track.wants(self.total):
                 protocol = self.track.protocol
                 self._decode_until(self.total, DECODE_SLICE)
-                self._settle_rows(protocol_changed=protocol != self.track.protocol)
-                self.post_message(
-                    self.DecodeProgress(self.track.decoded, self.total, self.track.protocol))
+                changed = protocol != self.track.protocol
+                self._settle_rows(protocol_changed=changed)
+                now = time.monotonic()
+                if changed or now - told >= DECODE_PROGRESS_INTERVAL or not self.track.wants(
+                    self.total
+                ):
+                    told = now
+                    self.post_message(
+                        self.DecodeProgress(self.track.decoded, self.total, self.track.protocol))
                 # While the proxy keeps the loop busy, decoding waits as repaints do.
-                await asyncio.sleep(self.load.repaint_interval if self.load.saturated else 0)
+                await asyncio.sleep(
+                    self.load.repaint_interval if self.load.saturated else DECODE_REST)
         finally:
             self._decode_task = None
 

@@ -158,6 +158,9 @@ class SessionScreen(AppAccess, Coloured, Screen):
         # come up to 50 times a second under load.
         self._summary = self.query_one(SessionSummary)
         self._message_list = self.query_one(MessageList)
+        self._header = self.query_one(MessageHeader)
+        self._payload = self.query_one(PayloadPane)
+        self._tabs = self.query_one(TabbedContent)
         self._show_session()
         self.set_interval(MESSAGE_COUNTS_INTERVAL, self._refresh_summary)
         self._message_list.messages_arrived()  # any that came while the screen was built
@@ -317,13 +320,13 @@ class SessionScreen(AppAccess, Coloured, Screen):
         selected message's decoded view once decoding reaches it."""
         track = self._message_list.track
         self._summary.show_protocol(track.protocol)
-        self.query_one(MessageHeader).labels = track.protocol is not None
-        done = not self._message_list.track.wants(self._message_list.total)
-        if self.query_one(TabbedContent).active == "calls" and (
+        self._header.labels = track.protocol is not None
+        done = not track.wants(self._message_list.total)
+        if self._tabs.active == "calls" and (
             done or time.monotonic() - self._calls_shown >= CALLS_REFRESH
         ):
             self._show_calls()
-        pane = self.query_one(PayloadPane)
+        pane = self._payload
         if (pane.message is not None and pane.decoded is None
                 and track.summary(pane.message.index)):
             self._show_payload(pane.message.index)
