@@ -9,8 +9,8 @@ from wsinspect.store import SessionStore
 
 # (from_client, type, payload, seconds after the handshake)
 SOCKET_IO = [
-    (False, MessageType.TEXT, b'0{"sid":"abc","upgrades":[],"pingInterval":25000,'
-                              b'"pingTimeout":20000,"maxPayload":1000000}', 0.001),
+    (False, MessageType.TEXT, (b'0{"sid":"abc","upgrades":[],"pingInterval":25000,'
+                               b'"pingTimeout":20000,"maxPayload":1000000}'), 0.001),
     (True, MessageType.TEXT, b"40", 0.002),
     (False, MessageType.TEXT, b'40{"sid":"s1"}', 0.003),
     (True, MessageType.TEXT, b'421["chat",{"text":"hi","room":"lobby"}]', 0.100),

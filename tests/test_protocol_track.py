@@ -57,7 +57,8 @@ def mqtt_session() -> tuple[Hop, list[Message]]:
     items = [(True, MessageType.BINARY, connect, 0.0),
              (False, MessageType.BINARY, bytes([0x20, 2, 0, 0]), 0.01)]
     for n in range(CHECKPOINT_EVERY):
-        publish = mqtt_packet(0x32, mqtt_string(f"t/{n}") + struct.pack(">H", n + 1) + b"x" * (n % 50))
+        body = mqtt_string(f"t/{n}") + struct.pack(">H", n + 1) + b"x" * (n % 50)
+        publish = mqtt_packet(0x32, body)
         items.append((True, MessageType.BINARY, publish[:3], 1.0 + n))
         items.append((True, MessageType.BINARY, publish[3:], 1.0 + n))
         items.append((False, MessageType.BINARY, bytes([0x40, 2]) + struct.pack(">H", n + 1),
@@ -104,7 +105,9 @@ def test_a_track_fed_in_any_steps_says_what_analyse_says(name, steps, garbage):
     fed(track, messages, steps)
     analysis = analyse_hop(the_hop, messages)
     assert track.protocol == analysis.protocol and track.decoded == len(messages)
-    read = lambda start, stop: messages[start:stop]  # noqa: E731
+    def read(start: int, stop: int) -> list[Message]:
+        return messages[start:stop]
+
     for i, decoded in enumerate(analysis.decoded):
         if decoded is None:
             assert track.summary(i) == "" and track.detail(i, read) is None

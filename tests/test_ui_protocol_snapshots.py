@@ -4,12 +4,19 @@ update with `--snapshot-update` and look at the SVGs."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.protocol_captures import socketio_store
-from tests.test_ui_snapshots import size, utc_clock  # noqa: F401  (fixtures)
+from tests.test_ui_snapshots import SIZES, utc_clock  # noqa: F401  (an autouse fixture)
 from tests.ui_helpers import T0
 from wsinspect.ui import WsInspectApp
 
 OPEN = ["enter", "home"]
+
+
+@pytest.fixture(params=SIZES.values(), ids=SIZES.keys())
+def size(request):
+    return request.param
 
 
 def app() -> WsInspectApp:

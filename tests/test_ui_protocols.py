@@ -224,9 +224,10 @@ async def test_socketio_labels_decoded_view_filter_calls_export_and_report(
 
 # --- MQTT ---------------------------------------------------------------------------------
 
-async def test_mqtt_topics_fields_filter_calls_export_and_report(start_proxy, mosquitto,
-                                                                 tmp_path):
-    port, broker_log = mosquitto
+async def test_mqtt_topics_fields_filter_calls_export_and_report(
+    start_proxy, mosquitto, tmp_path  # noqa: F811 (the fixture imported above)
+):
+    port, _ = mosquitto
     proxy = await reverse_proxy(start_proxy, port)
     client_log = Lines()
     logger = logging.getLogger("paho-ui")
@@ -237,7 +238,7 @@ async def test_mqtt_topics_fields_filter_calls_export_and_report(start_proxy, mo
     try:
         async with app.run_test(size=SIZE) as pilot:
             await asyncio.to_thread(mqtt_session, proxy.port, mqtt.MQTTv5, logger, "through")
-            messages, analysis = await captured(proxy)
+            messages, _ = await captured(proxy)
             screen = await open_first_session(app, pilot)
             listing = screen.query_one(MessageList)
             await decoded_whole(listing)

@@ -124,6 +124,12 @@ class Decoded:
 
     @classmethod
     def of(cls, parts: list[Part]) -> Decoded:
+        if len(parts) == 1:  # most messages: the same, without the joining
+            part = parts[0]
+            return cls(part.protocol, part.shown_label, part.operation or None,
+                       part.destination or None, part.topic or None, part.id, part.latency,
+                       parts)
+
         def joined(values) -> str | None:
             distinct = list(dict.fromkeys(v for v in values if v))
             return ", ".join(distinct) if distinct else None

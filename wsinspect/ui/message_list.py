@@ -39,11 +39,13 @@ from .pacing import LoopLoad
 SCAN_CHUNK = 5000
 CACHE_ROWS = 4000
 STRIP_CACHE = 1000
-DECODE_CHUNK = 250  # messages read and decoded at once by the background decoding
+DECODE_CHUNK = 100  # messages read and decoded at once by the background decoding
 # Seconds of decoding, then of rest: a key press or a frame takes many turns of the event loop,
-# and each turn would otherwise wait for a slice of decoding.
+# and each turn would otherwise wait for a slice of decoding. Just after the user moved or
+# scrolled, decoding rests longer: the next key is likely near.
 DECODE_SLICE = 0.010
-DECODE_REST = 0.010
+DECODE_REST = 0.005
+DECODE_REST_AFTER_INPUT = 0.150
 DECODE_PROGRESS_INTERVAL = 0.25  # seconds between two DecodeProgress messages
 # `label:…` and `protocol:…` in the filter box: the Label column, the message's protocol
 FILTER_TERM = re.compile(r"(?:^|(?<=\s))(label|protocol):(\S*)")
@@ -219,6 +221,7 @@ class MessageList(ScrollView, can_focus=True):
         self._protocol_pattern: re.Pattern[str] | None = None
         self.track = HopTrack(store.session(session_id).hops[hop_position])
         self._decode_task: asyncio.Task | None = None
+        self._moved = 0.0  # when the user last moved the cursor or scrolled
         self.rows: array | None = None  # row -> message index while the filter hides rows
         self.hits = array("q")  # rows whose message matches the text query, ascending
         self._hit_indexes: set[int] = set()
@@ -365,8 +368,13 @@ class MessageList(ScrollView, can_focus=True):
                     self.post_message(
                         self.DecodeProgress(self.track.decoded, self.total, self.track.protocol))
                 # While the proxy keeps the loop busy, decoding waits as repaints do.
-                await asyncio.sleep(
-                    self.load.repaint_interval if self.load.saturated else DECODE_REST)
+                if self.load.saturated:
+                    rest = self.load.repaint_interval
+                elif now - self._moved < DECODE_REST_AFTER_INPUT:
+                    rest = DECODE_REST_AFTER_INPUT
+                else:
+                    rest = DECODE_REST
+                await asyncio.sleep(rest)
         finally:
             self._decode_task = None
 
@@ -598,6 +606,7 @@ class MessageList(ScrollView, can_focus=True):
             row = max(0, min(row, count - 1))
         if row == self.cursor:
             return
+        self._moved = time.monotonic()
         self.cursor = row
         if row is not None:
             self._scroll_to_cursor()
@@ -618,6 +627,7 @@ class MessageList(ScrollView, can_focus=True):
     def watch_scroll_y(self, old_value: float, new_value: float) -> None:
         super().watch_scroll_y(old_value, new_value)
         self.follow = new_value >= self.max_scroll_y
+        self._moved = time.monotonic()
 
     def _first_visible(self) -> int:
         return int(self.scroll_offset.y)

@@ -68,8 +68,9 @@ class MessageHeader(Widget):
 
 
 class SessionScreen(AppAccess, Coloured, Screen):
-    """Tabs: Handshake, Messages, Calls, Findings and Hops. The footer offers what the current tab
-    can do, most used first (at 80 columns the rightmost keys are cut before the left ones)."""
+    """Tabs: Handshake, Messages, Calls, Findings and Hops. The footer offers what the current
+    tab can do, most used first (at 80 columns the rightmost keys are cut before the left
+    ones)."""
 
     # A tooltip makes a binding a command of the palette too (see commands.py).
     BINDINGS = [
@@ -94,7 +95,7 @@ class SessionScreen(AppAccess, Coloured, Screen):
         Binding("x", "export", "Export", tooltip="Write HAR, flows or JSON lines (redacted)"),
         Binding("slash", "focus_filter", "Filter", show=False,  # the filter box shows "/"
                 tooltip="Filter by text, /regex/, label:NAME or protocol:NAME"),
-        Binding("v", "cycle_view", "View", tooltip="Show the payload as text, JSON or hex"),
+        Binding("v", "cycle_view", "View", tooltip="Show the payload decoded, as text, JSON or hex"),
         Binding("c", "copy_payload", "Copy", tooltip="Copy the selected payload to the clipboard"),
         Binding("s", "save_payload", "Save", tooltip="Save the selected payload to a file"),
         Binding("n", "next_match", "Next match", show=False,
