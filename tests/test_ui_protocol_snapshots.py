@@ -23,7 +23,7 @@ def app() -> WsInspectApp:
     return WsInspectApp(socketio_store(), clock=lambda: T0 + 10)
 
 
-def test_labels_and_the_decoded_chat_call(snap_compare, size):
+def test_labels_and_the_decoded_ack_of_the_chat_call(snap_compare, size):
     assert snap_compare(app(), terminal_size=size, press=[*OPEN, *["down"] * 4])
 
 
