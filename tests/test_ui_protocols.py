@@ -1,6 +1,7 @@
 """Application protocols in the app, the JSON lines export and the report, with real peers
-through a real wsinspect: python-socketio server and client, mosquitto with paho-mqtt. The
-labels each shows are checked against what the peers logged they sent."""
+through a real wsinspect: python-socketio server and client, mosquitto with paho-mqtt, the
+npm graphql-ws server and client. The labels each shows are checked against what the peers
+logged they sent."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from tests.test_protocols_peers import (  # noqa: F401  (mosquitto is a fixture)
     captured,
     mosquitto,
     mqtt_session,
+    node_peers,
     reverse_proxy,
+    sent,
     socketio_labels_sent,
 )
 from tests.test_ui import open_first_session
@@ -285,3 +288,47 @@ async def test_mqtt_topics_fields_filter_calls_export_and_report(
     stats = report_json(proxy.store)["sessions"][0]["application_protocol"]
     assert stats["protocol"] == "mqtt" and (stats["calls"], stats["answered"]) == (8, 8)
     assert stats["labels"]["CONNECT"] == 1 and stats["labels"]["PUBLISH"] == 6
+
+
+# --- GraphQL over WebSocket (the npm graphql-ws server and client) -------------------------
+
+async def test_graphql_operations_in_the_label_column_decoded_view_and_calls(start_proxy):
+    proxies = []
+
+    async def through(port: int) -> str:
+        proxies.append(await reverse_proxy(start_proxy, port))
+        return f"ws://127.0.0.1:{proxies[0].port}/graphql"
+
+    log = await node_peers("graphql-ws", url_for_port=through)
+    proxy = proxies[0]
+    messages, _ = await captured(proxy)
+    app = WsInspectApp(proxy.store, proxy.engine)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_first_session(app, pilot)
+        listing = screen.query_one(MessageList)
+        await decoded_whole(listing)
+        await pilot.press("home")
+        await pilot.pause()
+        track = listing.track
+        assert track.protocol == "graphql-transport-ws"
+        for peer, from_client in (("client", True), ("server", False)):
+            logged = [json.loads(text)["type"] for text in sent(log, peer)]
+            assert [track.label(m.index) for m in messages
+                    if m.from_client == from_client and m.type in DATA] == logged
+        rows = list_rows(app)
+        subscribes = [m.index for m in messages if track.label(m.index) == "subscribe"]
+        assert [track.summary(i) for i in subscribes] == ["subscribe Hello",
+                                                         "subscribe Greetings"]
+        assert all(track.summary(i) in rows[i] for i in subscribes)
+        # the decoded view: the operation, its id and its query
+        listing.select_message(subscribes[1])
+        await pilot.pause()
+        shown = payload_text(app)
+        assert "graphql-transport-ws  subscribe  operation Greetings  id " in shown, shown
+        assert '"query": "subscription Greetings { greetings }"' in shown
+        assert await type_filter(pilot, listing, "label:Greetings") == [
+            m.index for m in messages if "Greetings" in track.summary(m.index)]
+        await type_filter(pilot, listing, "")
+        await pilot.press("a")
+        await pilot.pause()
+        assert "graphql-transport-ws  2 calls, 2 answered" in screen_text(app)
