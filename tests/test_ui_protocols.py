@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from collections import Counter
 
 import paho.mqtt.client as mqtt
@@ -28,10 +29,11 @@ from tests.test_protocols_peers import (  # noqa: F401  (mosquitto is a fixture)
     socketio_labels_sent,
 )
 from tests.test_ui import open_first_session
-from tests.ui_helpers import screen_text
+from tests.ui_helpers import handshake_hop, screen_text
 from wsinspect import formats
-from wsinspect.model import MessageType, Outcome
+from wsinspect.model import Message, MessageType, Outcome
 from wsinspect.report import report_json, report_text
+from wsinspect.store import SessionStore
 from wsinspect.ui import WsInspectApp
 from wsinspect.ui.calls import CallsList
 from wsinspect.ui.message_list import MessageList
@@ -332,3 +334,42 @@ async def test_graphql_operations_in_the_label_column_decoded_view_and_calls(sta
         await pilot.press("a")
         await pilot.pause()
         assert "graphql-transport-ws  2 calls, 2 answered" in screen_text(app)
+
+
+# --- a live session whose protocol shows only in its content -------------------------------
+
+async def test_a_live_session_gains_its_label_column_when_its_content_tells_the_protocol():
+    store = SessionStore()
+    hop = handshake_hop("/rpc", time.time())  # its subprotocol, "chat", names no protocol
+    store.add_hop(hop)
+
+    def add(from_client: bool, payload: bytes) -> None:
+        store.add_message(hop, Message(from_client, MessageType.TEXT, len(payload), payload,
+                                       time.time()))
+
+    add(True, b"hello")
+    store.flush()
+    app = WsInspectApp(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        app.open_session(1)
+        await pilot.pause()
+        screen = app.screen
+        listing = screen.query_one(MessageList)
+        await pilot.pause(0.2)
+        assert listing.track.protocol is None and " label " not in screen_text(app)
+        add(True, b'{"jsonrpc":"2.0","method":"sum","params":[1,2],"id":1}')
+        add(True, b'{"jsonrpc":"2.0","method":"ping","id":2}')
+        add(False, b'{"jsonrpc":"2.0","result":3,"id":1}')
+        await wait_for(lambda: listing.track.decoded == 4, what="the new messages decoded")
+        await pilot.pause(0.3)
+        text = screen_text(app)
+        assert "json-rpc" in text.splitlines()[2] and " label " in text, text
+        rows = list_rows(app)
+        # the first message is decoded too, once the protocol is known
+        assert [rows[i].split("B  ")[1].split()[0] for i in range(4)] == [
+            "invalid", "sum", "ping", "sum"]
+        await pilot.press("a")
+        await pilot.pause()
+        text = screen_text(app)
+        assert "json-rpc  2 calls, 1 answered" in text and "1 unanswered" in text, text
+        assert re.search(r"no answer  #2\s+C→S ping \(id 2\)", text), text
