@@ -451,14 +451,14 @@ async def test_the_app_shows_the_lined_up_session_and_the_offset(recorded):
             first = store.session(screen.session_id)
             assert len(first.hops) == 2
             await pilot.press("h")
-            await pilot.pause()
+            await wait_for(lambda: "Hop 2" in screen_text(app), what="the handshake tab")
             text = screen_text(app)
             assert "Hop 1" in text and "Hop 2" in text
             assert f"from {recorded['a']}" in text
             # The messages of hop 2 (read from the skewed capture) are on the first one's
             # clock: each within a few ms of the same message at hop 1, not 37 s.
-            front = store.messages(first.id, 0, 100, hop_position=0)
-            back = store.messages(first.id, 0, 100, hop_position=1)
+            front = store.messages(first.id, 0, 100, hop_position=1)
+            back = store.messages(first.id, 0, 100, hop_position=2)
             data = [(f, b) for f, b in zip(front, back, strict=True)
                     if f.type is MessageType.TEXT]
             assert data and all(f.payload == b.payload for f, b in data)

@@ -54,6 +54,8 @@ def test_a_hops_messages_are_read_by_its_1_based_position_as_findings_and_export
     assert store.message_count(session.id) == store.message_count(session.id, 1) == 1
     assert store.message_count(session.id, 2) == 3
     assert [m.from_client for m in store.messages(session.id, 0, 10, 2)] == [False] * 3
+    with pytest.raises(IndexError, match="start at 1"):
+        store.messages(session.id, 0, 10, 0)  # not the last hop, as a Python index would be
 
 
 def test_reopened_capture_has_the_same_sessions_and_bytes(tmp_path):

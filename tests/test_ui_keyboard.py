@@ -108,13 +108,13 @@ async def test_the_footer_offers_the_current_tabs_keys_at_80_columns():
         await pilot.press("up", "up", "enter")
         await pilot.pause()
         footer = footer_line(app)
-        for keys in ("esc Back", "h m i b t Tabs", "r R e Resend", "p Replay", "x Export",
+        for keys in ("esc Back", "h m a i b t Tabs", "r R e Resend", "p Replay", "x Export",
                      "v View", "c Copy", "s Save"):
             assert keys in footer, footer
         await pilot.press("h")
         await pilot.pause()
         footer = footer_line(app)
-        assert "h m i b t Tabs" in footer and "p Replay" in footer and "x Export" in footer
+        assert "h m a i b t Tabs" in footer and "p Replay" in footer and "x Export" in footer
         for message_keys in ("Resend", "Copy", "Save", "View"):
             assert message_keys not in footer, footer
         await pilot.press("c")  # a message-list key does nothing on the Handshake tab

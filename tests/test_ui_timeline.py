@@ -193,7 +193,7 @@ async def test_t_opens_the_timeline_whose_footer_offers_the_tabs_and_not_the_mes
         view = timeline_view(app)
         assert view.has_focus and view.started
         footer = footer_line(app)
-        assert "h m i b t Tabs" in footer and "x Export" in footer
+        assert "h m a i b t Tabs" in footer and "x Export" in footer
         for message_keys in ("Resend", "Copy", "Save", "View"):
             assert message_keys not in footer, footer
         await pilot.press("m")  # and back: the chart is kept, not read again

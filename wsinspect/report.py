@@ -11,6 +11,7 @@ import time
 from . import diagnosis, timeline
 from .formats.redact import redact_text
 from .model import Hop, MessageType, Session
+from .protocols import ProtocolSummary, summarise
 from .store import SessionStore
 from .text import printable  # also imported from here by modules older than wsinspect.text
 
@@ -89,11 +90,41 @@ def has_findings(store: SessionStore, at_least: str) -> bool:
     )
 
 
+def protocol_summary(store: SessionStore, session: Session) -> ProtocolSummary:
+    """Hop 1's application protocol, its messages by label and its calls."""
+    hop = session.first_hop
+    return summarise(lambda: store.iter_messages(hop.id), hop.request_headers,
+                     hop.response_headers, hop.url)
+
+
+def protocol_text(summary: ProtocolSummary) -> str | None:
+    """"socket.io, 4 calls: 3 answered (p50 1.2 ms, max 9.0 ms), 1 unanswered; slowest
+    upload 9.0 ms (#7)", or None when the session speaks no protocol wsinspect knows."""
+    if summary.protocol is None:
+        return None
+    stats = summary.stats
+    text = f"{summary.protocol}, {plural(stats.calls, 'call')}"
+    if stats.calls:
+        text += f": {stats.answered} answered"
+        if stats.answered:
+            text += (f" (p50 {stats.latency_p50 * 1000:.1f} ms, "
+                     f"max {stats.latency_max * 1000:.1f} ms)")
+        text += f", {stats.unanswered} unanswered"
+    if stats.slowest:
+        slowest = stats.slowest[0]
+        text += f"; slowest {slowest.label} {slowest.latency * 1000:.1f} ms (#{slowest.index})"
+    return text
+
+
 def report_json(store: SessionStore) -> dict:
     return {
         "format": REPORT_FORMAT,
         "sessions": [
-            {**session_json(s), "timeline": over_time_json(over_time(store, s))}
+            {
+                **session_json(s),
+                "timeline": over_time_json(over_time(store, s)),
+                "application_protocol": protocol_summary(store, s).to_json(),
+            }
             for s in store.sessions()
         ],
     }
@@ -144,7 +175,11 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def session_text(session: Session, figures: timeline.Figures | None = None) -> list[str]:
+def session_text(
+    session: Session,
+    figures: timeline.Figures | None = None,
+    protocol: ProtocolSummary | None = None,
+) -> list[str]:
     """The report's lines for one session. Each line is made printable whole (not field by
     field), so no recorded value can add a line or a control sequence whichever field holds
     it."""
@@ -168,6 +203,8 @@ def session_text(session: Session, figures: timeline.Figures | None = None) -> l
         f"  messages: {stats.from_client} from client, {stats.from_server} from server, "
         f"{_size(stats.bytes)}" + (f" ({by_type})" if by_type else "")
     )
+    if protocol is not None and (calls := protocol_text(protocol)):
+        lines.append(f"  protocol: {calls}")
     if (pings := rtt_text(session)):
         lines.append(f"  pings: {pings}")
     if figures is not None:
@@ -218,7 +255,7 @@ def report_text(store: SessionStore) -> str:
         return "no WebSocket sessions recorded"
     lines = []
     for session in sessions:
-        lines += session_text(session, over_time(store, session))
+        lines += session_text(session, over_time(store, session), protocol_summary(store, session))
     lines.append(plural(len(sessions), "session"))
     return "\n".join(lines)
 

@@ -476,16 +476,22 @@ class SessionStore:
     def hop(self, hop_id: int) -> Hop:
         return self._hops[hop_id]
 
+    def hop_at(self, session_id: int, hop_position: int = 1) -> Hop:
+        """Hop `hop_position` of a session, 1 the client-most (a 0 is refused rather than read
+        as the last hop)."""
+        if hop_position < 1:
+            raise IndexError(f"hop positions start at 1, not {hop_position}")
+        return self._sessions[session_id].hops[hop_position - 1]
+
     def message_count(self, session_id: int, hop_position: int = 1) -> int:
-        return self._sessions[session_id].hops[hop_position - 1].stats.count
+        return self.hop_at(session_id, hop_position).stats.count
 
     def messages(
         self, session_id: int, start: int, stop: int, hop_position: int = 1
     ) -> list[Message]:
         """Messages `start` to `stop` (exclusive) of one hop of a session, in order; hop 1 is
         the client-most, as in findings, reports and exports."""
-        hop = self._sessions[session_id].hops[hop_position - 1]
-        return self.hop_messages(hop.id, start, stop)
+        return self.hop_messages(self.hop_at(session_id, hop_position).id, start, stop)
 
     def hop_messages(self, hop_id: int, start: int, stop: int) -> list[Message]:
         committed = self._committed.get(hop_id, 0)

@@ -9,11 +9,12 @@ from collections.abc import Iterable
 from typing import TextIO
 
 from ..model import Message
+from ..protocols import Decoded, SessionDecoder, detect
 from ..store import SessionStore
 from .common import JSONL_FORMAT, OPCODES, ExportedHop
 
 
-def message_line(item: ExportedHop, message: Message) -> dict:
+def message_line(item: ExportedHop, message: Message, decoded: Decoded | None = None) -> dict:
     line = {
         "format": JSONL_FORMAT,
         "session": item.session_id,
@@ -40,10 +41,19 @@ def message_line(item: ExportedHop, message: Message) -> dict:
     )
     if message.type.value == "close":
         line["close_code"], line["close_reason"] = message.close_code_reason()
+    # What the message is in its application protocol: protocol and label (null when it is in
+    # none), and operation, destination, topic, id and latency where they exist.
+    line.update(decoded.to_json() if decoded else {"protocol": None, "label": None})
     return line
 
 
 def write_jsonl(store: SessionStore, hops: Iterable[ExportedHop], out: TextIO) -> None:
     for item in hops:
-        for message in store.iter_messages(item.hop.id):
-            out.write(json.dumps(message_line(item, message), ensure_ascii=False) + "\n")
+        hop = item.hop
+        protocol = detect(store.iter_messages(hop.id), hop.request_headers,
+                          hop.response_headers, hop.url)
+        decoder = SessionDecoder(protocol=protocol) if protocol else None
+        for message in store.iter_messages(hop.id):
+            decoded = decoder.feed(message) if decoder else None
+            out.write(json.dumps(message_line(item, message, decoded), ensure_ascii=False)
+                      + "\n")

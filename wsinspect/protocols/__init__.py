@@ -10,15 +10,19 @@ from .session import (
     Call,
     CallStats,
     Decoded,
+    ProtocolSummary,
     SessionDecoder,
     analyse,
     analyse_hop,
     detect,
     detect_content,
     detect_handshake,
+    summarise,
 )
+from .track import HopTrack
 
 __all__ = [
-    "PROTOCOLS", "Analysis", "Call", "CallStats", "Decoded", "Part", "SessionDecoder",
-    "analyse", "analyse_hop", "detect", "detect_content", "detect_handshake",
+    "PROTOCOLS", "Analysis", "Call", "CallStats", "Decoded", "HopTrack", "Part",
+    "ProtocolSummary", "SessionDecoder", "analyse", "analyse_hop", "detect", "detect_content",
+    "detect_handshake", "summarise",
 ]

@@ -27,6 +27,8 @@ _OPERATION = re.compile(r"\b(?:query|mutation|subscription)\s+([_A-Za-z][_0-9A-Z
 
 def dialect_of(text: str) -> str | None:
     """Which dialect a message's type belongs to only, if any."""
+    if '"type"' not in text:  # the key as GraphQL peers write it: no need to parse
+        return None
     data = loads(text)
     kind = data.get("type") if isinstance(data, dict) else None
     if kind in ONLY_TRANSPORT:

@@ -8,6 +8,8 @@ PROTOCOL = "json-rpc"
 
 
 def looks_like(text: str) -> bool:
+    if '"jsonrpc"' not in text:  # the key as JSON-RPC peers write it: no need to parse
+        return False
     data = loads(text)
     items = data if isinstance(data, list) else [data]
     return bool(items) and all(isinstance(i, dict) and i.get("jsonrpc") == "2.0" for i in items)

@@ -3,8 +3,12 @@ calls paired with their answers, and the call statistics."""
 
 from __future__ import annotations
 
+import copy
+import heapq
 import math
-from collections.abc import Hashable, Iterable, Sequence
+from array import array
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -26,6 +30,15 @@ SUBPROTOCOLS = {
 PROTOCOLS = ("socket.io", "engine.io", graphql.TRANSPORT_WS, graphql.LEGACY_WS, stomp.PROTOCOL,
              mqtt.PROTOCOL, signalr.PROTOCOL, jsonrpc.PROTOCOL)
 DATA_TYPES = (MessageType.TEXT, MessageType.BINARY)
+# Without a protocol named in the handshake, this many data messages are looked at for one
+# that tells; a session whose first ones do not is taken as speaking none (and a capture of
+# millions of plain messages is not read whole just to find that out).
+DETECT_WITHIN = 1000
+# The slowest answered calls a SessionDecoder keeps (`stats(slowest)` lists up to this many).
+# Only these, the open and the unanswered calls are kept as objects: a session of a million
+# calls would otherwise hold a million, and Python's garbage collector walks them all, again
+# and again, while the app waits.
+SLOWEST_KEPT = 50
 
 
 def detect_handshake(request_headers: Headers = (), response_headers: Headers = (),
@@ -72,7 +85,16 @@ def detect(messages: Iterable[Message], request_headers: Headers = (),
     found = detect_handshake(request_headers, response_headers, url)
     if found:
         return found
-    return next((p for m in messages if (p := detect_content(m))), None)
+    looked = 0
+    for message in messages:
+        if message.type not in DATA_TYPES:
+            continue
+        if (found := detect_content(message)):
+            return found
+        looked += 1
+        if looked >= DETECT_WITHIN:
+            return None
+    return None
 
 
 def decoder_for(protocol: str):
@@ -102,6 +124,12 @@ class Decoded:
 
     @classmethod
     def of(cls, parts: list[Part]) -> Decoded:
+        if len(parts) == 1:  # most messages: the same, without the joining
+            part = parts[0]
+            return cls(part.protocol, part.shown_label, part.operation or None,
+                       part.destination or None, part.topic or None, part.id, part.latency,
+                       parts)
+
         def joined(values) -> str | None:
             distinct = list(dict.fromkeys(v for v in values if v))
             return ", ".join(distinct) if distinct else None
@@ -204,7 +232,10 @@ class SessionDecoder:
         self.protocol = protocol or detect_handshake(request_headers, response_headers, url)
         self._decoder = decoder_for(self.protocol) if self.protocol else None
         self._open: dict[tuple[Hashable, bool], Call] = {}
-        self.calls: list[Call] = []
+        self.call_count = 0
+        self._latencies = array("d")  # of the answered calls
+        self._slowest: list[tuple[float, int, Call]] = []  # a min-heap of SLOWEST_KEPT
+        self._unanswered: dict[int, tuple[int, Call]] = {}  # by id(): (its number, it)
         self._position = 0
 
     def feed(self, message: Message) -> Decoded | None:
@@ -225,12 +256,18 @@ class SessionDecoder:
             self._pair(part, message, index)
         return Decoded.of(parts)
 
+    def unit_state(self):
+        """A copy of the protocol decoder's state (attachments awaited, packets begun): with
+        it, `decode_from` re-decodes messages from here without the session's pairing."""
+        return copy.deepcopy(self._decoder)
+
     def _pair(self, part: Part, message: Message, index: int) -> None:
         if part.call_key is not None:
             call = Call(part.shown_label, part.id, message.from_client, index, message.timestamp,
                         part.operation, part.destination, part.topic)
             self._open[(part.call_key, message.from_client)] = call
-            self.calls.append(call)
+            self._unanswered[id(call)] = (self.call_count, call)
+            self.call_count += 1
         if part.answer_key is None:
             return
         key = (part.answer_key, not message.from_client)
@@ -243,21 +280,31 @@ class SessionDecoder:
         part.latency = max(0.0, message.timestamp - call.timestamp)
         if call.answer_index is None:
             call.answer_index, call.latency = index, part.latency
+            self._answered(call)
         if part.final:
             del self._open[key]
 
+    def _answered(self, call: Call) -> None:
+        number, _ = self._unanswered.pop(id(call))
+        self._latencies.append(call.latency)
+        # ties: the earlier call ranks slower (as a stable sort would have it)
+        entry = (call.latency, -number, call)
+        if len(self._slowest) < SLOWEST_KEPT:
+            heapq.heappush(self._slowest, entry)
+        else:
+            heapq.heappushpop(self._slowest, entry)
+
     def stats(self, slowest: int = 5) -> CallStats:
-        answered = [c for c in self.calls if c.answered]
-        latencies = [c.latency for c in answered]
+        latencies = list(self._latencies)
         return CallStats(
             protocol=self.protocol,
-            calls=len(self.calls),
-            answered=len(answered),
-            unanswered=len(self.calls) - len(answered),
+            calls=self.call_count,
+            answered=len(latencies),
+            unanswered=self.call_count - len(latencies),
             latency_p50=percentile(latencies, 0.5),
             latency_max=max(latencies) if latencies else None,
-            slowest=sorted(answered, key=lambda c: -c.latency)[:slowest],
-            unanswered_calls=[c for c in self.calls if not c.answered],
+            slowest=[e[-1] for e in sorted(self._slowest, reverse=True)[:slowest]],
+            unanswered_calls=[call for _, call in self._unanswered.values()],
         )
 
 
@@ -266,6 +313,52 @@ class Analysis:
     protocol: str | None
     decoded: list[Decoded | None]  # one per message given, None where nothing was decoded
     stats: CallStats
+
+
+def decode_from(protocol: str, unit_state, messages: Iterable[Message]) -> list[Part]:
+    """The parts of the last data message of `messages`, decoded in order by a copy of
+    `unit_state` (from `SessionDecoder.unit_state`, taken before the first of them). Answers
+    keep label None: their call's label comes from the session's pairing."""
+    unit = copy.deepcopy(unit_state)
+    parts: list[Part] = []
+    for message in messages:
+        if message.type in DATA_TYPES:
+            parts = unit.decode(message.payload, message.from_client,
+                                message.type is MessageType.TEXT, message.truncated)
+            parts = parts or [Part(protocol, "empty")]
+    return parts
+
+
+@dataclass(slots=True)
+class ProtocolSummary:
+    """A hop's protocol, its messages counted by label, and its call statistics: what
+    `report` says of it."""
+
+    protocol: str | None
+    labels: Counter
+    stats: CallStats
+
+    def to_json(self, listed: int = 5) -> dict:
+        stats = self.stats.to_json()
+        stats["unanswered_calls"] = stats["unanswered_calls"][:listed]
+        stats["slowest"] = stats["slowest"][:listed]
+        return {**stats, "labels": dict(self.labels.most_common())}
+
+
+def summarise(messages: Callable[[], Iterable[Message]], request_headers: Headers = (),
+              response_headers: Headers = (), url: str | None = None,
+              slowest: int = 5) -> ProtocolSummary:
+    """`analyse` without keeping each message's decoding: for sessions of any length.
+    `messages` gives the hop's messages from the start each time it is called (detection
+    may read some of them first)."""
+    protocol = detect(messages(), request_headers, response_headers, url)
+    labels: Counter = Counter()
+    decoder = SessionDecoder(protocol=protocol)
+    if protocol is not None:
+        for message in messages():
+            if (decoded := decoder.feed(message)) is not None:
+                labels.update(part.shown_label for part in decoded.parts)
+    return ProtocolSummary(protocol, labels, decoder.stats(slowest))
 
 
 def analyse(messages: Iterable[Message], request_headers: Headers = (),

@@ -4,6 +4,10 @@ Built on Textual's Line API (like `textual.widgets.Log`): only the visible lines
 and they are read from the store by index ranges, so a session of millions of messages costs a
 few small SQLite reads per frame. A filter maps rows to message indexes; it is computed by
 scanning the store in chunks without blocking the app.
+
+When the session speaks an application protocol, a Label column says what each message is.
+The hop is decoded once, in order, in slices between frames (`HopTrack` keeps a few bytes per
+message); a row the decoding has not reached yet shows its message decoded alone until then.
 """
 
 from __future__ import annotations
@@ -27,41 +31,71 @@ from textual.strip import Strip
 from textual.timer import Timer
 
 from ..model import Message, MessageType
+from ..protocols import HopTrack
 from ..store import CaptureError, SessionStore
-from .format import clock, format_size, milliseconds, preview
+from .format import clock, format_size, milliseconds, preview, printable
 from .pacing import LoopLoad
 
 SCAN_CHUNK = 5000
 CACHE_ROWS = 4000
 STRIP_CACHE = 1000
+DECODE_CHUNK = 100  # messages read and decoded at once by the background decoding
+# Seconds of decoding, then of rest: a key press or a frame takes many turns of the event loop,
+# and each turn would otherwise wait for a slice of decoding. Just after the user moved or
+# scrolled, decoding rests longer: the next key is likely near.
+DECODE_SLICE = 0.010
+DECODE_REST = 0.005
+DECODE_REST_AFTER_INPUT = 0.150
+DECODE_PROGRESS_INTERVAL = 0.25  # seconds between two DecodeProgress messages
+# `label:…` and `protocol:…` in the filter box: the Label column, the message's protocol
+FILTER_TERM = re.compile(r"(?:^|(?<=\s))(label|protocol):(\S*)")
 
 
 class FilterError(ValueError):
     """A filter the user typed that cannot be used (a bad regular expression)."""
 
 
+def query_pattern(query: str) -> re.Pattern[str] | None:
+    """A case-insensitive substring, or a regular expression written as `/regex/`."""
+    if not query:
+        return None
+    if len(query) >= 2 and query.startswith("/") and query.endswith("/"):
+        try:
+            return re.compile(query[1:-1], re.IGNORECASE)
+        except re.error as e:
+            raise FilterError(f"bad regular expression: {e}") from None
+    return re.compile(re.escape(query), re.IGNORECASE)
+
+
 @dataclass(frozen=True)
 class MessageFilter:
-    """Which messages to show: by direction ("client", "server" or None), by type and by text.
+    """Which messages to show: by direction ("client", "server" or None), by type and by what
+    the query asks.
 
-    `query` is a case-insensitive substring, or a regular expression written as `/regex/`.
-    With `only_matches` off, the text query does not hide rows: it marks them, for jumping."""
+    `query` is text to find in payloads (a case-insensitive substring, or `/regex/`), with
+    `label:X` (X in the Label column) and `protocol:X` (X in the message's protocol name)
+    terms anywhere in it; a message matches when it matches all of them. With `only_matches`
+    off, the query does not hide rows: it marks them, for jumping."""
 
     query: str = ""
     direction: str | None = None
     type: MessageType | None = None
     only_matches: bool = True
 
+    def terms(self) -> tuple[str, dict[str, str]]:
+        """The payload text, and the `label:`/`protocol:` terms, by name."""
+        found: dict[str, str] = {}
+        text = FILTER_TERM.sub(lambda m: found.__setitem__(m[1], m[2]) or "", self.query)
+        return (text.strip() if found else text), found
+
     def pattern(self) -> re.Pattern[str] | None:
-        query = self.query
-        if not query:
-            return None
-        if len(query) >= 2 and query.startswith("/") and query.endswith("/"):
-            try:
-                return re.compile(query[1:-1], re.IGNORECASE)
-            except re.error as e:
-                raise FilterError(f"bad regular expression: {e}") from None
-        return re.compile(re.escape(query), re.IGNORECASE)
+        return query_pattern(self.terms()[0])
+
+    def label_pattern(self) -> re.Pattern[str] | None:
+        return query_pattern(self.terms()[1].get("label", ""))
+
+    def protocol_pattern(self) -> re.Pattern[str] | None:
+        return query_pattern(self.terms()[1].get("protocol", ""))
 
     @property
     def hides_rows(self) -> bool:
@@ -90,6 +124,8 @@ class Row:
     hit: bool
     injected: bool
     rtt: float | None  # a pong's round trip
+    label: str  # what the message is in the session's protocol ("" when in none)
+    settled: bool  # the label comes from the session's decoding, not the message alone
 
 
 # Below this width a row leaves out the wall-clock time (+seconds stays) and narrows the
@@ -101,11 +137,22 @@ def index_width(width: int) -> int:
     return 9 if width >= WIDE_LIST else 6
 
 
-def list_header(width: int) -> str:
+def label_width(width: int) -> int:
+    """The Label column's width (with its gap), in a session that speaks a protocol."""
+    return 26 if width >= WIDE_LIST else 15
+
+
+def list_header(width: int, labels: bool = False) -> str:
     """Column titles lined up with MessageList._render_row at `width`."""
     clock_title = f"{'time':<12} " if width >= WIDE_LIST else ""
+    label_title = f"{'label':<{label_width(width)}}" if labels else ""
     return (f" {'#':>{index_width(width)}} {clock_title}{'+seconds':>10} dir {'type':<6} "
-            f"{'size':>10}  payload")
+            f"{'size':>10}  {label_title}payload")
+
+
+def fitted(text: str, width: int) -> str:
+    """`text` in `width` cells, cut with an ellipsis when longer."""
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
 
 
 class MessageList(ScrollView, can_focus=True):
@@ -128,6 +175,7 @@ class MessageList(ScrollView, can_focus=True):
         "messagelist--hit",
         "messagelist--injected",
         "messagelist--rtt",
+        "messagelist--label",
     }
 
     class Highlighted(TextualMessage):
@@ -141,6 +189,13 @@ class MessageList(ScrollView, can_focus=True):
         def __init__(self, scanned: int, total: int, matches: int) -> None:
             super().__init__()
             self.scanned, self.total, self.matches = scanned, total, matches
+
+    class DecodeProgress(TextualMessage):
+        """The background decoding went on: `decoded` of `total` messages, the protocol."""
+
+        def __init__(self, decoded: int, total: int, protocol: str | None) -> None:
+            super().__init__()
+            self.decoded, self.total, self.protocol = decoded, total, protocol
 
     def __init__(
         self,
@@ -162,6 +217,11 @@ class MessageList(ScrollView, can_focus=True):
         self.total = store.message_count(session_id, hop_position)
         self.filter = MessageFilter()
         self._pattern: re.Pattern[str] | None = None
+        self._label_pattern: re.Pattern[str] | None = None
+        self._protocol_pattern: re.Pattern[str] | None = None
+        self.track = HopTrack(store.hop_at(session_id, hop_position))
+        self._decode_task: asyncio.Task | None = None
+        self._moved = 0.0  # when the user last moved the cursor or scrolled
         self.rows: array | None = None  # row -> message index while the filter hides rows
         self.hits = array("q")  # rows whose message matches the text query, ascending
         self._hit_indexes: set[int] = set()
@@ -200,9 +260,35 @@ class MessageList(ScrollView, can_focus=True):
                 self.notify(str(e), title="damaged capture", severity="error", timeout=8)
             return []
 
+    def _label_of(self, message: Message) -> tuple[str, bool]:
+        """The message's Label column, and whether the session's decoding gave it."""
+        summary = self.track.summary(message.index)
+        if summary is not None:
+            return printable(summary), True
+        return printable(self.track.glance(message)), False
+
+    def _matches(self, message: Message, label: str) -> bool:
+        """Whether the message matches every part of the query (one is set, at least)."""
+        if self._pattern is not None and not text_matches(self._pattern, message):
+            return False
+        if self._label_pattern is not None and not (
+            label and self._label_pattern.search(label)
+        ):
+            return False
+        if self._protocol_pattern is not None:
+            protocol = self.track.message_protocol(message.index)
+            return bool(protocol) and self._protocol_pattern.search(protocol) is not None
+        return True
+
+    @property
+    def _querying(self) -> bool:
+        return any(p is not None for p in
+                   (self._pattern, self._label_pattern, self._protocol_pattern))
+
     def _make_row(self, message: Message) -> Row:
-        hit = self._pattern is not None and (
-            message.index in self._hit_indexes or text_matches(self._pattern, message)
+        label, settled = self._label_of(message)
+        hit = self._querying and (
+            message.index in self._hit_indexes or self._matches(message, label)
         )
         return Row(
             message.index,
@@ -214,6 +300,8 @@ class MessageList(ScrollView, can_focus=True):
             hit,
             message.injected,
             message.rtt,
+            label,
+            settled,
         )
 
     def _prefetch(self, first_row: int, last_row: int) -> None:
@@ -238,6 +326,72 @@ class MessageList(ScrollView, can_focus=True):
         while len(self._cache) > CACHE_ROWS:
             self._cache.popitem(last=False)
 
+    # ----- decoding the session's protocol --------------------------------------------------
+
+    def on_mount(self) -> None:
+        self.call_after_refresh(self._start_decoding)  # after the first paint
+
+    def on_unmount(self) -> None:
+        if self._decode_task is not None:
+            self._decode_task.cancel()
+
+    def _decode_until(self, stop: int, budget: float | None = None) -> None:
+        """Decode the hop's messages up to `stop`, or for `budget` seconds."""
+        started = time.perf_counter()
+        track = self.track
+        while track.wants(stop):
+            position = track.position
+            messages = self._read(position, min(stop, position + DECODE_CHUNK))
+            if not messages:
+                break
+            track.advance(messages)
+            if budget is not None and time.perf_counter() - started > budget:
+                break
+
+    def _start_decoding(self) -> None:
+        if self._decode_task is None and self.track.wants(self.total):
+            self._decode_task = asyncio.ensure_future(self._decode())
+
+    async def _decode(self) -> None:
+        told = 0.0  # when DecodeProgress was last posted
+        try:
+            while self.track.wants(self.total):
+                protocol = self.track.protocol
+                self._decode_until(self.total, DECODE_SLICE)
+                changed = protocol != self.track.protocol
+                self._settle_rows(protocol_changed=changed)
+                now = time.monotonic()
+                if changed or now - told >= DECODE_PROGRESS_INTERVAL or not self.track.wants(
+                    self.total
+                ):
+                    told = now
+                    self.post_message(
+                        self.DecodeProgress(self.track.decoded, self.total, self.track.protocol))
+                # While the proxy keeps the loop busy, decoding waits as repaints do.
+                if self.load.saturated:
+                    rest = self.load.repaint_interval
+                elif now - self._moved < DECODE_REST_AFTER_INPUT:
+                    rest = DECODE_REST_AFTER_INPUT
+                else:
+                    rest = DECODE_REST
+                await asyncio.sleep(rest)
+        finally:
+            self._decode_task = None
+
+    def _settle_rows(self, protocol_changed: bool) -> None:
+        """Rows whose label was a message's own, now decoded in the session, are made again."""
+        if protocol_changed:  # a Label column appears
+            self._cache.clear()
+            self._strips.clear()
+            self.refresh()
+            return
+        decoded = self.track.decoded
+        stale = [i for i, row in self._cache.items() if not row.settled and i < decoded]
+        for index in stale:
+            del self._cache[index]
+        if stale:
+            self.refresh()
+
     # ----- rendering -----------------------------------------------------------------------
 
     def render_lines(self, crop: Region) -> list[Strip]:
@@ -260,7 +414,7 @@ class MessageList(ScrollView, can_focus=True):
         info = self._cache.get(self.message_index(row))
         if info is None:
             return Strip.blank(width, base)
-        key = (info.index, info.hit, row == self.cursor, width)
+        key = (info.index, info.hit, row == self.cursor, width, info.label)
         strip = self._strips.get(key)
         if strip is None:
             strip = self._strips[key] = self._render_row(info, key[2], width)
@@ -289,6 +443,8 @@ class MessageList(ScrollView, can_focus=True):
             Segment("C→S " if info.from_client else "S→C ", direction),
             Segment(f"{info.type.value:<6} ", kind_style),
             Segment(f"{format_size(info.size):>10}  ", dim),
+            *([Segment(f"{fitted(info.label, label_width(width) - 1):<{label_width(width)}}",
+                       style("messagelist--label"))] if self.track.protocol else []),
             *([Segment("injected ", style("messagelist--injected"))] if info.injected else []),
             # A pong's round trip leads its preview, so that it is never the part cut off.
             *([Segment(f"rtt {milliseconds(info.rtt)} ", style("messagelist--rtt"))]
@@ -340,6 +496,7 @@ class MessageList(ScrollView, can_focus=True):
             return
         self._last_growth = time.monotonic()
         self.total = total
+        self._start_decoding()
         if not self._filtering:
             self._scanned = total
         elif self._scan_task is None:
@@ -360,12 +517,14 @@ class MessageList(ScrollView, can_focus=True):
     def set_filter(self, new_filter: MessageFilter) -> None:
         """Apply a filter; raises FilterError for a bad regular expression."""
         pattern = new_filter.pattern()
+        label_pattern, protocol_pattern = new_filter.label_pattern(), new_filter.protocol_pattern()
         if self._scan_task is not None:
             self._scan_task.cancel()
             self._scan_task = None
         selected = self.cursor_message
         self.filter = new_filter
         self._pattern = pattern
+        self._label_pattern, self._protocol_pattern = label_pattern, protocol_pattern
         self._cache.clear()
         self._strips.clear()
         self.hits = array("q")
@@ -390,7 +549,7 @@ class MessageList(ScrollView, can_focus=True):
 
     @property
     def _filtering(self) -> bool:
-        return self.rows is not None or self._pattern is not None
+        return self.rows is not None or self._querying
 
     def _row_of(self, index: int) -> int | None:
         if self.rows is None:
@@ -401,14 +560,17 @@ class MessageList(ScrollView, can_focus=True):
     def _scan_step(self, stop: int) -> None:
         """Run the filter over messages scanned..stop."""
         start = self._scanned
+        if self._label_pattern is not None or self._protocol_pattern is not None:
+            self._decode_until(stop)  # labels are known in order only
         messages = self._read(start, stop)
-        pattern, flt = self._pattern, self.filter
+        querying, flt, track = self._querying, self.filter, self.track
         for message in messages:
             if not flt.kind_matches(message):
                 continue
-            hit = pattern is not None and text_matches(pattern, message)
+            hit = querying and self._matches(
+                message, printable(track.summary(message.index) or ""))
             if self.rows is not None:
-                if pattern is not None and flt.only_matches and not hit:
+                if querying and flt.only_matches and not hit:
                     continue
                 row = len(self.rows)
                 self.rows.append(message.index)
@@ -444,6 +606,7 @@ class MessageList(ScrollView, can_focus=True):
             row = max(0, min(row, count - 1))
         if row == self.cursor:
             return
+        self._moved = time.monotonic()
         self.cursor = row
         if row is not None:
             self._scroll_to_cursor()
@@ -464,6 +627,7 @@ class MessageList(ScrollView, can_focus=True):
     def watch_scroll_y(self, old_value: float, new_value: float) -> None:
         super().watch_scroll_y(old_value, new_value)
         self.follow = new_value >= self.max_scroll_y
+        self._moved = time.monotonic()
 
     def _first_visible(self) -> int:
         return int(self.scroll_offset.y)
@@ -500,6 +664,14 @@ class MessageList(ScrollView, can_focus=True):
         self.move_cursor(self.row_count - 1)
         self.scroll_end(animate=False, immediate=True, x_axis=False)
         self.follow = True
+
+    def select_message(self, index: int) -> bool:
+        """Put the cursor on message `index`; False when the filter hides it."""
+        row = self._row_of(index)
+        if row is None:
+            return False
+        self.move_cursor(row)
+        return True
 
     def jump_to_hit(self, forward: bool = True) -> bool:
         """Move the cursor to the next (or previous) row matching the text query."""

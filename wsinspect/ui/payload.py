@@ -1,7 +1,9 @@
-"""The payload pane: one message as text, pretty JSON or a hex dump, with copy and save."""
+"""The payload pane: one message decoded in its protocol, as text, pretty JSON or a hex
+dump, with copy and save."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rich.highlighter import JSONHighlighter
@@ -12,15 +14,18 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
 from ..model import Message, MessageType
+from ..protocols import Decoded
 from .format import SafeText, clock, format_size, hex_dump, is_text, milliseconds, pretty_json
 
 # Beyond this, the pane shows the start of a payload; copy and save always take all of it.
 DISPLAY_LIMIT = 64 * 1024
 
-VIEWS = ("text", "json", "hex")
+VIEWS = ("decoded", "text", "json", "hex")
 
 
-def default_view(message: Message) -> str:
+def default_view(message: Message, decoded: Decoded | None = None) -> str:
+    if decoded is not None:
+        return "decoded"
     if is_text(message):
         return "json" if pretty_json(message.payload[:DISPLAY_LIMIT]) is not None else "text"
     return "hex"
@@ -33,7 +38,42 @@ def payload_for_clipboard(message: Message) -> str:
     return message.payload.hex()
 
 
-def render_payload(message: Message, view: str) -> SafeText:
+def highlighted_json(value) -> SafeText:
+    text = SafeText(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+    JSONHighlighter().highlight(text)
+    return text
+
+
+def render_decoded(decoded: Decoded) -> SafeText:
+    """What a message is in its protocol: the label, the call it answers or the id it is
+    answered by, then each unit's decoded fields (an event's arguments, a packet's fields)."""
+    text = SafeText()
+    text.append(decoded.protocol, style="bold")
+    text.append(f"  {decoded.label}", style="bold")
+    for name in ("operation", "destination", "topic"):
+        if (value := getattr(decoded, name)) is not None:
+            text.append(f"  {name} {value}")
+    if decoded.id is not None:
+        text.append(f"  id {json.dumps(decoded.id, ensure_ascii=False)}")
+    if decoded.latency is not None:
+        text.append(f"  answers its call after {milliseconds(decoded.latency)}")
+    several = len(decoded.parts) > 1
+    for number, part in enumerate(decoded.parts, start=1):
+        text.append("\n")
+        if several:
+            detail = part.operation or part.destination or part.topic
+            text.append(f"{number}. {part.shown_label}" + (f"  {detail}" if detail else ""),
+                        style="bold")
+            text.append("\n")
+        text.append(highlighted_json(part.fields) if part.fields else SafeText("(no fields)"))
+    return text
+
+
+def render_payload(message: Message, view: str, decoded: Decoded | None = None) -> SafeText:
+    if view == "decoded":
+        if decoded is not None:
+            return render_decoded(decoded)
+        view = default_view(message)
     shown = message.payload[:DISPLAY_LIMIT]
     if message.type is MessageType.CLOSE:
         code, reason = message.close_code_reason()
@@ -57,6 +97,7 @@ class PayloadPane(Vertical):
         super().__init__(id=id)
         self.session_start = session_start
         self.message: Message | None = None
+        self.decoded: Decoded | None = None  # the message in the session's protocol
         self.view = "text"
 
     def compose(self) -> ComposeResult:
@@ -67,16 +108,17 @@ class PayloadPane(Vertical):
     def on_mount(self) -> None:
         self.show(None)
 
-    def show(self, message: Message | None) -> None:
-        self.message = message
+    def show(self, message: Message | None, decoded: Decoded | None = None) -> None:
+        self.message, self.decoded = message, decoded
         if message is not None:
-            self.view = default_view(message)
+            self.view = default_view(message, decoded)
         self._show_current()
 
     def cycle_view(self) -> None:
         if self.message is None:
             return
-        self.view = VIEWS[(VIEWS.index(self.view) + 1) % len(VIEWS)]
+        views = VIEWS if self.decoded is not None else VIEWS[1:]
+        self.view = views[(views.index(self.view) + 1) % len(views)]
         self._show_current()
 
     def _show_current(self) -> None:
@@ -105,7 +147,7 @@ class PayloadPane(Vertical):
         if len(message.payload) > DISPLAY_LIMIT:
             line.append(f"  showing the first {format_size(DISPLAY_LIMIT)}", style="dim")
         info.update(line)
-        body.update(render_payload(message, self.view))
+        body.update(render_payload(message, self.view, self.decoded))
         self.query_one("#payload-scroll", VerticalScroll).scroll_home(animate=False)
 
 

@@ -1,5 +1,5 @@
-"""One session: its handshakes, messages, findings, hop boundaries and timeline, in tabs;
-resending messages, replaying and exporting the session."""
+"""One session: its handshakes, messages, calls, findings, hop boundaries and timeline, in
+tabs; resending messages, replaying and exporting the session."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from ..model import Message, MessageType
 from ..resend import ResendError, decode_payload
 from ..store import CaptureError, SessionStore, StoreChanges
 from .app_access import AppAccess
+from .calls import CallsList, calls_head
 from .colours import Coloured
 from .commands import BindingCommands
 from .dialogs import EditedPayload, EditPayloadScreen
@@ -43,7 +44,9 @@ MESSAGE_ACTIONS = frozenset({
     "resend_other_side", "edit_resend",
 })
 TAB_SCROLLS = {"handshake": "#handshake-scroll", "findings": "#findings-scroll",
-               "hops": "#hops-scroll", "timeline": "#timeline-view"}
+               "hops": "#hops-scroll", "calls": "#calls-list", "timeline": "#timeline-view"}
+CALLS_LISTED = 10  # the slowest calls the Calls tab lists
+CALLS_REFRESH = 0.5  # seconds between refreshes of the Calls tab while decoding goes on
 WIDE_FOOTER = 100  # from this width, the footer also shows ctrl+p for the command palette
 SAVED_FILE_MODE = 0o600  # a payload may hold credentials: private, like captures and exports
 
@@ -56,17 +59,19 @@ class MessageHeader(Widget):
     a filter has scanned."""
 
     progress = reactive("")
+    labels = reactive(False)  # the session speaks a protocol: a Label column
 
     def render(self) -> SafeText:
-        text = SafeText.line(list_header(self.size.width))
+        text = SafeText.line(list_header(self.size.width, self.labels))
         if self.progress:
             text.append(f"   {self.progress}", style="bold")
         return text
 
 
 class SessionScreen(AppAccess, Coloured, Screen):
-    """Tabs: Handshake, Messages, Findings, Hops and Timeline. The footer offers what the current tab
-    can do, most used first (at 80 columns the rightmost keys are cut before the left ones)."""
+    """Tabs: Handshake, Messages, Calls, Findings, Hops and Timeline. The footer offers what the
+    current tab can do, most used first (at 80 columns the rightmost keys are cut before the
+    left ones)."""
 
     # A tooltip makes a binding a command of the palette too (see commands.py).
     BINDINGS = [
@@ -75,6 +80,8 @@ class SessionScreen(AppAccess, Coloured, Screen):
                 tooltip="Show the handshake of each hop"),
         Binding("m", "show_tab('messages')", "Messages", group=TABS,
                 tooltip="Show the message list"),
+        Binding("a", "show_tab('calls')", "Calls", group=TABS,
+                tooltip="The slowest and the unanswered calls of the session's protocol"),
         Binding("i", "show_tab('findings')", "Findings", group=TABS,
                 tooltip="What went wrong and how to fix it"),
         Binding("b", "show_tab('hops')", "Hops", group=TABS,
@@ -90,8 +97,8 @@ class SessionScreen(AppAccess, Coloured, Screen):
         Binding("p", "replay", "Replay", tooltip="Replay the session and compare the answers"),
         Binding("x", "export", "Export", tooltip="Write HAR, flows or JSON lines (redacted)"),
         Binding("slash", "focus_filter", "Filter", show=False,  # the filter box shows "/"
-                tooltip="Filter by text or /regex/"),
-        Binding("v", "cycle_view", "View", tooltip="Show the payload as text, JSON or hex"),
+                tooltip="Filter by text, /regex/, label:NAME or protocol:NAME"),
+        Binding("v", "cycle_view", "View", tooltip="Show the payload decoded, as text, JSON or hex"),
         Binding("c", "copy_payload", "Copy", tooltip="Copy the selected payload to the clipboard"),
         Binding("s", "save_payload", "Save", tooltip="Save the selected payload to a file"),
         Binding("n", "next_match", "Next match", show=False,
@@ -112,6 +119,7 @@ class SessionScreen(AppAccess, Coloured, Screen):
         self.only_matches = True
         self._summary_stale = False
         self._summary_shown = 0.0
+        self._calls_shown = 0.0
 
     @property
     def store(self) -> SessionStore:
@@ -128,8 +136,8 @@ class SessionScreen(AppAccess, Coloured, Screen):
                     yield Static(id="handshake-text")
             with TabPane("Messages", id="messages"):
                 with Horizontal(id="filter-bar"):
-                    yield Input(placeholder="/ filter: text or /regex/", id="filter-text",
-                                compact=True)
+                    yield Input(placeholder="/ filter: text, /regex/, label:x, protocol:x",
+                                id="filter-text", compact=True)
                     yield Select(DIRECTIONS, value="both", allow_blank=False,
                                  id="filter-direction", compact=True)
                     yield Select(TYPES, value="all", allow_blank=False, id="filter-type",
@@ -138,6 +146,9 @@ class SessionScreen(AppAccess, Coloured, Screen):
                 yield MessageList(self.store, self.session_id, load=self.wsapp.loop_load,
                                   id="message-list")
                 yield PayloadPane(session.timestamp_start, id="payload")
+            with TabPane("Calls", id="calls"):
+                yield Static(id="calls-head")
+                yield CallsList(id="calls-list")
             with TabPane("Findings", id="findings"):
                 with VerticalScroll(classes="tab-scroll", id="findings-scroll"):
                     yield Static(id="findings-text")
@@ -155,9 +166,13 @@ class SessionScreen(AppAccess, Coloured, Screen):
         self._summary = self.query_one(SessionSummary)
         self._message_list = self.query_one(MessageList)
         self._timeline = self.query_one(TimelineView)
+        self._header = self.query_one(MessageHeader)
+        self._payload = self.query_one(PayloadPane)
+        self._tabs = self.query_one(TabbedContent)
         self._show_session()
         self.set_interval(MESSAGE_COUNTS_INTERVAL, self._refresh_summary)
         self._message_list.messages_arrived()  # any that came while the screen was built
+        self._show_decoding()
         self._focus_tab(self.query_one(TabbedContent).active)
         # The widgets read the store as they mounted; from here on they follow its changes.
         self.wsapp.store_changed_signal.subscribe(self, self.store_changed, immediate=True)
@@ -218,7 +233,9 @@ class SessionScreen(AppAccess, Coloured, Screen):
         if tab == "messages":
             self.query_one(MessageList).focus()
         else:
-            self.query_one(TAB_SCROLLS[tab], VerticalScroll).focus()
+            self.query_one(TAB_SCROLLS[tab]).focus()
+        if tab == "calls":
+            self._show_calls()
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         self._focus_tab(event.pane.id)  # a click on a tab, as well as its key
@@ -305,18 +322,65 @@ class SessionScreen(AppAccess, Coloured, Screen):
             if event.scanned < event.total else ""
         )
 
+    # ----- the session's protocol and its calls --------------------------------------------
+
+    def on_message_list_decode_progress(self, event: MessageList.DecodeProgress) -> None:
+        self._show_decoding()
+
+    def _show_decoding(self) -> None:
+        """The protocol in the summary and the list's header; the calls, when shown; the
+        selected message's decoded view once decoding reaches it."""
+        track = self._message_list.track
+        self._summary.show_protocol(track.protocol)
+        self._header.labels = track.protocol is not None
+        done = not track.wants(self._message_list.total)
+        if self._tabs.active == "calls" and (
+            done or time.monotonic() - self._calls_shown >= CALLS_REFRESH
+        ):
+            self._show_calls()
+        pane = self._payload
+        if (pane.message is not None and pane.decoded is None
+                and track.summary(pane.message.index)):
+            self._show_payload(pane.message.index)
+
+    def _show_calls(self) -> None:
+        self._calls_shown = time.monotonic()
+        message_list = self._message_list
+        stats = message_list.track.stats(CALLS_LISTED)
+        self.query_one("#calls-head", Static).update(
+            calls_head(stats, message_list.track.decoded, message_list.total)
+        )
+        self.query_one(CallsList).show(stats)
+
+    def on_calls_list_chosen(self, event: CallsList.Chosen) -> None:
+        """A call chosen in the Calls tab: its message in the message list, the filter
+        cleared if it hid it."""
+        self.action_show_tab("messages")
+        message_list = self._message_list
+        if not message_list.select_message(event.index):
+            self.query_one("#filter-text", Input).value = ""
+            self.query_one("#filter-direction", Select).value = "both"
+            self.query_one("#filter-type", Select).value = "all"
+            message_list.set_filter(MessageFilter(only_matches=self.only_matches))
+            message_list.select_message(event.index)
+
     # ----- the payload ---------------------------------------------------------------------
 
     def on_message_list_highlighted(self, event: MessageList.Highlighted) -> None:
-        message = None
-        if event.index is not None:
+        self._show_payload(event.index)
+
+    def _show_payload(self, index: int | None) -> None:
+        message = decoded = None
+        if index is not None:
             try:
-                found = self.store.messages(self.session_id, event.index, event.index + 1)
+                found = self.store.messages(self.session_id, index, index + 1)
+                message = found[0] if found else None
+                decoded = self._message_list.track.detail(
+                    index, lambda start, stop: self.store.messages(self.session_id, start, stop)
+                )
             except CaptureError as e:
                 self.wsapp.notify_problem(str(e), "damaged capture")
-                found = []
-            message = found[0] if found else None
-        self.query_one(PayloadPane).show(message)
+        self.query_one(PayloadPane).show(message, decoded)
 
     def action_cycle_view(self) -> None:
         self.query_one(PayloadPane).cycle_view()

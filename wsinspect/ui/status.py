@@ -24,10 +24,10 @@ def outcome_badge(outcome: Outcome, colours: Colours) -> SafeText:
 
 
 def summary_fields(
-    session: Session, now: float, colours: Colours
+    session: Session, now: float, colours: Colours, protocol: str | None = None
 ) -> tuple[SafeText, list[SafeText]]:
     """What the summary says: the session (id, state, URL), then its figures, most telling
-    first."""
+    first; `protocol` is the application protocol it speaks, when known."""
     stats = session.stats
     head = SafeText.line(f"#{session.id} ", style="bold")
     head.append(outcome_badge(session.outcome, colours))
@@ -35,6 +35,7 @@ def summary_fields(
     status = session.status if session.status is not None else "-"
     fields = [
         SafeText.line(f"status {status}"),
+        *([SafeText.line(protocol, style="bold")] if protocol else []),
         SafeText.line(f"messages {stats.count} ({stats.from_client} → / {stats.from_server} ←)"),
         SafeText.line(format_size(stats.bytes)),
         SafeText.line(duration(session.duration(now))),
@@ -55,15 +56,22 @@ class SessionSummary(Coloured, Widget):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self._shown: tuple[Session, float] | None = None
+        self.protocol: str | None = None
 
     def show(self, session: Session, now: float) -> None:
         self._shown = (session, now)
         self.refresh()
 
+    def show_protocol(self, protocol: str | None) -> None:
+        if protocol != self.protocol:
+            self.protocol = protocol
+            self.refresh()
+
     def render(self) -> SafeText:
         if self._shown is None:
             return SafeText()
-        head, fields = summary_fields(*self._shown, self.colours())  # in the current theme
+        head, fields = summary_fields(*self._shown, self.colours(),  # in the current theme
+                                      self.protocol)
         width = self.content_region.width or self.size.width
         return SafeText("\n").join([fit_fields([head], width), fit_fields(fields, width)])
 
