@@ -283,3 +283,40 @@ async def test_backend_reset_mid_session_shows_what_each_side_was_told(start_pro
     proxy.store.flush()
     kinds = [m.type for m in proxy.store.messages(session.id, 0, 10)]
     assert kinds == [MessageType.TEXT, MessageType.TEXT]
+
+
+def test_tls_close_seams_are_where_mitmproxy_ends_tls():
+    """A FIN the raw relay passes on toward a TLS peer goes after close_notify: the TLS layer's
+    OpenSSL connection is shut down in its send_close, the close_notify goes out through its
+    tls_interact, and a peer's bare FIN is told from its close_notify in receive_close; a
+    CONNECT tunnel's passthrough would make the relay's half-close a full close. Fail here if
+    a mitmproxy release moves any of that (or starts sending close_notify itself)."""
+    from mitmproxy.proxy import tunnel
+    from mitmproxy.proxy.layers import http as http_layer
+    from mitmproxy.proxy.layers import tls
+    from OpenSSL import SSL
+
+    from wsinspect import seams
+
+    seams.install()
+    layer = tls.TLSLayer
+    assert layer.send_close.wsinspect_seam and "tls" in layer.__annotations__
+    original_send_close = inspect.getsource(layer.send_close.wsinspect_original)
+    assert "shutdown" not in original_send_close.replace("# We should probably shutdown", "")
+    assert "yield from super().send_close(command)" in original_send_close
+    interact = inspect.getsource(layer.tls_interact)
+    assert "self.tls.bio_read(" in interact and "commands.SendData(self.conn, data)" in interact
+    receive_close = inspect.getsource(layer.receive_close.wsinspect_original)
+    assert "self.tls.get_shutdown() & SSL.RECEIVED_SHUTDOWN" in receive_close
+    receive_data = inspect.getsource(layer.receive_data)
+    assert "except SSL.ZeroReturnError:" in receive_data
+    assert "events.ConnectionClosed(self.conn)" in receive_data
+    assert SSL.SENT_SHUTDOWN and callable(SSL.Connection.shutdown)
+    # a TLS layer's conn is its tunnel connection, so the relay's close reaches send_close
+    assert "tunnel_connection=conn" in inspect.getsource(layer.__init__)
+    handle_command = inspect.getsource(tunnel.TunnelLayer._handle_command)
+    assert "yield from self.send_close(command)" in handle_command
+    # the CONNECT tunnel's passthrough turns half-closes into full closes
+    passthrough = inspect.getsource(http_layer.HttpStream.passthrough.wsinspect_original)
+    assert "isinstance(command, commands.CloseTcpConnection)" in passthrough
+    assert "command = commands.CloseConnection(command.connection)" in passthrough

@@ -27,6 +27,11 @@ someone debugging a broken WebSocket must see.
   watched connection whose reader ended with ConnectionResetError, and `close_connection`
   sets SO_LINGER 0 on a connection the relay asked to reset, so closing it (after its
   pending bytes) sends a reset. Injected messages wait for a message boundary.
+- TLS ends under the raw relay: mitmproxy's TLS layer closes a connection with a bare FIN
+  (its `send_close` never shuts the OpenSSL connection down), and some TLS stacks (asyncio's
+  on Python 3.11.2) do not take a bare FIN for the end. A FIN the relay passes on toward a TLS
+  peer goes out after that layer's close_notify, as the peer that ended sent it; a side that
+  ended without close_notify (a truncation, seen in `receive_close`) is passed on as a bare FIN.
 
 Each seam is installed once per process and dispatches to the recorder that owns the
 connection, through the `RelayRecorder` protocol below (seams never imports the recorder).
@@ -46,12 +51,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import wsproto.events
+from OpenSSL import SSL
 
 from mitmproxy import websocket
 from mitmproxy.net.http import http1
-from mitmproxy.proxy import commands, layer, server
+from mitmproxy.proxy import commands, layer, server, tunnel
 from mitmproxy.proxy import events as proxy_events
 from mitmproxy.proxy.layers import http as http_layer
+from mitmproxy.proxy.layers import tls as tls_layer
 from mitmproxy.proxy.layers import websocket as websocket_layer
 from mitmproxy.proxy.layers.websocket import Fragmentizer, WebSocketMessageInjected
 from mitmproxy.proxy.utils import expect
@@ -383,10 +390,14 @@ class RelayEnd:
 
 
 # Connection ids the raw relay watches for a reset, the ones a reset was seen on, and the ones
-# it asked to reset (see the module docstring).
+# it asked to reset; TLS connections that ended without close_notify, the ones whose next
+# close goes out after a close_notify, and the ones it half-closed (see the module docstring).
 _watched: set[str] = set()
 _peer_reset: set[str] = set()
 _reset_requested: set[str] = set()
+_tls_truncated: set[str] = set()
+_close_notify_requested: set[str] = set()
+_half_close_requested: set[str] = set()
 
 _LINGER_ZERO = struct.pack("ii", 1, 0)
 
@@ -409,6 +420,7 @@ class RawRelayLayer(layer.Layer):
         self.first_end: bool | None = None
         self.stream_id: int | None = None  # the HTTP stream it is the child of (passthrough)
         self.server_through_http = True  # see send()
+        self.server_tunnel: tunnel.TunnelLayer | None = None  # see close()
 
     def send(self, from_client: bool, data: bytes) -> commands.Command:
         """The command that forwards `data` in its direction. The client's layers (TLS) are
@@ -440,6 +452,8 @@ class RawRelayLayer(layer.Layer):
         # wraps one (absolute form, ws://); anything else is a TLS or upstream-proxy layer
         bare = (_http1.Http1Client, http_layer.HttpClient)
         self.server_through_http = type(server_layer) not in bare
+        if self.server_through_http and isinstance(server_layer, tunnel.TunnelLayer):
+            self.server_tunnel = server_layer
         yield websocket_layer.WebsocketStartHook(self.flow)
         self._handle_event = self.relay
 
@@ -533,20 +547,41 @@ class RawRelayLayer(layer.Layer):
             _reset_requested.add(other.id)
             yield commands.CloseConnection(other)
             yield commands.CloseConnection(conn)
-        elif self.ends[not from_client] is None:
-            yield commands.CloseTcpConnection(other, half_close=True)
+            yield from self._finish()
             return
-        else:
-            yield commands.CloseConnection(other)
-            yield commands.CloseConnection(conn)
+        # a FIN toward a TLS peer goes with close_notify, unless this side's TLS ended without one
+        if other.tls and conn.id not in _tls_truncated:
+            _close_notify_requested.add(other.id)
+        if self.ends[not from_client] is None:
+            yield from self.close(other, half_close=True)
+            return
+        yield from self.close(other)
+        yield from self.close(conn)
         yield from self._finish()
+
+    def close(self, conn, half_close: bool = False):
+        """Close (or half-close) `conn` through the layer that holds its TLS: the client's
+        and, usually, the server's are above this one; a server connection the HTTP layer
+        opened inside itself (see `send`) has its tunnel layer there, which the HTTP layer
+        would bypass for a close."""
+        if half_close:
+            _half_close_requested.add(conn.id)
+            command = commands.CloseTcpConnection(conn, half_close=True)
+        else:
+            command = commands.CloseConnection(conn)
+        if conn is self.context.server and self.server_tunnel is not None:
+            yield from self.server_tunnel._handle_command(command)
+        else:
+            yield command
 
     def _finish(self):
         client, server = self.context.client, self.context.server
         for conn in (client, server):
-            _watched.discard(conn.id)
-            _peer_reset.discard(conn.id)
-            _reset_requested.discard(conn.id)
+            for ids in (
+                _watched, _peer_reset, _reset_requested, _tls_truncated, _close_notify_requested,
+                _half_close_requested,
+            ):
+                ids.discard(conn.id)
         end = RelayEnd(
             first="client" if self.first_end else "server",
             client=self.ends[True],
@@ -561,6 +596,16 @@ class RawRelayLayer(layer.Layer):
     @expect(proxy_events.DataReceived, proxy_events.ConnectionClosed, WebSocketMessageInjected)
     def done(self, _):
         yield from ()
+
+
+def _keeping_half_closes(commands_):
+    """A CONNECT tunnel's passthrough turns every half-close from inside it into a full
+    close; the raw relay's half-closes stay what they are."""
+    for command in commands_:
+        if type(command) is commands.CloseConnection and command.connection.id in _half_close_requested:
+            _half_close_requested.discard(command.connection.id)
+            command = commands.CloseTcpConnection(command.connection, half_close=True)
+        yield command
 
 
 def _install_raw_passthrough() -> None:
@@ -580,7 +625,8 @@ def _install_raw_passthrough() -> None:
     def passthrough(self, event):
         child = self.child_layer
         if type(child) is not RawRelayLayer:
-            return original(self, event)
+            commands_ = original(self, event)
+            return _keeping_half_closes(commands_) if _watched else commands_
         child.stream_id = self.stream_id
         convert = to_connection_event.get(type(event))
         return child.handle_event(convert(self, event) if convert else event)
@@ -621,6 +667,35 @@ def _install_reset_relay() -> None:
     handler.close_connection = close_connection
 
 
+def _install_tls_close() -> None:
+    tls = tls_layer.TLSLayer
+    if getattr(tls.send_close, "wsinspect_seam", False):
+        return
+    original_send_close, original_receive_close = tls.send_close, tls.receive_close
+
+    def send_close(self, command):
+        if self.conn.id in _close_notify_requested:
+            _close_notify_requested.discard(self.conn.id)
+            if self.tls is not None and not self.tls.get_shutdown() & SSL.SENT_SHUTDOWN:
+                try:
+                    self.tls.shutdown()
+                except SSL.Error:
+                    pass  # the connection broke; the FIN alone is what is left
+                yield from self.tls_interact()
+        yield from original_send_close(self, command)
+
+    def receive_close(self):
+        watched = self.conn.id in _watched and self.tls is not None
+        if watched and not self.tls.get_shutdown() & SSL.RECEIVED_SHUTDOWN:
+            _tls_truncated.add(self.conn.id)
+        yield from original_receive_close(self)
+
+    send_close.wsinspect_seam = True
+    send_close.wsinspect_original = original_send_close
+    receive_close.wsinspect_original = original_receive_close
+    tls.send_close, tls.receive_close = send_close, receive_close
+
+
 def install() -> None:
     _install_frame_tap()
     _install_ws_scheme()
@@ -628,3 +703,4 @@ def install() -> None:
     _install_streaming_relay()
     _install_raw_passthrough()
     _install_reset_relay()
+    _install_tls_close()
