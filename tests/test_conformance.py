@@ -197,7 +197,10 @@ class Endpoint:
             pass
         seen = Seen(bytes(self.data), self.end)
         self.collector.cancel()
-        self.writer.transport.abort()
+        # asyncio's SSL transport on Python 3.11.2 cannot be aborted once closed (its
+        # abort() dereferences a protocol that close() dropped; fixed in 3.11.3)
+        if not self.writer.transport.is_closing():
+            self.writer.transport.abort()
         return seen
 
 
