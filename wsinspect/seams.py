@@ -28,10 +28,12 @@ someone debugging a broken WebSocket must see.
   sets SO_LINGER 0 on a connection the relay asked to reset, so closing it (after its
   pending bytes) sends a reset. Injected messages wait for a message boundary.
 - TLS ends under the raw relay: mitmproxy's TLS layer closes a connection with a bare FIN
-  (its `send_close` never shuts the OpenSSL connection down), and some TLS stacks (asyncio's
-  on Python 3.11.2) do not take a bare FIN for the end. A FIN the relay passes on toward a TLS
-  peer goes out after that layer's close_notify, as the peer that ended sent it; a side that
-  ended without close_notify (a truncation, seen in `receive_close`) is passed on as a bare FIN.
+  (its `send_close` never shuts the OpenSSL connection down), which a TLS peer sees as a
+  truncation, not the close the other side sent. A FIN the relay passes on toward a TLS peer
+  goes out after that layer's close_notify; a side that ended without close_notify (a
+  truncation, seen in `receive_close`) is passed on as a bare FIN. A CONNECT tunnel's
+  `passthrough` turns every half-close from inside it into a full close; the relay's stay
+  half-closes.
 
 Each seam is installed once per process and dispatches to the recorder that owns the
 connection, through the `RelayRecorder` protocol below (seams never imports the recorder).
