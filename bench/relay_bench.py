@@ -1,21 +1,24 @@
 """The raw relay against wsinspect's mitmproxy path, bare mitmdump, mitmdump relaying the
-same tunnels as raw TCP (`--ignore-hosts '.*'`, the architecture's ceiling) and a direct
-connection, side by side in one process tree on loopback (issue 15).
+same tunnels as raw TCP (`--ignore-hosts '.*'`, the architecture's ceiling), a splice(2) relay
+(the cheapest relay there can be: no byte enters a process) and a direct connection, side by
+side in one process tree on loopback (issue 15).
 
-    .venv/bin/python bench/relay_bench.py [--quick] [--gib 1] [--profile profile.txt]
+    .venv/bin/python bench/relay_bench.py [--quick] [--sizes 64,1024,1048576]
+        [--parts latency,memory] [--gib 1] [--profile profile.txt [--profile-size 1048576]]
 
 - msg/s (and MB/s): messages echoed per second on one session, a window of 64 in flight,
-  best of 2, each message counted once (there and back).
+  best of 2 (the kinds taking turns), each message counted once (there and back).
+- proxy CPU: the proxy process's user+system CPU per echoed message (µs), or per echoed MiB
+  (ms) at 1 MiB; the proxy relays each message twice, there and back.
 - p50/p99: round trip of one 64 B message at a time.
 - handshakes/s: sequential WebSocket opens and closes through the proxy.
-- CPU µs/msg: the proxy process's user+system CPU over the 64 B / 1 KiB runs per echoed
-  message (the proxy relays it twice: there and back).
 - bytes/msg: proxy RSS growth per recorded message over a long session of 1 KiB messages.
 - 1 GiB message: the proxy's peak RSS growth while a raw client streams one 1 GiB binary
   frame to a raw sink (only the relays that stream: mitmdump and wsinspect's mitmproxy path
   hold whole messages).
-- --profile: py-spy (--nonblocking, samples of the thread holding the GIL) records the
-  raw-relay proxy during a 64 B run and prints where its CPU goes, by area and function.
+- --profile: py-spy (--nonblocking, every thread: the store's writer too) records the
+  raw-relay proxy during a run at --profile-size and prints where its CPU goes, by area and
+  function.
 """
 
 from __future__ import annotations
@@ -47,7 +50,53 @@ from recorder_bench import (  # noqa: E402
     wait_port,
 )
 
-KINDS = ["direct", "mitmdump", "mitmdump-passthrough", "wsinspect-mitmproxy", "wsinspect"]
+KINDS = ["direct", "splice-relay", "mitmdump", "mitmdump-passthrough", "wsinspect-mitmproxy",
+         "wsinspect"]
+# The cheapest relay there can be, for a floor beside the proxies: CONNECT, then each
+# direction moved socket -> pipe -> socket by splice(2) in the kernel, never copied into the
+# process. It only connects to 127.0.0.1, whatever the CONNECT names.
+SPLICE_RELAY = """
+import fcntl, os, socket, sys, threading
+def pump(src, dst):
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)
+    try:
+        while n := os.splice(src.fileno(), w, 1 << 20):
+            while n:
+                n -= os.splice(r, dst.fileno(), n)
+    except OSError:
+        pass
+    finally:
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        os.close(r)
+        os.close(w)
+def handle(client):
+    head = b""
+    while b"\\r\\n\\r\\n" not in head:
+        chunk = client.recv(4096)
+        if not chunk:
+            client.close()
+            return
+        head += chunk
+    port = int(head.split(b" ")[1].rsplit(b":", 1)[1])
+    server = socket.create_connection(("127.0.0.1", port))
+    client.sendall(b"HTTP/1.1 200 Connection established\\r\\n\\r\\n")
+    if rest := head.split(b"\\r\\n\\r\\n", 1)[1]:
+        server.sendall(rest)
+    pumps = [threading.Thread(target=pump, args=pair) for pair in ((client, server), (server, client))]
+    for t in pumps:
+        t.start()
+    for t in pumps:
+        t.join()
+    client.close()
+    server.close()
+listener = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+while True:
+    threading.Thread(target=handle, args=(listener.accept()[0],), daemon=True).start()
+"""
 SINK_SERVER = """
 import asyncio, base64, hashlib, sys
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -198,7 +247,11 @@ async def main(args) -> None:
         for kind in KINDS[1:]:
             ports[kind] = free_port()
             logs[kind] = open(f"{tmp}/{kind}.log", "wb")
-            proc = start_proxy(kind, ports[kind], tmp, f"{tmp}/{kind}.db", logs[kind])
+            if kind == "splice-relay":
+                proc = subprocess.Popen([sys.executable, "-c", SPLICE_RELAY, str(ports[kind])],
+                                        stdout=logs[kind], stderr=subprocess.STDOUT)
+            else:
+                proc = start_proxy(kind, ports[kind], tmp, f"{tmp}/{kind}.db", logs[kind])
             procs.append(proc)
             pids[kind] = proc.pid
 
@@ -211,56 +264,68 @@ async def main(args) -> None:
         for kind in KINDS[1:]:
             await wait_port(ports[kind], 90)  # four proxies starting at once on a busy machine
         quick = args.quick
-        sizes = [(64, 4000 if quick else 15000), (1024, 4000 if quick else 15000),
-                 (2**20, 20 if quick else 60)]
+        counts = {64: 4000 if quick else 15000, 1024: 4000 if quick else 15000,
+                  2**20: 20 if quick else 60}
+        sizes = [(size, counts[size]) for size in args.sizes]
         rates: dict[tuple[str, int], float] = {}
-        cpu: dict[str, list[float]] = collections.defaultdict(list)
+        cpu: dict[tuple[str, int], list[float]] = collections.defaultdict(list)
         for size, count in sizes:
-            for kind in KINDS:
-                best = 0.0
-                for _ in range(2):
+            for _ in range(2):  # best of 2, the kinds taking turns
+                for kind in KINDS:
                     alive(kind)
                     before = cpu_seconds(pids[kind]) if kind in pids else 0.0
-                    best = max(best, await rate(echo_port, ports[kind], size, count))
-                    if kind in pids and size < 2**20:
-                        cpu[kind].append((cpu_seconds(pids[kind]) - before) / count)
-                rates[kind, size] = best
-        lat = {kind: await latencies(echo_port, ports[kind], 500 if quick else 3000) for kind in KINDS}
-        hs = {kind: await handshakes(echo_port, ports[kind], 1.5 if quick else 4) for kind in KINDS}
+                    got = await rate(echo_port, ports[kind], size, count)
+                    rates[kind, size] = max(rates.get((kind, size), 0.0), got)
+                    if kind in pids:
+                        cpu[kind, size].append((cpu_seconds(pids[kind]) - before) / count)
 
         print("one process tree, loopback; ratios against bare mitmdump in this run\n")
         print(f"{'':24}" + "".join(f"{k:>22}" for k in KINDS))
+        def label(size: int) -> str:
+            return f"{size} B" if size < 1024 else f"{size // 1024} KiB" if size < 2**20 else "1 MiB"
+
         for size, _ in sizes:
-            label = f"{size} B" if size < 1024 else f"{size // 1024} KiB" if size < 2**20 else "1 MiB"
             row = []
             for kind in KINDS:
                 r = rates[kind, size]
                 ratio = r / rates["mitmdump", size]
                 row.append(f"{r:>9.0f} ({ratio:>5.1f}x)" if size < 2**20 else f"{r * size / 1e6:>7.1f} MB/s ({ratio:>4.1f}x)")
-            print(f"{'msg/s ' + label if size < 2**20 else 'MB/s ' + label:24}" + "".join(f"{c:>22}" for c in row))
-        print(f"{'MB/s 1 KiB':24}" + "".join(f"{rates[k, 1024] * 1024 / 1e6:>22.1f}" for k in KINDS))
-        print(f"{'p50 / p99 ms (64 B)':24}" + "".join(f"{f'{lat[k][0]:.3f} / {lat[k][1]:.3f}':>22}" for k in KINDS))
-        print(f"{'handshakes/s':24}" + "".join(f"{hs[k]:>22.0f}" for k in KINDS))
-        print(f"{'proxy CPU us/msg':24}" + "".join(
-            f"{(1e6 * min(cpu[k]) if cpu[k] else 0):>22.1f}" if k in pids else f"{'-':>22}" for k in KINDS))
+            print(f"{('msg/s ' if size < 2**20 else 'MB/s ') + label(size):24}" + "".join(f"{c:>22}" for c in row))
+        if (1024, counts[1024]) in sizes:
+            print(f"{'MB/s 1 KiB':24}" + "".join(f"{rates[k, 1024] * 1024 / 1e6:>22.1f}" for k in KINDS))
+        for size, _ in sizes:
+            # CPU per echoed message: the proxy relays it twice, there and back
+            unit, scale = ("ms/MiB", 1e3) if size == 2**20 else ("us/msg", 1e6)
+            print(f"{f'CPU {unit} {label(size)}':24}" + "".join(
+                f"{scale * min(cpu[k, size]):>22.1f}" if k in pids else f"{'-':>22}" for k in KINDS))
+        if "latency" in args.parts:
+            lat = {k: await latencies(echo_port, ports[k], 500 if quick else 3000) for k in KINDS}
+            hs = {k: await handshakes(echo_port, ports[k], 1.5 if quick else 4) for k in KINDS}
+            print(f"{'p50 / p99 ms (64 B)':24}" + "".join(f"{f'{lat[k][0]:.3f} / {lat[k][1]:.3f}':>22}" for k in KINDS))
+            print(f"{'handshakes/s':24}" + "".join(f"{hs[k]:>22.0f}" for k in KINDS))
 
         if args.profile:
             spy = shutil.which("py-spy") or str(BIN / "py-spy")
             out = Path(args.profile)
-            prof = subprocess.Popen([spy, "record", "--nonblocking", "--gil", "--format", "raw", "-r", "200",
+            # all threads (the store's writer too), not only the one holding the GIL
+            prof = subprocess.Popen([spy, "record", "--nonblocking", "--format", "raw", "-r", "200",
                                      "-o", str(out), "-p", str(pids["wsinspect"])],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             await asyncio.sleep(1.0)
-            await rate(echo_port, ports["wsinspect"], 64, 30000)
+            size = args.profile_size
+            await rate(echo_port, ports["wsinspect"], size, 30000 if size < 2**20 else 300)
             prof.send_signal(signal.SIGINT)
             prof.wait(30)
-            print("\nraw relay, 64 B messages: own CPU time by function (py-spy)\n" + profile_summary(out))
+            print(f"\nraw relay, {size} B messages: CPU time by function (py-spy, all threads)\n"
+                  + profile_summary(out))
 
         for p in procs[2:]:
             p.send_signal(signal.SIGTERM)
             p.wait(20)
         procs = procs[:2]
 
+        if "memory" not in args.parts:
+            return
         steps = [2000, 20000, 40000] if quick else [2000, 80000, 120000, 160000]
         print("\nproxy RSS over one long session (1 KiB messages), bytes per recorded message")
         for kind in ("mitmdump", "wsinspect-mitmproxy", "wsinspect"):
@@ -302,4 +367,12 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="fewer messages, for a smoke run")
     parser.add_argument("--gib", type=float, default=1.0, help="size of the huge message")
     parser.add_argument("--profile", metavar="FILE", help="py-spy the raw relay into FILE")
+    parser.add_argument("--profile-size", type=int, default=64, choices=(64, 1024, 2**20),
+                        help="message size of the profiled run")
+    parser.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")],
+                        default=[64, 1024, 2**20], help="message sizes, of 64,1024,1048576")
+    parser.add_argument("--parts", type=lambda v: set(v.split(",")),
+                        default={"latency", "memory"},
+                        help="what to measure besides msg/s: latency (p50/p99, handshakes/s) "
+                             "and memory (long session, 1 GiB message)")
     asyncio.run(main(parser.parse_args()))

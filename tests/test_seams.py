@@ -320,3 +320,56 @@ def test_tls_close_seams_are_where_mitmproxy_ends_tls():
     passthrough = inspect.getsource(http_layer.HttpStream.passthrough.wsinspect_original)
     assert "isinstance(command, commands.CloseTcpConnection)" in passthrough
     assert "command = commands.CloseConnection(command.connection)" in passthrough
+
+
+def test_socket_fast_path_is_where_mitmproxy_reads_and_writes():
+    """The raw relay takes the bytes the ConnectionHandler read from a plain connection before
+    they go down the layers, and writes them to the other side's writer as mitmproxy's
+    SendData would; the handler drains the writers after each event. Fail here if a
+    mitmproxy release moves any of that."""
+    from mitmproxy.proxy import server
+
+    from wsinspect import seams
+
+    seams.install()
+    handler = server.ConnectionHandler
+    assert handler.server_event.wsinspect_seam
+    event = inspect.getsource(handler.server_event.wsinspect_original)
+    assert "self.timeout_watchdog.register_activity()" in event
+    assert "writer = self.transports[command.connection].writer" in event
+    assert "if not writer.is_closing():\n                            writer.write(command.data)" in event
+    reading = inspect.getsource(handler.handle_connection)
+    read_event = reading.index("await self.server_event(events.DataReceived(connection, data))")
+    assert reading.index("await self.drain_writers()", read_event) > read_event
+    assert "transports: MutableMapping[Connection, ConnectionIO]" in inspect.getsource(server)
+
+
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+async def test_plain_connections_are_relayed_between_sockets_and_tls_ones_through_layers(
+    start_proxy, echo_server, tls_echo_server, monkeypatch, scheme
+):
+    from wsinspect import seams
+
+    forwarded = []
+    original = seams.RawRelayLayer.forward
+
+    def forward(self, transports, conn, data):
+        forwarded.append(len(data))
+        return original(self, transports, conn, data)
+
+    monkeypatch.setattr(seams.RawRelayLayer, "forward", forward)
+    proxy = await start_proxy(settings=["wsinspect_relay=raw", "ssl_insecure=true"])
+    port = echo_server if scheme == "ws" else tls_echo_server
+    url = f"{scheme}://{'127.0.0.1' if scheme == 'ws' else 'localhost'}:{port}/fast"
+    client_ssl = proxy.client_ssl() if scheme == "wss" else None
+    async with connect(url, proxy=proxy.url, ssl=client_ssl) as ws:
+        for text in ("one", "two" * 1000):
+            await ws.send(text)
+            assert await ws.recv() == text
+    session = await proxy.wait_session(lambda s: s.outcome is Outcome.CLOSED)
+    proxy.store.flush()
+    texts = [m.payload for m in proxy.store.messages(session.id, 0, 10)
+             if m.type is MessageType.TEXT]
+    assert texts == [b"one", b"one", b"two" * 1000, b"two" * 1000]
+    assert (sum(forwarded) > 0) == (scheme == "ws")
+    assert not seams._socket_relays
