@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import collections
 import os
+import re
 import shutil
 import signal
 import struct
@@ -219,8 +220,10 @@ def profile_summary(path: Path, top: int = 12) -> str:
     own: collections.Counter = collections.Counter()
     areas: collections.Counter = collections.Counter()
     total = 0
-    for line in path.read_text().splitlines():
-        stack, _, n = line.rpartition(" ")
+    # py-spy's raw format is "frame;frame;... count" a line, but a frame's name may hold
+    # newlines (a module docstring): a sample is the lines up to one ending in its count
+    for line in re.findall(r"(?s).*? \d+(?:\n|$)", path.read_text()):
+        stack, _, n = line.strip().rpartition(" ")
         leaf = stack.split(";")[-1]
         own[leaf] += int(n)
         areas[next((a for a, part in AREAS if part in leaf), "other")] += int(n)
