@@ -350,6 +350,7 @@ async def main(args) -> None:
             print(f"{kind:>22} {slope:>7.1f} B/msg from {samples[0][0]} to {samples[-1][0]} "
                   f"messages, RSS {min(r) / 2**20:.1f}-{max(r) / 2**20:.1f} MiB "
                   f"({len(samples)} samples)")
+            print(f"{'':>22} MiB: " + " ".join(f"{y / 2**20:.0f}" for y in r))
             proc.send_signal(signal.SIGTERM)
             proc.wait(20)
             procs.remove(proc)
