@@ -236,6 +236,13 @@ def profile_summary(path: Path, top: int = 12) -> str:
 
 async def main(args) -> None:
     tmp = tempfile.mkdtemp(prefix="wsinspect-relay-bench-")
+
+    def confdir(kind: str) -> str:
+        """A confdir of its own: proxies starting at once in one would race to make its CA."""
+        path = Path(tmp, f"{kind}-conf")
+        path.mkdir(exist_ok=True)
+        return str(path)
+
     echo_port, sink_port = free_port(), free_port()
     gib = int(args.gib * 2**30)
     procs = [
@@ -255,7 +262,7 @@ async def main(args) -> None:
                 proc = subprocess.Popen([sys.executable, "-c", SPLICE_RELAY, str(ports[kind])],
                                         stdout=logs[kind], stderr=subprocess.STDOUT)
             else:
-                proc = start_proxy(kind, ports[kind], tmp, f"{tmp}/{kind}.db", logs[kind])
+                proc = start_proxy(kind, ports[kind], confdir(kind), f"{tmp}/{kind}.db", logs[kind])
             procs.append(proc)
             pids[kind] = proc.pid
 
@@ -338,7 +345,7 @@ async def main(args) -> None:
               f"over the samples after {warm} messages, and their spread")
         for kind in ("mitmdump", "wsinspect-mitmproxy", "wsinspect"):
             port = free_port()
-            proc = start_proxy(kind, port, tmp, f"{tmp}/{kind}-growth.db")
+            proc = start_proxy(kind, port, confdir(kind), f"{tmp}/{kind}-growth.db")
             procs.append(proc)
             await wait_port(port, 90)
             samples = await growth(echo_port, port, proc.pid, steps, 1024)
@@ -358,7 +365,7 @@ async def main(args) -> None:
         print(f"\npeak RSS growth while one {args.gib:g} GiB frame streams through")
         for kind in ("mitmdump-passthrough", "wsinspect"):
             port = free_port()
-            proc = start_proxy(kind, port, tmp, f"{tmp}/{kind}-huge.db")
+            proc = start_proxy(kind, port, confdir(kind), f"{tmp}/{kind}-huge.db")
             procs.append(proc)
             await wait_port(port, 90)
             start = time.perf_counter()
