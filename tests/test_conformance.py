@@ -641,7 +641,8 @@ async def test_tls_half_close_toward_a_server_the_http_layer_opened(start_proxy,
     server = await start_server(case, results, server_tls)
     port = server.sockets[0].getsockname()[1]
     async with server:
-        reader, writer = await raw_client(proxy.port, f"wss://localhost:{port}/case", f"localhost:{port}")
+        host = f"localhost:{port}"
+        reader, writer = await raw_client(proxy.port, f"wss://{host}/case", host)
         client = Endpoint(reader, writer)
         await client.run([("send", last_words), ("fin",), ("wait_end",)])
         client_seen = await client.finish()

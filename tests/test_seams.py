@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import re
 
 import aiohttp
 import pytest
@@ -337,7 +338,7 @@ def test_socket_fast_path_is_where_mitmproxy_reads_and_writes():
     event = inspect.getsource(handler.server_event.wsinspect_original)
     assert "self.timeout_watchdog.register_activity()" in event
     assert "writer = self.transports[command.connection].writer" in event
-    assert "if not writer.is_closing():\n                            writer.write(command.data)" in event
+    assert re.search(r"if not writer\.is_closing\(\):\s+writer\.write\(command\.data\)", event)
     reading = inspect.getsource(handler.handle_connection)
     read_event = reading.index("await self.server_event(events.DataReceived(connection, data))")
     assert reading.index("await self.drain_writers()", read_event) > read_event

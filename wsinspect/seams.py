@@ -402,11 +402,11 @@ _watched: set[str] = set()
 _peer_reset: set[str] = set()
 _reset_requested: set[str] = set()
 _tls_truncated: set[str] = set()
+_close_notify_requested: set[str] = set()
+_half_close_requested: set[str] = set()
 # Connection id -> the raw relay that forwards its bytes straight between sockets (see
 # RawRelayLayer.forward).
 _socket_relays: dict[str, RawRelayLayer] = {}
-_close_notify_requested: set[str] = set()
-_half_close_requested: set[str] = set()
 
 _LINGER_ZERO = struct.pack("ii", 1, 0)
 
@@ -491,9 +491,10 @@ class RawRelayLayer(layer.Layer):
     def forward(self, transports: dict, conn, data: bytes) -> None:
         """`relay` for plain TCP on both sides, called by the ConnectionHandler for the bytes
         it read, which it would otherwise hand down the layers: the same bytes go to the other
-        side's writer without the per-read cost of the layer machinery (a third of the raw
-        relay's CPU at 64 KiB reads). Ends, injections and everything else still come through
-        the layers; the handler drains the writers after this, as after any event."""
+        side's writer without the layer machinery's cost per read (11% of the raw relay's CPU
+        samples at 1 MiB messages before, under 2% after). Ends and injected messages still
+        arrive through the layers (one waiting for a message boundary is slipped in here);
+        the handler drains the writers after this, as after any event."""
         from_client = conn is self.context.client
         target = transports.get(self.context.server if from_client else self.context.client)
         writer = target.writer if target is not None else None
@@ -637,8 +638,9 @@ def _keeping_half_closes(commands_):
     """A CONNECT tunnel's passthrough turns every half-close from inside it into a full
     close; the raw relay's half-closes stay what they are."""
     for command in commands_:
-        if type(command) is commands.CloseConnection and command.connection.id in _half_close_requested:
-            _half_close_requested.discard(command.connection.id)
+        conn_id = command.connection.id if type(command) is commands.CloseConnection else None
+        if conn_id in _half_close_requested:
+            _half_close_requested.discard(conn_id)
             command = commands.CloseTcpConnection(command.connection, half_close=True)
         yield command
 
