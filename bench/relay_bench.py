@@ -1,21 +1,25 @@
 """The raw relay against wsinspect's mitmproxy path, bare mitmdump, mitmdump relaying the
-same tunnels as raw TCP (`--ignore-hosts '.*'`, the architecture's ceiling) and a direct
-connection, side by side in one process tree on loopback (issue 15).
+same tunnels as raw TCP (`--ignore-hosts '.*'`, the architecture's ceiling), a splice(2) relay
+(the cheapest relay there can be: no byte enters a process) and a direct connection, side by
+side in one process tree on loopback (issue 15).
 
-    .venv/bin/python bench/relay_bench.py [--quick] [--gib 1] [--profile profile.txt]
+    .venv/bin/python bench/relay_bench.py [--quick] [--sizes 64,1024,1048576]
+        [--parts latency,memory] [--gib 1] [--profile profile.txt [--profile-size 1048576]]
 
 - msg/s (and MB/s): messages echoed per second on one session, a window of 64 in flight,
-  best of 2, each message counted once (there and back).
+  best of 2 (the kinds taking turns), each message counted once (there and back).
+- proxy CPU: the proxy process's user+system CPU per echoed message (µs), or per echoed MiB
+  (ms) at 1 MiB; the proxy relays each message twice, there and back.
 - p50/p99: round trip of one 64 B message at a time.
 - handshakes/s: sequential WebSocket opens and closes through the proxy.
-- CPU µs/msg: the proxy process's user+system CPU over the 64 B / 1 KiB runs per echoed
-  message (the proxy relays it twice: there and back).
-- bytes/msg: proxy RSS growth per recorded message over a long session of 1 KiB messages.
+- B/msg: the slope of the proxy's RSS per recorded message over a long session of 1 KiB
+  messages, after a warm-up of 40,000, with the spread of its samples.
 - 1 GiB message: the proxy's peak RSS growth while a raw client streams one 1 GiB binary
   frame to a raw sink (only the relays that stream: mitmdump and wsinspect's mitmproxy path
   hold whole messages).
-- --profile: py-spy (--nonblocking, samples of the thread holding the GIL) records the
-  raw-relay proxy during a 64 B run and prints where its CPU goes, by area and function.
+- --profile: py-spy (--nonblocking, every thread: the store's writer too) records the
+  raw-relay proxy during a run at --profile-size and prints where its CPU goes, by area and
+  function.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import argparse
 import asyncio
 import collections
 import os
+import re
 import shutil
 import signal
 import struct
@@ -37,7 +42,53 @@ from websockets.asyncio.client import connect
 
 from benchkit import BIN, ECHO_SERVER, echo_rate, free_port, growth, memory, start_proxy, wait_port
 
-KINDS = ["direct", "mitmdump", "mitmdump-passthrough", "wsinspect-mitmproxy", "wsinspect"]
+KINDS = ["direct", "splice-relay", "mitmdump", "mitmdump-passthrough", "wsinspect-mitmproxy",
+         "wsinspect"]
+# The cheapest relay there can be, for a floor beside the proxies: CONNECT, then each
+# direction moved socket -> pipe -> socket by splice(2) in the kernel, never copied into the
+# process. It only connects to 127.0.0.1, whatever the CONNECT names.
+SPLICE_RELAY = """
+import fcntl, os, socket, sys, threading
+def pump(src, dst):
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)
+    try:
+        while n := os.splice(src.fileno(), w, 1 << 20):
+            while n:
+                n -= os.splice(r, dst.fileno(), n)
+    except OSError:
+        pass
+    finally:
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        os.close(r)
+        os.close(w)
+def handle(client):
+    head = b""
+    while b"\\r\\n\\r\\n" not in head:
+        chunk = client.recv(4096)
+        if not chunk:
+            client.close()
+            return
+        head += chunk
+    port = int(head.split(b" ")[1].rsplit(b":", 1)[1])
+    server = socket.create_connection(("127.0.0.1", port))
+    client.sendall(b"HTTP/1.1 200 Connection established\\r\\n\\r\\n")
+    if rest := head.split(b"\\r\\n\\r\\n", 1)[1]:
+        server.sendall(rest)
+    pumps = [threading.Thread(target=pump, args=pair) for pair in ((client, server), (server, client))]
+    for t in pumps:
+        t.start()
+    for t in pumps:
+        t.join()
+    client.close()
+    server.close()
+listener = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+while True:
+    threading.Thread(target=handle, args=(listener.accept()[0],), daemon=True).start()
+"""
 SINK_SERVER = """
 import asyncio, base64, hashlib, sys
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -160,8 +211,10 @@ def profile_summary(path: Path, top: int = 12) -> str:
     own: collections.Counter = collections.Counter()
     areas: collections.Counter = collections.Counter()
     total = 0
-    for line in path.read_text().splitlines():
-        stack, _, n = line.rpartition(" ")
+    # py-spy's raw format is "frame;frame;... count" a line, but a frame's name may hold
+    # newlines (a module docstring): a sample is the lines up to one ending in its count
+    for line in re.findall(r"(?s).*? \d+(?:\n|$)", path.read_text()):
+        stack, _, n = line.strip().rpartition(" ")
         leaf = stack.split(";")[-1]
         own[leaf] += int(n)
         areas[next((a for a, part in AREAS if part in leaf), "other")] += int(n)
@@ -173,6 +226,13 @@ def profile_summary(path: Path, top: int = 12) -> str:
 
 async def main(args) -> None:
     tmp = tempfile.mkdtemp(prefix="wsinspect-relay-bench-")
+
+    def confdir(kind: str) -> str:
+        """A confdir of its own: proxies starting at once in one would race to make its CA."""
+        path = Path(tmp, f"{kind}-conf")
+        path.mkdir(exist_ok=True)
+        return str(path)
+
     echo_port, sink_port = free_port(), free_port()
     gib = int(args.gib * 2**30)
     procs = [
@@ -188,7 +248,11 @@ async def main(args) -> None:
         for kind in KINDS[1:]:
             ports[kind] = free_port()
             logs[kind] = open(f"{tmp}/{kind}.log", "wb")
-            proc = start_proxy(kind, ports[kind], tmp, f"{tmp}/{kind}.db", logs[kind])
+            if kind == "splice-relay":
+                proc = subprocess.Popen([sys.executable, "-c", SPLICE_RELAY, str(ports[kind])],
+                                        stdout=logs[kind], stderr=subprocess.STDOUT)
+            else:
+                proc = start_proxy(kind, ports[kind], confdir(kind), f"{tmp}/{kind}.db", logs[kind])
             procs.append(proc)
             pids[kind] = proc.pid
 
@@ -201,69 +265,89 @@ async def main(args) -> None:
         for kind in KINDS[1:]:
             await wait_port(ports[kind], 90)  # four proxies starting at once on a busy machine
         quick = args.quick
-        sizes = [(64, 4000 if quick else 15000), (1024, 4000 if quick else 15000),
-                 (2**20, 20 if quick else 60)]
+        counts = {64: 4000 if quick else 15000, 1024: 4000 if quick else 15000,
+                  2**20: 20 if quick else 60}
+        sizes = [(size, counts[size]) for size in args.sizes]
         rates: dict[tuple[str, int], float] = {}
-        cpu: dict[str, list[float]] = collections.defaultdict(list)
+        cpu: dict[tuple[str, int], list[float]] = collections.defaultdict(list)
         for size, count in sizes:
-            for kind in KINDS:
-                best = 0.0
-                for _ in range(2):
+            for _ in range(2):  # best of 2, the kinds taking turns
+                for kind in KINDS:
                     alive(kind)
                     before = cpu_seconds(pids[kind]) if kind in pids else 0.0
-                    best = max(best, await rate(echo_port, ports[kind], size, count))
-                    if kind in pids and size < 2**20:
-                        cpu[kind].append((cpu_seconds(pids[kind]) - before) / count)
-                rates[kind, size] = best
-        lat = {kind: await latencies(echo_port, ports[kind], 500 if quick else 3000) for kind in KINDS}
-        hs = {kind: await handshakes(echo_port, ports[kind], 1.5 if quick else 4) for kind in KINDS}
+                    got = await rate(echo_port, ports[kind], size, count)
+                    rates[kind, size] = max(rates.get((kind, size), 0.0), got)
+                    if kind in pids:
+                        cpu[kind, size].append((cpu_seconds(pids[kind]) - before) / count)
 
         print("one process tree, loopback; ratios against bare mitmdump in this run\n")
         print(f"{'':24}" + "".join(f"{k:>22}" for k in KINDS))
+        def label(size: int) -> str:
+            return f"{size} B" if size < 1024 else f"{size // 1024} KiB" if size < 2**20 else "1 MiB"
+
         for size, _ in sizes:
-            label = f"{size} B" if size < 1024 else f"{size // 1024} KiB" if size < 2**20 else "1 MiB"
             row = []
             for kind in KINDS:
                 r = rates[kind, size]
                 ratio = r / rates["mitmdump", size]
                 row.append(f"{r:>9.0f} ({ratio:>5.1f}x)" if size < 2**20 else f"{r * size / 1e6:>7.1f} MB/s ({ratio:>4.1f}x)")
-            print(f"{'msg/s ' + label if size < 2**20 else 'MB/s ' + label:24}" + "".join(f"{c:>22}" for c in row))
-        print(f"{'MB/s 1 KiB':24}" + "".join(f"{rates[k, 1024] * 1024 / 1e6:>22.1f}" for k in KINDS))
-        print(f"{'p50 / p99 ms (64 B)':24}" + "".join(f"{f'{lat[k][0]:.3f} / {lat[k][1]:.3f}':>22}" for k in KINDS))
-        print(f"{'handshakes/s':24}" + "".join(f"{hs[k]:>22.0f}" for k in KINDS))
-        print(f"{'proxy CPU us/msg':24}" + "".join(
-            f"{(1e6 * min(cpu[k]) if cpu[k] else 0):>22.1f}" if k in pids else f"{'-':>22}" for k in KINDS))
+            print(f"{('msg/s ' if size < 2**20 else 'MB/s ') + label(size):24}" + "".join(f"{c:>22}" for c in row))
+        if (1024, counts[1024]) in sizes:
+            print(f"{'MB/s 1 KiB':24}" + "".join(f"{rates[k, 1024] * 1024 / 1e6:>22.1f}" for k in KINDS))
+        for size, _ in sizes:
+            # CPU per echoed message: the proxy relays it twice, there and back
+            unit, scale = ("ms/MiB", 1e3) if size == 2**20 else ("us/msg", 1e6)
+            print(f"{f'CPU {unit} {label(size)}':24}" + "".join(
+                f"{scale * min(cpu[k, size]):>22.1f}" if k in pids else f"{'-':>22}" for k in KINDS))
+        if "latency" in args.parts:
+            lat = {k: await latencies(echo_port, ports[k], 500 if quick else 3000) for k in KINDS}
+            hs = {k: await handshakes(echo_port, ports[k], 1.5 if quick else 4) for k in KINDS}
+            print(f"{'p50 / p99 ms (64 B)':24}" + "".join(f"{f'{lat[k][0]:.3f} / {lat[k][1]:.3f}':>22}" for k in KINDS))
+            print(f"{'handshakes/s':24}" + "".join(f"{hs[k]:>22.0f}" for k in KINDS))
 
         if args.profile:
             spy = shutil.which("py-spy") or str(BIN / "py-spy")
             out = Path(args.profile)
-            prof = subprocess.Popen([spy, "record", "--nonblocking", "--gil", "--format", "raw", "-r", "200",
+            # all threads (the store's writer too), not only the one holding the GIL
+            prof = subprocess.Popen([spy, "record", "--nonblocking", "--format", "raw", "-r", "200",
                                      "-o", str(out), "-p", str(pids["wsinspect"])],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             await asyncio.sleep(1.0)
-            await rate(echo_port, ports["wsinspect"], 64, 30000)
+            size = args.profile_size
+            await rate(echo_port, ports["wsinspect"], size, 30000 if size < 2**20 else 300)
             prof.send_signal(signal.SIGINT)
             prof.wait(30)
-            print("\nraw relay, 64 B messages: own CPU time by function (py-spy)\n" + profile_summary(out))
+            print(f"\nraw relay, {size} B messages: CPU time by function (py-spy, all threads)\n"
+                  + profile_summary(out))
 
         for p in procs[2:]:
             p.send_signal(signal.SIGTERM)
             p.wait(20)
         procs = procs[:2]
 
-        steps = [2000, 20000, 40000] if quick else [2000, 80000, 120000, 160000]
-        print("\nproxy RSS over one long session (1 KiB messages), bytes per recorded message")
+        if "memory" not in args.parts:
+            return
+        # messages recorded (both ways) at each sample; the first 40,000 are the warm-up
+        # (SQLite's page cache, the allocator's arenas, the largest batch in flight)
+        warm = 40000
+        steps = [s // 2 for s in range(warm, (120000 if quick else 320000) + 1, warm // 2)]
+        print("\nproxy RSS over one long session (1 KiB messages): its slope by least squares "
+              f"over the samples after {warm} messages, and their spread")
         for kind in ("mitmdump", "wsinspect-mitmproxy", "wsinspect"):
             port = free_port()
-            proc = start_proxy(kind, port, tmp, f"{tmp}/{kind}-growth.db")
+            proc = start_proxy(kind, port, confdir(kind), f"{tmp}/{kind}-growth.db")
             procs.append(proc)
             await wait_port(port, 90)
             samples = await growth(echo_port, port, proc.pid, steps, 1024)
-            (n0, r0), (nw, rw), (n1, r1) = samples[0], samples[1], samples[-1]
-            # after the warm-up sample (SQLite's page cache, allocator arenas) growth is flat
-            print(f"{kind:>22} {r1 / 2**20:>7.1f} MiB at {n1} messages, "
-                  f"{(r1 - r0) / (n1 - n0):>7.1f} B/msg since {n0}, "
-                  f"{(r1 - rw) / (n1 - nw):>7.1f} B/msg since {nw}")
+            n = [float(x) for x, _ in samples]
+            r = [float(y) for _, y in samples]
+            mean_n, mean_r = sum(n) / len(n), sum(r) / len(r)
+            slope = (sum((a - mean_n) * (b - mean_r) for a, b in zip(n, r))
+                     / sum((a - mean_n) ** 2 for a in n))
+            print(f"{kind:>22} {slope:>7.1f} B/msg from {samples[0][0]} to {samples[-1][0]} "
+                  f"messages, RSS {min(r) / 2**20:.1f}-{max(r) / 2**20:.1f} MiB "
+                  f"({len(samples)} samples)")
+            print(f"{'':>22} MiB: " + " ".join(f"{y / 2**20:.0f}" for y in r))
             proc.send_signal(signal.SIGTERM)
             proc.wait(20)
             procs.remove(proc)
@@ -271,7 +355,7 @@ async def main(args) -> None:
         print(f"\npeak RSS growth while one {args.gib:g} GiB frame streams through")
         for kind in ("mitmdump-passthrough", "wsinspect"):
             port = free_port()
-            proc = start_proxy(kind, port, tmp, f"{tmp}/{kind}-huge.db")
+            proc = start_proxy(kind, port, confdir(kind), f"{tmp}/{kind}-huge.db")
             procs.append(proc)
             await wait_port(port, 90)
             start = time.perf_counter()
@@ -292,4 +376,12 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="fewer messages, for a smoke run")
     parser.add_argument("--gib", type=float, default=1.0, help="size of the huge message")
     parser.add_argument("--profile", metavar="FILE", help="py-spy the raw relay into FILE")
+    parser.add_argument("--profile-size", type=int, default=64, choices=(64, 1024, 2**20),
+                        help="message size of the profiled run")
+    parser.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")],
+                        default=[64, 1024, 2**20], help="message sizes, of 64,1024,1048576")
+    parser.add_argument("--parts", type=lambda v: set(v.split(",")),
+                        default={"latency", "memory"},
+                        help="what to measure besides msg/s: latency (p50/p99, handshakes/s) "
+                             "and memory (long session, 1 GiB message)")
     asyncio.run(main(parser.parse_args()))

@@ -23,7 +23,7 @@ from wsinspect.model import MessageType, Outcome
 from wsinspect.wire import FrameParser
 
 from .conftest import wait_for
-from .rawpeers import frame, upgrade_request
+from .rawpeers import frame, raw_client, upgrade_request
 
 TEXT, BINARY, CLOSE, PING, PONG, CONT = 0x1, 0x2, 0x8, 0x9, 0xA, 0x0
 SETTLE = 1.5  # seconds a peer waits for its connection to end after its script
@@ -41,13 +41,109 @@ class Seen:
     """What one peer received after the handshake, and how its connection ended."""
 
     data: bytes
-    end: str  # "fin", "reset" or "open"
+    end: str  # "fin", "reset" or "open"; a MemoryTls peer tells "close_notify" from a bare "fin"
+
+
+class MemoryTls:
+    """One end of a TLS connection driven through ssl.SSLObject over a plain stream, standing
+    in for both its reader and its writer. Unlike asyncio's SSL transport (which, depending on
+    the Python release, reports a bare FIN as the end or keeps waiting), it tells how the
+    other side's TLS ended: `ending` is "close_notify" (SSLZeroReturnError) or "fin" (a FIN
+    without close_notify, a truncation). Its own FIN and close go out after a close_notify."""
+
+    def __init__(self, reader, writer, context: ssl.SSLContext, server_hostname=None) -> None:
+        self.raw_reader, self.raw_writer = reader, writer
+        self.transport = writer.transport
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(
+            self.incoming, self.outgoing, server_side=server_hostname is None,
+            server_hostname=server_hostname,
+        )
+        self.buffer = bytearray()  # plaintext read past a readuntil() separator
+        self.ending: str | None = None
+        self.fin_sent = False
+
+    def _flush(self) -> None:
+        if pending := self.outgoing.read():
+            self.raw_writer.write(pending)
+
+    async def _receive(self) -> bool:
+        data = await self.raw_reader.read(65536)
+        if data:
+            self.incoming.write(data)
+        return bool(data)
+
+    async def handshake(self) -> MemoryTls:
+        while True:
+            try:
+                self.tls.do_handshake()
+                self._flush()
+                return self
+            except ssl.SSLWantReadError:
+                self._flush()
+                if not await self._receive():
+                    raise ConnectionError("the connection ended during the TLS handshake")
+
+    async def read(self, n: int) -> bytes:
+        if self.buffer:
+            data = bytes(self.buffer[:n])
+            del self.buffer[:n]
+            return data
+        while self.ending is None:
+            try:
+                if data := self.tls.read(n):
+                    return data
+                self.ending = "close_notify"  # what SSLObject.read makes of a close_notify
+            except ssl.SSLWantReadError:
+                if not await self._receive():
+                    self.ending = "fin"
+            except ssl.SSLZeroReturnError:  # a close_notify after this side sent its own
+                self.ending = "close_notify"
+        return b""
+
+    async def readuntil(self, separator: bytes) -> bytes:
+        while (at := self.buffer.find(separator)) < 0:
+            self.buffer += await self.read(65536) or b""
+            if self.ending is not None:
+                raise asyncio.IncompleteReadError(bytes(self.buffer), None)
+        head = bytes(self.buffer[: at + len(separator)])
+        del self.buffer[: at + len(separator)]
+        return head
+
+    def write(self, data: bytes) -> None:
+        self.tls.write(data)
+        self._flush()
+
+    async def drain(self) -> None:
+        await self.raw_writer.drain()
+
+    def _close_notify(self) -> None:
+        try:
+            self.tls.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # sent; the other side's close_notify has not come yet
+        self._flush()
+
+    def write_eof(self, close_notify: bool = True) -> None:
+        if close_notify:
+            self._close_notify()
+        self.raw_writer.write_eof()
+        self.fin_sent = True
+
+    def close(self) -> None:
+        if not self.fin_sent:
+            self._close_notify()
+        self.raw_writer.close()
+
+    def get_extra_info(self, name: str):
+        return self.raw_writer.get_extra_info(name)
 
 
 class Endpoint:
     """One side of a WebSocket after its handshake, running a script of steps:
     ("send", bytes) ("drip", bytes): one byte per write, ("expect", n): until n bytes came,
-    ("sleep", s), ("fin",): shutdown(SHUT_WR), ("reset",): SO_LINGER 0 and close,
+    ("sleep", s), ("fin",): shutdown(SHUT_WR) (after close_notify on TLS), ("bare_fin",): the
+    same without close_notify (MemoryTls only), ("reset",): SO_LINGER 0 and close,
     ("wait_end",): until the peer's FIN or reset, ("close",): close after pending bytes."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -60,7 +156,7 @@ class Endpoint:
         try:
             while chunk := await self.reader.read(65536):
                 self.data += chunk
-            self.end = "fin"
+            self.end = getattr(self.reader, "ending", None) or "fin"
         except (ConnectionResetError, ssl.SSLError):
             self.end = "reset"
 
@@ -81,6 +177,8 @@ class Endpoint:
                 await asyncio.sleep(step[1])
             elif kind == "fin":
                 self.writer.write_eof()
+            elif kind == "bare_fin":  # a MemoryTls's FIN without its close_notify
+                self.writer.write_eof(close_notify=False)
             elif kind == "reset":
                 sock = self.writer.get_extra_info("socket")
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -99,7 +197,10 @@ class Endpoint:
             pass
         seen = Seen(bytes(self.data), self.end)
         self.collector.cancel()
-        self.writer.transport.abort()
+        # asyncio's SSL transport on Python 3.11.2 cannot be aborted once closed (its
+        # abort() dereferences a protocol that close() dropped; fixed in 3.11.3)
+        if not self.writer.transport.is_closing():
+            self.writer.transport.abort()
         return seen
 
 
@@ -109,10 +210,13 @@ class Case:
     server: list
     extensions: str = ""  # Sec-WebSocket-Extensions of the 101
     tls: bool = False
+    memory_tls: bool = False  # both peers' TLS is a MemoryTls (asyncio's SSL transport else)
 
 
 async def start_server(case: Case, results: asyncio.Queue, tls: ssl.SSLContext | None):
     async def handle(reader, writer):
+        if case.memory_tls:
+            reader = writer = await MemoryTls(reader, writer, tls).handshake()
         head = (await reader.readuntil(b"\r\n\r\n")).decode()
         key = next(
             line.split(":", 1)[1].strip()
@@ -133,7 +237,9 @@ async def start_server(case: Case, results: asyncio.Queue, tls: ssl.SSLContext |
         await endpoint.run(case.server)
         await results.put(await endpoint.finish())
 
-    return await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls)
+    return await asyncio.start_server(
+        handle, "127.0.0.1", 0, ssl=None if case.memory_tls else tls
+    )
 
 
 async def open_client(
@@ -147,16 +253,25 @@ async def open_client(
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
         target = "/case"
     elif proxy is None:
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", server_port, ssl=server_ssl, server_hostname="localhost" if server_ssl else None
-        )
+        if case.memory_tls:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server_port)
+            reader = writer = await MemoryTls(reader, writer, server_ssl, "localhost").handshake()
+        else:
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", server_port, ssl=server_ssl,
+                server_hostname="localhost" if server_ssl else None,
+            )
         target = "/case"
     else:
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
         if case.tls:
             writer.write(f"CONNECT {host} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
             assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
-            await writer.start_tls(proxy.client_ssl(), server_hostname="localhost")
+            if case.memory_tls:
+                tls = MemoryTls(reader, writer, proxy.client_ssl(), "localhost")
+                reader = writer = await tls.handshake()
+            else:
+                await writer.start_tls(proxy.client_ssl(), server_hostname="localhost")
             target = "/case"
         else:
             target = f"http://{host}/case"
@@ -413,6 +528,29 @@ async def test_64k_frames_split_across_tls_records_through_connect(conformance):
     assert session.close.code == 1001 and session.close.reason == "bye"
 
 
+@pytest.mark.parametrize("client_end", ["fin", "bare_fin"])
+async def test_tls_half_closes_are_passed_on_as_they_were_sent(conformance, client_end):
+    """Each side's TLS close (close_notify, then FIN) reaches the other as a TLS close, not a
+    bare FIN (which some TLS stacks do not take for the end), and the half-closed direction
+    keeps carrying the server's replies; a FIN without close_notify (a truncation) is passed
+    on as one."""
+    replies = [plain(TEXT, f"after your FIN {i}".encode()) for i in range(3)]
+    last_words = masked(TEXT, b"last words")
+    case = Case(
+        client=[("send", last_words), (client_end,), ("wait_end",), ("close",)],
+        server=[("wait_end",), *[("send", r) for r in replies], ("close",)],
+        tls=True,
+        memory_tls=True,
+    )
+    (client_seen, server_seen), session, messages, _ = await conformance(case)
+    assert client_seen == Seen(b"".join(replies), "close_notify")
+    assert server_seen == Seen(last_words, "close_notify" if client_end == "fin" else "fin")
+    assert [m.payload for m in messages if not m.from_client] == [r[2:] for r in replies]
+    assert (session.close.by, session.close.client_end, session.close.server_end) == (
+        "client", "fin", "fin"
+    )
+
+
 async def test_backend_reset_mid_frame_is_passed_on_as_a_reset(conformance):
     half = plain(TEXT, b"never finished " * 10)[:60]
     case = Case(
@@ -487,3 +625,30 @@ async def test_injection_mid_fragmented_message_waits_for_the_boundary(start_pro
     assert [(m.payload, m.injected) for m in recorded] == [
         (b"seed", False), (b"one two", False), (b"injected", True),
     ]
+
+
+async def test_tls_half_close_toward_a_server_the_http_layer_opened(start_proxy, server_cert):
+    """`GET wss://…` in absolute form: the HTTP layer holds the server's TLS layer inside
+    itself; the client's FIN still reaches the server as close_notify + FIN, and the server's
+    replies and close still reach the client."""
+    proxy = await start_proxy(settings=["wsinspect_relay=raw", "ssl_insecure=true"])
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(*server_cert)
+    replies = plain(TEXT, b"one") + plain(TEXT, b"two")
+    last_words = masked(TEXT, b"last words")
+    case = Case(client=[], server=[("wait_end",), ("send", replies), ("close",)], memory_tls=True)
+    results: asyncio.Queue = asyncio.Queue()
+    server = await start_server(case, results, server_tls)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        host = f"localhost:{port}"
+        reader, writer = await raw_client(proxy.port, f"wss://{host}/case", host)
+        client = Endpoint(reader, writer)
+        await client.run([("send", last_words), ("fin",), ("wait_end",)])
+        client_seen = await client.finish()
+        server_seen = await asyncio.wait_for(results.get(), 10)
+    assert server_seen == Seen(last_words, "close_notify")
+    assert client_seen == Seen(replies, "fin")
+    session = await proxy.wait_session(lambda s: s.outcome is Outcome.CLOSED)
+    assert session.url.startswith("wss://localhost:")
+    assert (session.close.client_end, session.close.server_end) == ("fin", "fin")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import re
 
 import aiohttp
 import pytest
@@ -283,3 +284,93 @@ async def test_backend_reset_mid_session_shows_what_each_side_was_told(start_pro
     proxy.store.flush()
     kinds = [m.type for m in proxy.store.messages(session.id, 0, 10)]
     assert kinds == [MessageType.TEXT, MessageType.TEXT]
+
+
+def test_tls_close_seams_are_where_mitmproxy_ends_tls():
+    """A FIN the raw relay passes on toward a TLS peer goes after close_notify: the TLS layer's
+    OpenSSL connection is shut down in its send_close, the close_notify goes out through its
+    tls_interact, and a peer's bare FIN is told from its close_notify in receive_close; a
+    CONNECT tunnel's passthrough would make the relay's half-close a full close. Fail here if
+    a mitmproxy release moves any of that (or starts sending close_notify itself)."""
+    from mitmproxy.proxy import tunnel
+    from mitmproxy.proxy.layers import http as http_layer
+    from mitmproxy.proxy.layers import tls
+    from OpenSSL import SSL
+
+    from wsinspect import seams
+
+    seams.install()
+    layer = tls.TLSLayer
+    assert layer.send_close.wsinspect_seam and "tls" in layer.__annotations__
+    original_send_close = inspect.getsource(layer.send_close.wsinspect_original)
+    assert "shutdown" not in original_send_close.replace("# We should probably shutdown", "")
+    assert "yield from super().send_close(command)" in original_send_close
+    interact = inspect.getsource(layer.tls_interact)
+    assert "self.tls.bio_read(" in interact and "commands.SendData(self.conn, data)" in interact
+    receive_close = inspect.getsource(layer.receive_close.wsinspect_original)
+    assert "self.tls.get_shutdown() & SSL.RECEIVED_SHUTDOWN" in receive_close
+    receive_data = inspect.getsource(layer.receive_data)
+    assert "except SSL.ZeroReturnError:" in receive_data
+    assert "events.ConnectionClosed(self.conn)" in receive_data
+    assert SSL.SENT_SHUTDOWN and callable(SSL.Connection.shutdown)
+    # a TLS layer's conn is its tunnel connection, so the relay's close reaches send_close
+    assert "tunnel_connection=conn" in inspect.getsource(layer.__init__)
+    handle_command = inspect.getsource(tunnel.TunnelLayer._handle_command)
+    assert "yield from self.send_close(command)" in handle_command
+    # the CONNECT tunnel's passthrough turns half-closes into full closes
+    passthrough = inspect.getsource(http_layer.HttpStream.passthrough.wsinspect_original)
+    assert "isinstance(command, commands.CloseTcpConnection)" in passthrough
+    assert "command = commands.CloseConnection(command.connection)" in passthrough
+
+
+def test_socket_fast_path_is_where_mitmproxy_reads_and_writes():
+    """The raw relay takes the bytes the ConnectionHandler read from a plain connection before
+    they go down the layers, and writes them to the other side's writer as mitmproxy's
+    SendData would; the handler drains the writers after each event. Fail here if a
+    mitmproxy release moves any of that."""
+    from mitmproxy.proxy import server
+
+    from wsinspect import seams
+
+    seams.install()
+    handler = server.ConnectionHandler
+    assert handler.server_event.wsinspect_seam
+    event = inspect.getsource(handler.server_event.wsinspect_original)
+    assert "self.timeout_watchdog.register_activity()" in event
+    assert "writer = self.transports[command.connection].writer" in event
+    assert re.search(r"if not writer\.is_closing\(\):\s+writer\.write\(command\.data\)", event)
+    reading = inspect.getsource(handler.handle_connection)
+    read_event = reading.index("await self.server_event(events.DataReceived(connection, data))")
+    assert reading.index("await self.drain_writers()", read_event) > read_event
+    assert "transports: MutableMapping[Connection, ConnectionIO]" in inspect.getsource(server)
+
+
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+async def test_plain_connections_are_relayed_between_sockets_and_tls_ones_through_layers(
+    start_proxy, echo_server, tls_echo_server, monkeypatch, scheme
+):
+    from wsinspect import seams
+
+    forwarded = []
+    original = seams.RawRelayLayer.forward
+
+    def forward(self, transports, conn, data):
+        forwarded.append(len(data))
+        return original(self, transports, conn, data)
+
+    monkeypatch.setattr(seams.RawRelayLayer, "forward", forward)
+    proxy = await start_proxy(settings=["wsinspect_relay=raw", "ssl_insecure=true"])
+    port = echo_server if scheme == "ws" else tls_echo_server
+    url = f"{scheme}://{'127.0.0.1' if scheme == 'ws' else 'localhost'}:{port}/fast"
+    client_ssl = proxy.client_ssl() if scheme == "wss" else None
+    async with connect(url, proxy=proxy.url, ssl=client_ssl) as ws:
+        for text in ("one", "two" * 1000):
+            await ws.send(text)
+            assert await ws.recv() == text
+    session = await proxy.wait_session(lambda s: s.outcome is Outcome.CLOSED)
+    proxy.store.flush()
+    texts = [m.payload for m in proxy.store.messages(session.id, 0, 10)
+             if m.type is MessageType.TEXT]
+    assert texts == [b"one", b"one", b"two" * 1000, b"two" * 1000]
+    assert (sum(forwarded) > 0) == (scheme == "ws")
+    assert not seams._socket_relays

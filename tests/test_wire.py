@@ -321,6 +321,24 @@ def test_payload_past_the_cap_is_hashed_not_kept(compressed):
     assert exact[0].payload == body[:cap] and exact[0].sha256 is None
 
 
+@pytest.mark.parametrize("from_client", [True, False])
+def test_kept_bytes_are_exact_whatever_the_frames_announced(from_client):
+    """The kept buffer is sized by the frame being read: later fragments grow it, reads of
+    any size fill it, and nothing of the size made for it shows past the bytes that came."""
+    rng = random.Random(5)
+    body = rng.randbytes(300_000)
+    frames = (frame(0x2, body[:70_000], mask=from_client, fin=False) +
+              frame(0x9, b"in between", mask=from_client) +
+              frame(0x0, body[70_000:], mask=from_client))
+    for sizes in ([65536], [rng.randint(1, 40_000) for _ in range(40)]):
+        for cap in (1 << 20, 100_000, 70_000, 50_000):
+            parser = FrameParser(from_client, max_payload=cap)
+            message = feed_all(parser, frames, sizes)[-1]
+            assert message.payload == body[:cap] and message.size == len(body)
+            assert message.sha256 == (None if cap >= len(body) else
+                                      hashlib.sha256(body).hexdigest())
+
+
 def test_invalid_utf8_past_the_cap_is_still_found():
     text = "é".encode() * 600  # 1200 bytes; the cap splits a character
     parser = FrameParser(False, max_payload=1001)

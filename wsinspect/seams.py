@@ -27,6 +27,17 @@ someone debugging a broken WebSocket must see.
   watched connection whose reader ended with ConnectionResetError, and `close_connection`
   sets SO_LINGER 0 on a connection the relay asked to reset, so closing it (after its
   pending bytes) sends a reset. Injected messages wait for a message boundary.
+  Where both sides are plain TCP, the same `server_event` wrapper hands the bytes the handler
+  read to the relay (`RawRelayLayer.forward`) before the layers, which would pass them through
+  unchanged at a per-read cost; they go to the other side's writer as mitmproxy's SendData
+  would, and the handler drains its writers after this event as after any other.
+- TLS ends under the raw relay: mitmproxy's TLS layer closes a connection with a bare FIN
+  (its `send_close` never shuts the OpenSSL connection down), which a TLS peer sees as a
+  truncation, not the close the other side sent. A FIN the relay passes on toward a TLS peer
+  goes out after that layer's close_notify; a side that ended without close_notify (a
+  truncation, seen in `receive_close`) is passed on as a bare FIN. A CONNECT tunnel's
+  `passthrough` turns every half-close from inside it into a full close; the relay's stay
+  half-closes.
 
 Each seam is installed once per process and dispatches to the recorder that owns the
 connection, through the `RelayRecorder` protocol below (seams never imports the recorder).
@@ -46,12 +57,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import wsproto.events
+from OpenSSL import SSL
 
 from mitmproxy import websocket
 from mitmproxy.net.http import http1
-from mitmproxy.proxy import commands, layer, server
+from mitmproxy.proxy import commands, layer, server, tunnel
 from mitmproxy.proxy import events as proxy_events
 from mitmproxy.proxy.layers import http as http_layer
+from mitmproxy.proxy.layers import tls as tls_layer
 from mitmproxy.proxy.layers import websocket as websocket_layer
 from mitmproxy.proxy.layers.websocket import Fragmentizer, WebSocketMessageInjected
 from mitmproxy.proxy.utils import expect
@@ -382,10 +395,17 @@ class RelayEnd:
 
 
 # Connection ids the raw relay watches for a reset, the ones a reset was seen on, and the ones
-# it asked to reset (see the module docstring).
+# it asked to reset; TLS connections that ended without close_notify, the ones whose next
+# close goes out after a close_notify, and the ones it half-closed (see the module docstring).
 _watched: set[str] = set()
 _peer_reset: set[str] = set()
 _reset_requested: set[str] = set()
+_tls_truncated: set[str] = set()
+_close_notify_requested: set[str] = set()
+_half_close_requested: set[str] = set()
+# Connection id -> the raw relay that forwards its bytes straight between sockets (see
+# RawRelayLayer.forward).
+_socket_relays: dict[str, RawRelayLayer] = {}
 
 _LINGER_ZERO = struct.pack("ii", 1, 0)
 
@@ -408,6 +428,7 @@ class RawRelayLayer(layer.Layer):
         self.first_end: bool | None = None
         self.stream_id: int | None = None  # the HTTP stream it is the child of (passthrough)
         self.server_through_http = True  # see send()
+        self.server_tunnel: tunnel.TunnelLayer | None = None  # see close()
 
     def send(self, from_client: bool, data: bytes) -> commands.Command:
         """The command that forwards `data` in its direction. The client's layers (TLS) are
@@ -439,6 +460,11 @@ class RawRelayLayer(layer.Layer):
         # wraps one (absolute form, ws://); anything else is a TLS or upstream-proxy layer
         bare = (_http1.Http1Client, http_layer.HttpClient)
         self.server_through_http = type(server_layer) not in bare
+        if self.server_through_http and isinstance(server_layer, tunnel.TunnelLayer):
+            self.server_tunnel = server_layer
+        client, server = self.context.client, self.context.server
+        if not (client.tls or server.tls or self.server_through_http):
+            _socket_relays[client.id] = _socket_relays[server.id] = self
         yield websocket_layer.WebsocketStartHook(self.flow)
         self._handle_event = self.relay
 
@@ -460,6 +486,29 @@ class RawRelayLayer(layer.Layer):
             yield from self._inject(event.message)
         else:
             yield from self._ended(event.connection)
+
+    def forward(self, transports: dict, conn, data: bytes) -> None:
+        """`relay` for plain TCP on both sides, called by the ConnectionHandler for the bytes
+        it read, which it would otherwise hand down the layers: the same bytes go to the other
+        side's writer without the layer machinery's cost per read (11% of the raw relay's CPU
+        samples at 1 MiB messages before, under 2% after). Ends and injected messages still
+        arrive through the layers (one waiting for a message boundary is slipped in here);
+        the handler drains the writers after this, as after any event."""
+        from_client = conn is self.context.client
+        target = transports.get(self.context.server if from_client else self.context.client)
+        writer = target.writer if target is not None else None
+        if writer is None or writer.is_closing():
+            writer = None  # the other side is gone: the bytes are still recorded
+        if self.pending[from_client]:
+            for command in self._relay_around_injections(from_client, data):
+                if writer is not None:
+                    writer.write(command.data)
+            return
+        if writer is not None:
+            writer.write(data)
+        found = self.parsers[from_client].feed(data, time.time())
+        if found:
+            self.recorder.on_wire_events(self.flow, found)
 
     def _relay_around_injections(self, from_client: bool, data: bytes):
         """Forward `data`, slipping the waiting injections in at the first message boundary."""
@@ -532,20 +581,42 @@ class RawRelayLayer(layer.Layer):
             _reset_requested.add(other.id)
             yield commands.CloseConnection(other)
             yield commands.CloseConnection(conn)
-        elif self.ends[not from_client] is None:
-            yield commands.CloseTcpConnection(other, half_close=True)
+            yield from self._finish()
             return
-        else:
-            yield commands.CloseConnection(other)
-            yield commands.CloseConnection(conn)
+        # a FIN toward a TLS peer goes with close_notify, unless this side's TLS ended without one
+        if other.tls and conn.id not in _tls_truncated:
+            _close_notify_requested.add(other.id)
+        if self.ends[not from_client] is None:
+            yield from self.close(other, half_close=True)
+            return
+        yield from self.close(other)
+        yield from self.close(conn)
         yield from self._finish()
+
+    def close(self, conn, half_close: bool = False):
+        """Close (or half-close) `conn` through the layer that holds its TLS: the client's
+        and, usually, the server's are above this one; a server connection the HTTP layer
+        opened inside itself (see `send`) has its tunnel layer there, which the HTTP layer
+        would bypass for a close."""
+        if half_close:
+            _half_close_requested.add(conn.id)
+            command = commands.CloseTcpConnection(conn, half_close=True)
+        else:
+            command = commands.CloseConnection(conn)
+        if conn is self.context.server and self.server_tunnel is not None:
+            yield from self.server_tunnel._handle_command(command)
+        else:
+            yield command
 
     def _finish(self):
         client, server = self.context.client, self.context.server
         for conn in (client, server):
-            _watched.discard(conn.id)
-            _peer_reset.discard(conn.id)
-            _reset_requested.discard(conn.id)
+            for ids in (
+                _watched, _peer_reset, _reset_requested, _tls_truncated, _close_notify_requested,
+                _half_close_requested,
+            ):
+                ids.discard(conn.id)
+            _socket_relays.pop(conn.id, None)
         end = RelayEnd(
             first="client" if self.first_end else "server",
             client=self.ends[True],
@@ -560,6 +631,17 @@ class RawRelayLayer(layer.Layer):
     @expect(proxy_events.DataReceived, proxy_events.ConnectionClosed, WebSocketMessageInjected)
     def done(self, _):
         yield from ()
+
+
+def _keeping_half_closes(commands_):
+    """A CONNECT tunnel's passthrough turns every half-close from inside it into a full
+    close; the raw relay's half-closes stay what they are."""
+    for command in commands_:
+        conn_id = command.connection.id if type(command) is commands.CloseConnection else None
+        if conn_id in _half_close_requested:
+            _half_close_requested.discard(conn_id)
+            command = commands.CloseTcpConnection(command.connection, half_close=True)
+        yield command
 
 
 def _install_raw_passthrough() -> None:
@@ -579,7 +661,8 @@ def _install_raw_passthrough() -> None:
     def passthrough(self, event):
         child = self.child_layer
         if type(child) is not RawRelayLayer:
-            return original(self, event)
+            commands_ = original(self, event)
+            return _keeping_half_closes(commands_) if _watched else commands_
         child.stream_id = self.stream_id
         convert = to_connection_event.get(type(event))
         return child.handle_event(convert(self, event) if convert else event)
@@ -596,6 +679,12 @@ def _install_reset_relay() -> None:
     original_event, original_close = handler.server_event, handler.close_connection
 
     async def server_event(self, event):
+        if type(event) is proxy_events.DataReceived:
+            relay = _socket_relays.get(event.connection.id)
+            if relay is not None:
+                self.timeout_watchdog.register_activity()
+                relay.forward(self.transports, event.connection, event.data)
+                return
         if isinstance(event, proxy_events.ConnectionClosed) and event.connection.id in _watched:
             io = self.transports.get(event.connection)
             exception = getattr(io.reader, "exception", None) if io is not None else None
@@ -616,8 +705,38 @@ def _install_reset_relay() -> None:
         original_close(self, connection, half_close)
 
     server_event.wsinspect_seam = True
+    server_event.wsinspect_original = original_event
     handler.server_event = server_event
     handler.close_connection = close_connection
+
+
+def _install_tls_close() -> None:
+    tls = tls_layer.TLSLayer
+    if getattr(tls.send_close, "wsinspect_seam", False):
+        return
+    original_send_close, original_receive_close = tls.send_close, tls.receive_close
+
+    def send_close(self, command):
+        if self.conn.id in _close_notify_requested:
+            _close_notify_requested.discard(self.conn.id)
+            if self.tls is not None and not self.tls.get_shutdown() & SSL.SENT_SHUTDOWN:
+                try:
+                    self.tls.shutdown()
+                except SSL.Error:
+                    pass  # the connection broke; the FIN alone is what is left
+                yield from self.tls_interact()
+        yield from original_send_close(self, command)
+
+    def receive_close(self):
+        watched = self.conn.id in _watched and self.tls is not None
+        if watched and not self.tls.get_shutdown() & SSL.RECEIVED_SHUTDOWN:
+            _tls_truncated.add(self.conn.id)
+        yield from original_receive_close(self)
+
+    send_close.wsinspect_seam = True
+    send_close.wsinspect_original = original_send_close
+    receive_close.wsinspect_original = original_receive_close
+    tls.send_close, tls.receive_close = send_close, receive_close
 
 
 def install() -> None:
@@ -627,3 +746,4 @@ def install() -> None:
     _install_streaming_relay()
     _install_raw_passthrough()
     _install_reset_relay()
+    _install_tls_close()

@@ -656,7 +656,7 @@ class FrameParser:
                 self._hash = hashlib.sha256(self._first)
             else:
                 with self._buf.getbuffer() as kept:
-                    self._hash = hashlib.sha256(kept)
+                    self._hash = hashlib.sha256(kept[:self._buf.tell()])
             if self._msg_type == "text":
                 self._utf8 = codecs.getincrementaldecoder("utf-8")()
                 self._check_utf8(self._kept())
@@ -665,20 +665,33 @@ class FrameParser:
             self._check_utf8(data)
 
     def _keep(self, data: bytes) -> None:
-        # A BytesIO grows in place and hands its buffer over without a copy, so the kept bytes
-        # never exist twice (a bytearray would be copied into the payload's bytes).
+        # A BytesIO hands its buffer over without a copy when it is full, so the kept bytes
+        # never exist twice (a bytearray would be copied into the payload's bytes). It is made
+        # the size the frame announced (up to the cap) at once: grown 64 KiB read by read, it
+        # reallocated (and copied) itself a dozen times per MiB.
         if self._buf is not None:
             self._buf.write(data)
         elif not self._first:
             self._first = data
         elif data:
-            self._buf = io.BytesIO()
-            self._buf.write(self._first)
-            self._buf.write(data)
+            self._buf = buf = io.BytesIO()
+            have = len(self._first) + len(data)
+            announced = have if self._msg_compressed else have + self._remaining
+            expected = min(announced, self.max_payload)
+            if expected > have:
+                buf.seek(expected - 1)
+                buf.write(b"\0")
+                buf.seek(0)
+            buf.write(self._first)
+            buf.write(data)
             self._first = b""
 
     def _kept(self) -> bytes:
-        return self._first if self._buf is None else self._buf.getvalue()
+        """The kept bytes (a message cut short leaves part of the size made for it unused)."""
+        if self._buf is None:
+            return self._first
+        self._buf.truncate()
+        return self._buf.getvalue()
 
     def _check_utf8(self, data: bytes, final: bool = False) -> None:
         if self._utf8_bad:
