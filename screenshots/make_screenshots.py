@@ -50,6 +50,9 @@ REPLAY_DIALOG = "#comparison-dialog"  # what the app shows when a replay is done
 REPLAY_TIMEOUT = 15.0
 
 SUBSCRIBE = {"op": "subscribe", "topics": ["prices", "news"], "snapshot": True, "depth": 5}
+RPC_DELAYS = {"quote": 0.004, "history": 0.03, "orders": 0.012}  # seconds, per method
+RPC_BURSTS = 14
+RPC_SILENCE = 1.2  # seconds without a frame in the middle of the JSON-RPC session
 QUOTE = {"symbol": "ACME", "bid": 101.25, "ask": 101.5, "venues": ["XNAS", "ARCX"]}
 
 
@@ -67,12 +70,22 @@ def quote_server():
 
     async def handler(ws) -> None:
         async for message in ws:
-            if isinstance(message, str) and message.startswith("{") and "subscribe" in message:
+            if isinstance(message, str) and '"jsonrpc"' in message:
+                await answer_call(ws, json.loads(message))
+            elif isinstance(message, str) and message.startswith("{") and "subscribe" in message:
                 await ws.send(json.dumps({"seq": next(sequence), **QUOTE}))
             else:
                 await ws.send(message)
 
     return handler
+
+
+async def answer_call(ws, call: dict) -> None:
+    """JSON-RPC: each call answered after a delay of its own; `watch` is never answered."""
+    if call["method"] == "watch":
+        return
+    await asyncio.sleep(RPC_DELAYS[call["method"]])
+    await ws.send(json.dumps({"jsonrpc": "2.0", "id": call["id"], "result": {"ok": True}}))
 
 
 def reject_unknown_paths(connection, request):
@@ -94,6 +107,24 @@ async def healthy_session(proxy_url: str, backend_port: int) -> None:
         await (await ws.ping(b"are you there"))
         await ws.send("bye")
         await ws.recv()
+
+
+async def rpc_session(proxy_url: str, backend_port: int) -> None:
+    """A JSON-RPC client over a few seconds: bursts of calls, pings, a silence, a call never
+    answered (the Timeline and Calls tabs)."""
+    async with connect(
+        f"ws://{HOST}:{backend_port}/chat/rpc", proxy=proxy_url, subprotocols=["chat"]
+    ) as ws:
+        ids = itertools.count(1)
+        for burst in range(RPC_BURSTS):
+            for method in RPC_DELAYS:
+                await ws.send(json.dumps({"jsonrpc": "2.0", "id": next(ids), "method": method}))
+            for _ in RPC_DELAYS:
+                await ws.recv()
+            await (await ws.ping(b"%d" % burst))
+            await asyncio.sleep(RPC_SILENCE if burst == RPC_BURSTS // 2 else 0.15)
+        await ws.send(json.dumps({"jsonrpc": "2.0", "id": next(ids), "method": "watch"}))
+        await asyncio.sleep(0.3)
 
 
 async def rejected_session(proxy_url: str, backend_port: int) -> None:
@@ -134,7 +165,8 @@ async def scenario() -> AsyncIterator[tuple[SessionStore, Engine]]:
             await healthy_session(proxy_url, backend_port)
             await rejected_session(proxy_url, backend_port)
             await broken_session(lab.proxy_port, lab.hop.port)
-            await settled(lab.store, 3)
+            await rpc_session(proxy_url, backend_port)
+            await settled(lab.store, 4)
             yield lab.store, lab.engine
 
 
@@ -159,10 +191,12 @@ async def shoot(store: SessionStore, engine: Engine, out: Path) -> list[Path]:
     from wsinspect.ui.message_list import MessageList
     from wsinspect.ui.session_view import SessionScreen
     from wsinspect.ui.sessions import SessionsTable
+    from wsinspect.ui.timeline import TimelineView
 
     sessions = store.sessions()
     healthy = next(s for s in sessions if s.status == 101)
     broken = next(s for s in sessions if len(s.hops) > 1 and s.status != 101)
+    rpc = next(s for s in sessions if s.url.endswith("/chat/rpc"))
     # A fixed clock: durations and "last activity" read the same on every run.
     now = max(s.last_activity for s in sessions) + 5
     app = WsInspectApp(store, engine, clock=lambda: now)
@@ -185,6 +219,13 @@ async def shoot(store: SessionStore, engine: Engine, out: Path) -> list[Path]:
             await pilot.press("enter")
             await pilot.pause()
             return app.screen
+
+        async def until(done, what: str) -> None:
+            deadline = time.monotonic() + SETTLE_TIMEOUT
+            while not done():
+                if time.monotonic() > deadline:
+                    raise ScreenshotError(f"{what} did not fill in in time")
+                await pilot.pause(0.05)
 
         async def show_tab(screen: SessionScreen, tab: str) -> None:
             screen.query_one("#session-tabs", TabbedContent).active = tab
@@ -213,6 +254,17 @@ async def shoot(store: SessionStore, engine: Engine, out: Path) -> list[Path]:
                 continue
             await show_tab(screen, found)
             await save(tab)
+
+        screen = await open_session(rpc.id)
+        count = store.session(rpc.id).first_hop.stats.count
+        screen.action_show_tab("timeline")
+        chart = screen.query_one(TimelineView)
+        await until(lambda: chart.timeline.count == count, "the timeline")
+        await save("timeline")
+        screen.action_show_tab("calls")
+        await until(lambda: screen.query_one(MessageList).track.decoded == count, "the calls")
+        screen.action_show_tab("calls")  # the list as decoded
+        await save("calls")
 
         screen = await open_session(healthy.id)
         if not callable(getattr(screen, "action_replay", None)):

@@ -210,3 +210,12 @@ def test_timeline_tab_light_theme(snap_compare):
 
     app = WsInspectApp(timeline_store(), clock=lambda: T0 + 120)
     assert snap_compare(app, terminal_size=SIZES["80x24"], run_before=open_timeline)
+
+
+def test_the_axis_names_a_short_columns_width_in_milliseconds():
+    from wsinspect.ui.timeline import seconds_text
+
+    assert seconds_text(0.0183) == "18.3 ms"  # a 4 s session over 220 columns: not "0.0 s"
+    assert seconds_text(4.2) == "4.2 s" and seconds_text(1.24, 2) == "1.24 s"
+    assert seconds_text(0.5, 2) == "0.50 s"  # the silence threshold stays in seconds
+    assert seconds_text(725) == "12m05s"

@@ -46,8 +46,10 @@ SHOWN_SILENCES = 3
 
 
 def seconds_text(seconds: float, decimals: int = 1) -> str:
-    """"12.3 s" or "4m05s", for the axis; silences have two decimals, as the idle-timeout
+    """"12.3 s", "4m05s" or, under a tenth of a second, "18.3 ms", for the axis; silences have two decimals, as the idle-timeout
     finding writes the one it measured."""
+    if seconds < 0.1 and round(seconds, decimals) < 0.1:  # a column of a short session
+        return milliseconds(seconds)
     if seconds < 600:
         return f"{seconds:.{decimals}f} s"
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
