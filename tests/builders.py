@@ -15,6 +15,10 @@ from wsinspect.model import Close, Hop, Message, MessageType, accept_for_key
 from wsinspect.store import SessionStore
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's sample key
+# Two listeners either side of a proxy, as in the README's nginx setup
+FRONT = "regular@8080"
+BACK = "reverse:http://127.0.0.1:9000@8081"
+SERVER = ("127.0.0.1", 8000)
 
 
 def upgrade_request(
@@ -90,6 +94,19 @@ def make_hop(
     if close is not None:
         hop.ended(close)
     return hop
+
+
+def dropped_upgrade(key: str = KEY) -> list[Hop]:
+    """The two hops of a handshake through a proxy that dropped the upgrade (a plain nginx
+    proxy_pass): hop 2 got it without Upgrade, as Connection: close, and the server's 426
+    went back to hop 1. The client spells header names in title case (Sec-Websocket-Key)."""
+    sent = upgrade_request(key=key, names=str.title)
+    passed_on = upgrade_request(key=key, upgrade=None, connection="close", names=str.title)
+    return [
+        make_hop(mode=FRONT, headers=sent, status=426, reason="Upgrade Required",
+                 server_addr=SERVER),
+        make_hop(mode=BACK, headers=passed_on, status=426, t=100.005, server_addr=SERVER),
+    ]
 
 
 def capture_file(path: Path, url: str = "ws://127.0.0.1:1/probe") -> Path:

@@ -13,13 +13,12 @@ from hypothesis import strategies as st
 from wsinspect import cli, diagnosis
 from wsinspect.diagnosis import Change, Severity, boundaries, diagnose, header_diff
 from wsinspect.http_rules import is_hop_by_hop
-from tests.builders import KEY, make_hop, upgrade_answer, upgrade_request
+from tests.builders import (
+    BACK, FRONT, KEY, SERVER, make_hop, upgrade_answer, upgrade_request,
+)
 from wsinspect.model import Close, Hop, Message, MessageType, Session, accept_for_key, header_value
 from wsinspect.store import SessionStore
 
-FRONT = "regular@8080"
-BACK = "reverse:http://127.0.0.1:9000@8081"
-SERVER = ("127.0.0.1", 8000)
 
 
 def listener_hop(
