@@ -20,7 +20,8 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.ui_helpers import screen_text
-from wsinspect.demo import CHATTY_MESSAGES, Demo, free_port
+from wsinspect.addresses import free_port
+from wsinspect.demo import CHATTY_MESSAGES, Demo
 from wsinspect.diagnosis import Severity, diagnose
 from wsinspect.model import MessageType, Outcome
 from wsinspect.store import SessionStore

@@ -13,79 +13,29 @@ from hypothesis import strategies as st
 from wsinspect import cli, diagnosis
 from wsinspect.diagnosis import Change, Severity, boundaries, diagnose, header_diff
 from wsinspect.http_rules import is_hop_by_hop
-from wsinspect.model import (
-    Close, Hop, Message, MessageType, Outcome, Session, accept_for_key, header_value,
+from tests.builders import (
+    BACK, FRONT, KEY, SERVER, make_hop, upgrade_answer, upgrade_request,
 )
+from wsinspect.model import Close, Hop, Message, MessageType, Session, accept_for_key, header_value
 from wsinspect.store import SessionStore
 
-KEY = "dGhlIHNhbXBsZSBub25jZQ=="
-FRONT = "regular@8080"
-BACK = "reverse:http://127.0.0.1:9000@8081"
 
 
-def request(
-    upgrade: str | None = "websocket",
-    connection: str | None = "Upgrade",
-    host: str = "app.example",
-    key: str | None = KEY,
-    *,
-    names=str.title,
-) -> list[tuple[str, str]]:
-    """A client's handshake headers; `names` spells the header names (e.g. str.lower)."""
-    headers = [("Host", host)]
-    if upgrade is not None:
-        headers.append(("Upgrade", upgrade))
-    if connection is not None:
-        headers.append(("Connection", connection))
-    if key is not None:
-        headers += [("Sec-WebSocket-Key", key), ("Sec-WebSocket-Version", "13")]
-    return [(names(k), v) for k, v in headers]
-
-
-def switching(key: str = KEY, accept: str | None = None, connection: str = "Upgrade"):
-    headers = [("Upgrade", "websocket"), ("Connection", connection)]
-    return headers + [("Sec-WebSocket-Accept", accept or accept_for_key(key))]
-
-
-def make_hop(
+def listener_hop(
     mode: str = FRONT,
     headers: list[tuple[str, str]] | None = None,
     status: int | None = 101,
-    response_headers: list[tuple[str, str]] | None = None,
+    answer: list[tuple[str, str]] | None = None,
     *,
-    version: str = "HTTP/1.1",
-    t: float = 100.0,
-    server_addr=("127.0.0.1", 8000),
-    reason: str = "",
-    close: Close | None = None,
-    error: str | None = None,
+    server_addr: tuple[str, int] | None = SERVER,
+    **fields,
 ) -> Hop:
-    headers = request() if headers is None else headers
-    if response_headers is None:
-        response_headers = switching() if status == 101 else []
-    hop = Hop(
-        mode=mode,
-        url="ws://app.example/chat",
-        request_line=f"GET /chat {version}",
-        http_version=version,
-        request_headers=headers,
-        timestamp_start=t,
-        server_addr=server_addr,
-        response_status=status,
-        response_reason=reason,
-        response_headers=response_headers,
-        timestamp_response=t + 0.01 if status is not None else None,
-        error=error,
-        close=close,
+    """The hop `mode` records of a handshake with `headers` (default: the plain upgrade
+    request), answered with `status` and `answer` (default: the plain 101) — the builders'
+    hop in the words of this file's rules."""
+    return make_hop(
+        mode=mode, headers=headers, status=status, answer=answer, server_addr=server_addr, **fields
     )
-    if status is not None and status != 101:
-        hop.outcome = Outcome.REJECTED
-    elif close is not None:
-        hop.outcome = Outcome.CLOSED
-        hop.timestamp_end = close.timestamp
-    elif error is not None:
-        hop.outcome = Outcome.FAILED
-    return hop
 
 
 def session(*hops: Hop) -> Session:
@@ -169,9 +119,10 @@ def test_header_diff_accounts_for_every_name_once_and_rebuilds_the_after_side(
 
 
 def test_boundaries_diff_requests_forwards_and_responses_backwards():
-    front = make_hop(FRONT, request(), 101, [("Server", "nginx"), *switching()])
-    back = make_hop(
-        BACK, request(connection="upgrade"), 101, [("Server", "uvicorn"), *switching()],
+    front = listener_hop(FRONT, upgrade_request(), 101, [("Server", "nginx"), *upgrade_answer()])
+    back = listener_hop(
+        BACK, upgrade_request(connection="upgrade"), 101,
+        [("Server", "uvicorn"), *upgrade_answer()],
         version="HTTP/1.1", t=100.005,
     )
     (boundary,) = boundaries(session(front, back))
@@ -180,7 +131,7 @@ def test_boundaries_diff_requests_forwards_and_responses_backwards():
     assert (server.before, server.after) == ("uvicorn", "nginx")  # backend's, then nginx's
     connection = next(c for c in boundary.request if c.name == "Connection")
     assert (connection.change, connection.hop_by_hop) == (Change.CHANGED, True)
-    pending = make_hop(BACK, request(), None, t=100.005)
+    pending = listener_hop(BACK, upgrade_request(), None, t=100.005)
     assert boundaries(session(front, pending))[0].response == []
 
 
@@ -188,21 +139,21 @@ def test_boundaries_diff_requests_forwards_and_responses_backwards():
 
 
 def test_healthy_session_through_a_correctly_configured_proxy_has_no_findings():
-    front = make_hop(FRONT, request(), 101, switching(connection="upgrade"))
-    back = make_hop(BACK, request(connection="upgrade", names=str.lower), 101, t=100.005)
+    front = listener_hop(FRONT, upgrade_request(), 101, upgrade_answer(connection="upgrade"))
+    lowered = upgrade_request(connection="upgrade", names=str.lower)
+    back = listener_hop(BACK, lowered, 101, t=100.005)
     for hop in (front, back):
-        hop.close = Close(code=1000, by="client", timestamp=101.0)
-        hop.outcome = Outcome.CLOSED
+        hop.ended(Close(code=1000, by="client", timestamp=101.0))
     assert diagnose(session(front, back)) == []
     assert diagnose(session(front)) == []
     assert diagnosis.worst([]) is None
 
 
 def test_upgrade_and_connection_dropped_by_the_proxy_between_hops():
-    front = make_hop(
-        FRONT, request(connection="keep-alive, Upgrade"), 426, reason="Upgrade Required"
+    front = listener_hop(
+        FRONT, upgrade_request(connection="keep-alive, Upgrade"), 426, reason="Upgrade Required"
     )
-    back = make_hop(BACK, request(upgrade=None, connection="close"), 426, t=100.005)
+    back = listener_hop(BACK, upgrade_request(upgrade=None, connection="close"), 426, t=100.005)
     findings = diagnose(session(front, back))
     assert codes(findings) == [
         ("upgrade-dropped", "error", 2),
@@ -232,37 +183,38 @@ def test_upgrade_and_connection_dropped_by_the_proxy_between_hops():
     ],
 )
 def test_connection_dropped_variants(after, what):
-    front = make_hop(FRONT, request(connection="keep-alive, Upgrade"))
-    back = make_hop(BACK, request(connection=after), t=100.005)
+    front = listener_hop(FRONT, upgrade_request(connection="keep-alive, Upgrade"))
+    back = listener_hop(BACK, upgrade_request(connection=after), t=100.005)
     (finding,) = [f for f in diagnose(session(front, back)) if f.code == "connection-dropped"]
     assert what in finding.message and finding.hop == 2
 
 
 def test_upgrade_token_among_several_and_names_in_other_case_count_as_kept():
-    front = make_hop(FRONT, request(connection="keep-alive, Upgrade", names=str.upper))
-    back = make_hop(
-        BACK, request(upgrade="WebSocket", connection="upgrade", names=str.lower), t=100.005
+    front = listener_hop(FRONT, upgrade_request(connection="keep-alive, Upgrade", names=str.upper))
+    back = listener_hop(
+        BACK, upgrade_request(upgrade="WebSocket", connection="upgrade", names=str.lower), t=100.005
     )
     assert diagnose(session(front, back)) == []
 
 
 def test_upgrade_rewritten_to_another_protocol_is_dropped():
-    front = make_hop(FRONT, request())
-    back = make_hop(BACK, request(upgrade="h2c"), t=100.005)
+    front = listener_hop(FRONT, upgrade_request())
+    back = listener_hop(BACK, upgrade_request(upgrade="h2c"), t=100.005)
     (finding,) = diagnose(session(front, back))
     assert finding.code == "upgrade-dropped" and "rewrote it to 'h2c'" in finding.message
 
 
 def test_http10_upstream_between_hops_and_in_front_of_the_only_hop():
-    front = make_hop(FRONT, request(), 505)
-    back = make_hop(BACK, request(upgrade=None, connection="close"), 505, version="HTTP/1.0")
+    front = listener_hop(FRONT, upgrade_request(), 505)
+    dropped = upgrade_request(upgrade=None, connection="close")
+    back = listener_hop(BACK, dropped, 505, version="HTTP/1.0")
     assert codes(diagnose(session(front, back))) == [
         ("upgrade-dropped", "error", 2),
         ("connection-dropped", "error", 2),
         ("http10-upstream", "error", 2),
         ("handshake-rejected", "error", 2),
     ]
-    only = make_hop(BACK, request(upgrade=None, connection="close"), 505, version="HTTP/1.0")
+    only = listener_hop(BACK, dropped, 505, version="HTTP/1.0")
     findings = diagnose(session(only))
     assert codes(findings) == [
         ("stripped-before-capture", "error", 1),
@@ -278,27 +230,27 @@ def test_http10_upstream_between_hops_and_in_front_of_the_only_hop():
 
 
 def test_http10_that_still_upgraded_is_a_warning():
-    front = make_hop(FRONT, request())
-    back = make_hop(BACK, request(), version="HTTP/1.0", t=100.005)
+    front = listener_hop(FRONT, upgrade_request())
+    back = listener_hop(BACK, upgrade_request(), version="HTTP/1.0", t=100.005)
     assert codes(diagnose(session(front, back))) == [("http10-upstream", "warning", 2)]
 
 
 def test_stripped_before_capture_names_what_is_missing():
-    hop = make_hop(BACK, request(upgrade=None, connection="close"), 400)
+    hop = listener_hop(BACK, upgrade_request(upgrade=None, connection="close"), 400)
     finding = diagnose(session(hop))[0]
     assert finding.code == "stripped-before-capture"
     assert "without Upgrade: websocket and Connection: upgrade" in finding.message
-    only_connection = make_hop(BACK, request(connection="keep-alive"))
+    only_connection = listener_hop(BACK, upgrade_request(connection="keep-alive"))
     (finding,) = diagnose(session(only_connection))
     assert "without Connection: upgrade." in finding.message
     # Without Sec-WebSocket-Key and -Version it is no WebSocket client's handshake.
-    keyless = make_hop(BACK, request(connection=None, key=None))
+    keyless = listener_hop(BACK, upgrade_request(connection=None, key=None))
     assert diagnose(session(keyless)) == []
 
 
 def test_rejection_produced_by_the_proxy_between_hops():
-    front = make_hop(FRONT, request(), 502, reason="Bad Gateway")
-    back = make_hop(BACK, request(), None, t=100.005, error="Connection refused")
+    front = listener_hop(FRONT, upgrade_request(), 502, reason="Bad Gateway")
+    back = listener_hop(BACK, upgrade_request(), None, t=100.005, error="Connection refused")
     finding, unreachable = diagnose(session(front, back))
     assert codes([finding, unreachable]) == [
         ("handshake-rejected", "error", 1),
@@ -309,13 +261,13 @@ def test_rejection_produced_by_the_proxy_between_hops():
         finding.message
     )
     assert "error.log" in finding.fix
-    nginx_answered = make_hop(BACK, request(), 101, t=100.005)
+    nginx_answered = listener_hop(BACK, upgrade_request(), 101, t=100.005)
     (finding,) = diagnose(session(front, nginx_answered))
     assert "(hop 2 got 101)" in finding.message
 
 
 def test_rejection_of_a_single_hop_names_its_server():
-    hop = make_hop(FRONT, request(), 403, reason="Forbidden", server_addr=("10.0.0.5", 443))
+    hop = listener_hop(FRONT, status=403, reason="Forbidden", server_addr=("10.0.0.5", 443))
     (finding,) = diagnose(session(hop))
     assert finding.hop == 1
     assert "403 Forbidden" in finding.message
@@ -323,17 +275,17 @@ def test_rejection_of_a_single_hop_names_its_server():
 
 
 def test_accept_mismatch_from_the_server_and_from_a_proxy():
-    wrong = switching(accept="d3Jvbmc=")
-    front = make_hop(FRONT, request(), 101, wrong)
-    back = make_hop(BACK, request(), 101, wrong, t=100.005)
+    wrong = upgrade_answer(accept="d3Jvbmc=")
+    front = listener_hop(FRONT, upgrade_request(), 101, wrong)
+    back = listener_hop(BACK, upgrade_request(), 101, wrong, t=100.005)
     (finding,) = diagnose(session(front, back))
     assert (finding.code, finding.hop) == ("accept-mismatch", 2)
     assert "the server behind hop 2" in finding.message
     assert accept_for_key(KEY) in finding.message
-    proxy_broke_it = session(front, make_hop(BACK, request(), 101, t=100.005))
+    proxy_broke_it = session(front, listener_hop(BACK, upgrade_request(), 101, t=100.005))
     (finding,) = diagnose(proxy_broke_it)
     assert finding.hop == 1 and "the proxy between hop 1 and hop 2" in finding.message
-    missing = make_hop(FRONT, request(), 101, [("Upgrade", "websocket")])
+    missing = listener_hop(FRONT, upgrade_request(), 101, [("Upgrade", "websocket")])
     (finding,) = diagnose(session(missing))
     assert "no Sec-WebSocket-Accept" in finding.message
 
@@ -400,7 +352,7 @@ def test_a_hop_without_an_answer_is_an_error_naming_what_failed_and_where(
     server_addr = ("127.0.0.1", 9000) if mode == BACK else ("127.0.0.1", 8000)
     if "name resolution" in error:
         server_addr = None  # never resolved, never connected
-    hop = make_hop(mode, request(), None, server_addr=server_addr, error=error)
+    hop = listener_hop(mode, upgrade_request(), None, server_addr=server_addr, error=error)
     hop.timestamp_end = hop.timestamp_start + 3.0
     (finding,) = diagnose(session(hop))
     assert (finding.code, finding.severity, finding.hop) == (code, Severity.ERROR, 1)
@@ -409,7 +361,7 @@ def test_a_hop_without_an_answer_is_an_error_naming_what_failed_and_where(
 
 
 def test_an_absolute_form_target_that_was_never_connected_is_named_from_the_url():
-    hop = make_hop(FRONT, request(), None, server_addr=None, error="[Errno 111] Connect call")
+    hop = listener_hop(FRONT, status=None, server_addr=None, error="[Errno 111] Connect call")
     hop.url = "ws://127.0.0.1:4567/chat"
     (finding,) = diagnose(session(hop))
     assert "the connection to 127.0.0.1:4567 was refused" in finding.message
@@ -422,27 +374,21 @@ def test_an_absolute_form_target_that_was_never_connected_is_named_from_the_url(
 
 def with_traffic(hop: Hop, last_message: float, end: float, abnormal: bool, by="server") -> Hop:
     hop.stats.add(Message(True, MessageType.TEXT, 2, b"hi", last_message))
-    hop.close = (
-        Close(by=by, abnormal=True, abnormal_reason=f"the {by} connection was lost", timestamp=end)
-        if abnormal
-        else Close(code=1000, by=by, timestamp=end)
-    )
-    hop.timestamp_end = end
-    hop.outcome = Outcome.CLOSED
+    hop.ended(Close.lost(by, end) if abnormal else Close(code=1000, by=by, timestamp=end))
     return hop
 
 
 def test_abnormal_close_without_silence():
-    hop = with_traffic(make_hop(FRONT), 101.3, 101.5, abnormal=True)
+    hop = with_traffic(listener_hop(FRONT), 101.3, 101.5, abnormal=True)
     (finding,) = diagnose(session(hop))
     assert codes([finding]) == [("abnormal-close", "warning", 1)]
     assert "the server connection was lost" in finding.message
 
 
 def test_idle_timeout_names_the_silence_and_nginx_default():
-    nginx_101 = switching(connection="upgrade") + [("Server", "nginx/1.22.1")]
-    front = with_traffic(make_hop(FRONT, response_headers=nginx_101), 110.0, 170.2, True)
-    back = with_traffic(make_hop(BACK, t=100.005), 110.0, 170.201, abnormal=True, by="client")
+    nginx_101 = upgrade_answer(connection="upgrade") + [("Server", "nginx/1.22.1")]
+    front = with_traffic(listener_hop(FRONT, answer=nginx_101), 110.0, 170.2, True)
+    back = with_traffic(listener_hop(BACK, t=100.005), 110.0, 170.201, abnormal=True, by="client")
     findings = diagnose(session(front, back))
     assert codes(findings) == [("abnormal-close", "warning", 1), ("idle-timeout", "warning", 1)]
     assert "the proxy between hop 1 and hop 2 cut both sides" in findings[0].message
@@ -462,8 +408,8 @@ def test_idle_timeout_names_the_silence_and_nginx_default():
 def test_idle_timeout_judged_across_the_hops_with_no_fixed_threshold():
     """A proxy's 2 s timeout measured 1.81 s of silence at hop 1 (its last frame came later
     than hop 2's): the cut across both hops is the signature, and the silence is reported."""
-    front = with_traffic(make_hop(FRONT), 110.19, 112.0, abnormal=True, by="server")
-    back = with_traffic(make_hop(BACK, t=100.005), 110.0, 112.002, abnormal=True, by="client")
+    front = with_traffic(listener_hop(FRONT), 110.19, 112.0, abnormal=True, by="server")
+    back = with_traffic(listener_hop(BACK, t=100.005), 110.0, 112.002, abnormal=True, by="client")
     findings = diagnose(session(front, back))
     assert codes(findings) == [("abnormal-close", "warning", 1), ("idle-timeout", "warning", 1)]
     assert "No frame passed for 1.81 s on either side" in findings[1].message
@@ -476,25 +422,25 @@ def test_idle_timeout_judged_across_the_hops_with_no_fixed_threshold():
     assert "timeout tunnel 1h" in findings[1].fix and "read_timeout 1h" in findings[1].fix
     # Connections that ended apart were not cut by one proxy; a short silence at a single
     # hop is no idle timeout.
-    apart = with_traffic(make_hop(BACK, t=100.005), 110.0, 113.0, abnormal=True, by="client")
-    front_short = with_traffic(make_hop(FRONT), 111.5, 112.0, abnormal=True, by="server")
+    apart = with_traffic(listener_hop(BACK, t=100.005), 110.0, 113.0, abnormal=True, by="client")
+    front_short = with_traffic(listener_hop(FRONT), 111.5, 112.0, abnormal=True, by="server")
     assert codes(diagnose(session(front_short, apart))) == [("abnormal-close", "warning", 1)]
     # A backend that crashed: hop 2 lost its server, not its client; no cut by the proxy.
-    crashed = with_traffic(make_hop(BACK, t=100.005), 110.0, 112.0, abnormal=True, by="server")
+    crashed = with_traffic(listener_hop(BACK, t=100.005), 110.0, 112.0, abnormal=True, by="server")
     assert codes(diagnose(session(front, crashed))) == [("abnormal-close", "warning", 1)]
 
 
 def test_idle_timeout_counts_from_the_handshake_without_messages():
-    hop = make_hop(FRONT, close=Close(by="server", abnormal=True, timestamp=105.01))
+    hop = listener_hop(FRONT, close=Close(by="server", abnormal=True, timestamp=105.01))
     finding = diagnose(session(hop))[-1]
     assert finding.code == "idle-timeout" and "No frame passed for 5.00 s" in finding.message
     assert "matches the default" not in finding.message
 
 
 def test_a_client_hanging_up_after_silence_is_no_idle_timeout_unless_it_is_a_proxy():
-    direct = with_traffic(make_hop(FRONT), 101.0, 130.0, abnormal=True, by="client")
+    direct = with_traffic(listener_hop(FRONT), 101.0, 130.0, abnormal=True, by="client")
     assert codes(diagnose(session(direct))) == [("abnormal-close", "warning", 1)]
-    behind_nginx = with_traffic(make_hop(BACK), 101.0, 130.0, abnormal=True, by="client")
+    behind_nginx = with_traffic(listener_hop(BACK), 101.0, 130.0, abnormal=True, by="client")
     assert codes(diagnose(session(behind_nginx))) == [
         ("abnormal-close", "warning", 1),
         ("idle-timeout", "warning", 1),
@@ -502,17 +448,17 @@ def test_a_client_hanging_up_after_silence_is_no_idle_timeout_unless_it_is_a_pro
 
 
 def test_clean_close_after_silence_is_no_finding():
-    hop = with_traffic(make_hop(FRONT), 101.0, 200.0, abnormal=False)
+    hop = with_traffic(listener_hop(FRONT), 101.0, 200.0, abnormal=False)
     assert diagnose(session(hop)) == []
 
 
 def test_host_changed_is_information_only():
-    front = make_hop(FRONT, request(host="app.example"))
-    back = make_hop(BACK, request(host="127.0.0.1:8081"), t=100.005)
+    front = listener_hop(FRONT, upgrade_request(host="app.example"))
+    back = listener_hop(BACK, upgrade_request(host="127.0.0.1:8081"), t=100.005)
     (finding,) = diagnose(session(front, back))
     assert codes([finding]) == [("host-changed", "info", 2)]
     assert "proxy_set_header Host $http_host;" in finding.fix
-    same_but_case = make_hop(BACK, request(host="APP.example"), t=100.005)
+    same_but_case = listener_hop(BACK, upgrade_request(host="APP.example"), t=100.005)
     assert diagnose(session(front, same_but_case)) == []
 
 
@@ -531,8 +477,9 @@ def capture(path, *sessions_hops: list[Hop]):
 def test_findings_in_the_json_and_text_report(tmp_path, capsys):
     key = "a2V5LWZvci1yZXBvcnQ="
     nginx = [("Server", "nginx/1.22.1")]
-    front = make_hop(FRONT, request(key=key), 426, nginx, reason="Upgrade Required")
-    back = make_hop(BACK, request(upgrade=None, connection="close", key=key), 426, t=100.005)
+    front = listener_hop(FRONT, upgrade_request(key=key), 426, nginx, reason="Upgrade Required")
+    dropped = upgrade_request(upgrade=None, connection="close", key=key)
+    back = listener_hop(BACK, dropped, 426, t=100.005)
     path = capture(tmp_path / "c.db", [front, back])
     assert cli.main(["report", str(path), "--json"]) == 0
     (reported,) = json.loads(capsys.readouterr().out)["sessions"]
@@ -562,11 +509,11 @@ def test_diagnosis_imports_without_textual():
 
 
 def test_fail_on_exit_codes(tmp_path, capsys):
-    healthy = capture(tmp_path / "healthy.db", [make_hop(FRONT)])
+    healthy = capture(tmp_path / "healthy.db", [listener_hop(FRONT)])
     warning = capture(
-        tmp_path / "warning.db", [with_traffic(make_hop(FRONT), 101.0, 101.5, abnormal=True)]
+        tmp_path / "warning.db", [with_traffic(listener_hop(FRONT), 101.0, 101.5, abnormal=True)]
     )
-    error = capture(tmp_path / "error.db", [make_hop(FRONT, status=502)])
+    error = capture(tmp_path / "error.db", [listener_hop(FRONT, status=502)])
     assert cli.main(["report", str(healthy), "--fail-on", "warning"]) == 0
     assert cli.main(["report", str(warning), "--fail-on", "error"]) == 0
     assert cli.main(["report", str(warning), "--fail-on", "warning"]) == 1

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.builders import KEY, make_hop, upgrade_answer, upgrade_request
 from wsinspect.correlate import find_session
-from wsinspect.model import Hop, Outcome
+from wsinspect.model import Hop
 from wsinspect.store import SessionStore
 
 LISTENERS = [
@@ -20,7 +21,7 @@ LISTENERS = [
 NGINX = ("127.0.0.1", 80)
 
 
-def make_hop(
+def handshake(
     mode: str,
     key: str | None,
     t: float,
@@ -28,26 +29,27 @@ def make_hop(
     agent: str = "client/1",
     answered_at: float | None = None,
 ) -> Hop:
-    headers = [("Host", "app.example"), ("Upgrade", "websocket"), ("Connection", "Upgrade")]
-    if key:
-        headers.append(("Sec-WebSocket-Key", key))
-    headers.append(("User-Agent", agent))
-    return Hop(
+    """The hop `mode` records of a client's upgrade with `key` (None: a key stripped by a
+    proxy, the rest of the handshake kept) to `path`, through nginx, answered at
+    `answered_at` (None: still waiting)."""
+    headers = upgrade_request(key=key or KEY) + [("User-Agent", agent)]
+    if key is None:
+        headers = [(name, value) for name, value in headers if name != "Sec-WebSocket-Key"]
+    return make_hop(
+        f"ws://app.example{path}",
         mode=mode,
-        url=f"ws://app.example{path}",
-        request_line=f"GET {path} HTTP/1.1",
-        http_version="HTTP/1.1",
-        request_headers=headers,
-        timestamp_start=t,
+        headers=headers,
+        t=t,
         server_addr=NGINX,
-        timestamp_response=answered_at,
+        status=None if answered_at is None else 101,
+        answered_at=answered_at,
     )
 
 
 def test_keyless_hop_joins_the_one_handshake_waiting_for_an_answer():
     store = SessionStore()
-    first = store.add_hop(make_hop(LISTENERS[0], None, 100.0))
-    after_nginx = make_hop(LISTENERS[1], None, 100.01)
+    first = store.add_hop(handshake(LISTENERS[0], None, 100.0))
+    after_nginx = handshake(LISTENERS[1], None, 100.01)
     after_nginx.request_headers[0] = ("Host", "127.0.0.1:8081")  # nginx's $proxy_host
     after_nginx.request_headers.append(("X-Forwarded-For", "127.0.0.1"))  # added: fine
     assert store.add_hop(after_nginx) is first and len(first.hops) == 2
@@ -55,54 +57,54 @@ def test_keyless_hop_joins_the_one_handshake_waiting_for_an_answer():
 
 def test_a_proxy_that_strips_the_key_still_lines_up():
     store = SessionStore()
-    first = store.add_hop(make_hop(LISTENERS[0], "a2V5", 100.0))
-    assert store.add_hop(make_hop(LISTENERS[1], None, 100.01)) is first
+    first = store.add_hop(handshake(LISTENERS[0], "a2V5", 100.0))
+    assert store.add_hop(handshake(LISTENERS[1], None, 100.01)) is first
 
 
 def test_keyless_hops_are_not_merged_without_a_single_clear_candidate():
     cases = {
-        "other path": [make_hop(LISTENERS[0], None, 100.0, "/other")],
-        "header changed": [make_hop(LISTENERS[0], None, 100.0, agent="x/2")],
-        "too late": [make_hop(LISTENERS[0], None, 97.0)],
-        "already answered": [make_hop(LISTENERS[0], None, 100.0, answered_at=100.005)],
+        "other path": [handshake(LISTENERS[0], None, 100.0, "/other")],
+        "header changed": [handshake(LISTENERS[0], None, 100.0, agent="x/2")],
+        "too late": [handshake(LISTENERS[0], None, 97.0)],
+        "already answered": [handshake(LISTENERS[0], None, 100.0, answered_at=100.005)],
         "two waiting": [
-            make_hop(LISTENERS[0], None, 100.0),
-            make_hop(LISTENERS[0], None, 100.002, "/elsewhere", agent="x/2"),
+            handshake(LISTENERS[0], None, 100.0),
+            handshake(LISTENERS[0], None, 100.002, "/elsewhere", agent="x/2"),
         ],
-        "same listener": [make_hop(LISTENERS[1], None, 100.0)],
+        "same listener": [handshake(LISTENERS[1], None, 100.0)],
     }
     for name, earlier in cases.items():
         store = SessionStore()
         for hop in earlier:
             store.add_hop(hop)
-        later = make_hop(LISTENERS[1], None, 100.01)
+        later = handshake(LISTENERS[1], None, 100.01)
         assert find_session(later, store.sessions()) is None, name
 
 
 def test_a_key_reused_by_concurrent_clients_is_told_apart_by_path_or_not_merged():
     store = SessionStore()
-    a = store.add_hop(make_hop(LISTENERS[0], "c2FtZQ==", 100.0, "/a"))
-    b = store.add_hop(make_hop(LISTENERS[0], "c2FtZQ==", 100.001, "/b"))
-    assert store.add_hop(make_hop(LISTENERS[1], "c2FtZQ==", 100.01, "/b")) is b
-    c = store.add_hop(make_hop(LISTENERS[0], "c2FtZQ==", 100.002, "/a"))
-    lone = store.add_hop(make_hop(LISTENERS[1], "c2FtZQ==", 100.02, "/a"))
+    a = store.add_hop(handshake(LISTENERS[0], "c2FtZQ==", 100.0, "/a"))
+    b = store.add_hop(handshake(LISTENERS[0], "c2FtZQ==", 100.001, "/b"))
+    assert store.add_hop(handshake(LISTENERS[1], "c2FtZQ==", 100.01, "/b")) is b
+    c = store.add_hop(handshake(LISTENERS[0], "c2FtZQ==", 100.002, "/a"))
+    lone = store.add_hop(handshake(LISTENERS[1], "c2FtZQ==", 100.02, "/a"))
     assert lone not in (a, c) and len(lone.hops) == 1  # two sessions could own it
     assert len(a.hops) == len(c.hops) == 1
 
 
 def test_key_matches_must_be_earlier_and_still_waiting():
     store = SessionStore()
-    done = store.add_hop(make_hop(LISTENERS[0], "b2xk", 100.0, answered_at=100.5))
-    assert store.add_hop(make_hop(LISTENERS[1], "b2xk", 101.0)) is not done
-    later = store.add_hop(make_hop(LISTENERS[1], "bmV3", 200.0))
-    assert store.add_hop(make_hop(LISTENERS[0], "bmV3", 199.5)) is not later
+    done = store.add_hop(handshake(LISTENERS[0], "b2xk", 100.0, answered_at=100.5))
+    assert store.add_hop(handshake(LISTENERS[1], "b2xk", 101.0)) is not done
+    later = store.add_hop(handshake(LISTENERS[1], "bmV3", 200.0))
+    assert store.add_hop(handshake(LISTENERS[0], "bmV3", 199.5)) is not later
 
 
 def test_a_three_listener_chain_is_one_session_in_order():
     store = SessionStore()
-    first = store.add_hop(make_hop(LISTENERS[0], "Y2hhaW4=", 100.0))
-    store.add_hop(make_hop(LISTENERS[1], "Y2hhaW4=", 100.01))
-    store.add_hop(make_hop(LISTENERS[2], "Y2hhaW4=", 100.02))
+    first = store.add_hop(handshake(LISTENERS[0], "Y2hhaW4=", 100.0))
+    store.add_hop(handshake(LISTENERS[1], "Y2hhaW4=", 100.01))
+    store.add_hop(handshake(LISTENERS[2], "Y2hhaW4=", 100.02))
     assert [h.mode for h in first.hops] == LISTENERS
     assert len(store.sessions()) == 1
 
@@ -139,7 +141,7 @@ def replay(population: list[Client]) -> tuple[SessionStore, dict[int, int]]:
         t = client.start
         hops = []
         for position in range(client.chain):
-            hop = make_hop(LISTENERS[position], client.key, t, client.path, client.agent)
+            hop = handshake(LISTENERS[position], client.key, t, client.path, client.agent)
             hops.append(hop)
             events.append((t, 0, number, hop))
             t += client.delays[position]
@@ -153,8 +155,7 @@ def replay(population: list[Client]) -> tuple[SessionStore, dict[int, int]]:
             store.add_hop(hop)
             owner[hop.id] = number
         else:
-            hop.timestamp_response = t
-            hop.outcome = Outcome.CLOSED
+            hop.answered(101, "Switching Protocols", upgrade_answer(), "HTTP/1.1", t)
     return store, owner
 
 

@@ -4,7 +4,6 @@ real websockets servers (an echo server, a stateful counter, one that refuses th
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import http
 import re
@@ -16,7 +15,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 
-from wsinspect.model import Hop, Message, MessageType, Outcome, header_value
+from tests.builders import make_hop
+from tests.rawpeers import frame
+from wsinspect.model import Close, Message, MessageType, Outcome, accept_for_key, header_value
 from wsinspect.replay import ProxyRoute, ReplayPlan, compare, rebuilt_headers, replay
 from wsinspect.resend import SessionClosedError
 from wsinspect.store import SessionStore
@@ -320,18 +321,6 @@ def test_hop_by_hop_headers_are_rebuilt():
 # ----- hostile servers (raw sockets) --------------------------------------------------------
 
 
-def server_frame(opcode: int, payload: bytes) -> bytes:
-    """One unmasked, final frame from a server."""
-    size = len(payload)
-    if size < 126:
-        length = bytes([size])
-    elif size < 65536:
-        length = bytes([126]) + size.to_bytes(2, "big")
-    else:
-        length = bytes([127]) + size.to_bytes(8, "big")
-    return bytes([0x80 | opcode]) + length + payload
-
-
 class RawServer:
     """A server on a raw socket that accepts any upgrade (with `extra_headers`, raw bytes) and
     then runs `behave(reader, writer)`."""
@@ -342,13 +331,11 @@ class RawServer:
 
     async def _handle(self, reader, writer) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
-        key = re.search(rb"(?i)sec-websocket-key: *(\S+)", head).group(1)
-        accept = base64.b64encode(
-            hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
-        )
+        key = re.search(rb"(?i)sec-websocket-key: *(\S+)", head).group(1).decode()
         writer.write(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + accept + b"\r\n" + self.extra_headers + b"\r\n"
+            b"Sec-WebSocket-Accept: " + accept_for_key(key).encode() + b"\r\n"
+            + self.extra_headers + b"\r\n"
         )
         try:
             await self.behave(reader, writer)
@@ -370,11 +357,8 @@ def crafted_capture(path: Path, url: str, messages: list[Message]) -> int:
     """A capture holding one closed session to `url` with `messages`, as a file handed to the
     user would."""
     store = SessionStore(path)
-    hop = Hop(
-        mode="regular", url=url, request_line="GET / HTTP/1.1", http_version="HTTP/1.1",
-        request_headers=[("Host", "127.0.0.1")], timestamp_start=1.0, response_status=101,
-        timestamp_response=1.0, outcome=Outcome.CLOSED,
-    )  # fmt: skip
+    closed = Close(code=1000, by="client", timestamp=3.0)
+    hop = make_hop(url, t=1.0, status=101, close=closed)
     store.add_hop(hop)
     for m in messages:
         store.add_message(hop, m)
@@ -385,12 +369,12 @@ def crafted_capture(path: Path, url: str, messages: list[Message]) -> int:
 async def test_a_server_that_keeps_the_connection_busy_is_stopped_at_the_deadline(tmp_path):
     async def pings_only(reader, writer):
         while not writer.is_closing():
-            writer.write(server_frame(0x9, b"still here"))
+            writer.write(frame(0x9, b"still here", mask=False))
             await asyncio.sleep(0.05)
 
     async def chatters(reader, writer):
         while not writer.is_closing():
-            writer.write(server_frame(0x1, b"tick") + server_frame(0x9, b""))
+            writer.write(frame(0x1, b"tick", mask=False) + frame(0x9, b"", mask=False))
             await asyncio.sleep(0.05)
 
     capture = tmp_path / "original.db"
@@ -430,7 +414,7 @@ async def test_a_huge_answer_is_kept_capped_and_hashed(tmp_path):
 
     async def sends_huge(reader, writer):
         await reader.read(100)  # the client's message
-        writer.write(server_frame(0x2, huge))
+        writer.write(frame(0x2, huge, mask=False))
         await writer.drain()
         await reader.read()
 

@@ -14,7 +14,7 @@ from websockets.asyncio.server import serve
 from websockets.exceptions import InvalidStatus
 
 from tests.conftest import echo_handler, wait_for
-from tests.test_diagnosis import BACK, FRONT, make_hop, request
+from tests.builders import dropped_upgrade, make_hop
 from tests.test_ui import SIZE, open_first_session
 from tests.ui_helpers import screen_text
 from wsinspect.model import Message, MessageType
@@ -57,12 +57,9 @@ async def test_a_refused_upgrade_shows_its_badge_and_findings(start_proxy):
 
 
 async def test_hops_tab_shows_what_the_proxy_between_hops_dropped():
-    key = "a2V5LWZvci1yZXBvcnQ="
     store = SessionStore()
-    store.add_hop(make_hop(FRONT, request(key=key), 426, reason="Upgrade Required"))
-    store.add_hop(
-        make_hop(BACK, request(upgrade=None, connection="close", key=key), 426, t=100.005)
-    )
+    for hop in dropped_upgrade(key="a2V5LWZvci1yZXBvcnQ="):
+        store.add_hop(hop)
     store.flush()
     app = WsInspectApp(store)
     async with app.run_test(size=SIZE) as pilot:
@@ -165,7 +162,7 @@ async def test_replay_shows_a_matching_comparison_and_export_writes_a_private_ha
 async def test_a_damaged_message_record_is_a_notification_not_a_crash(tmp_path):
     path = tmp_path / "capture.db"
     store = SessionStore(path)
-    hop = make_hop(FRONT, request(), 101)
+    hop = make_hop(status=101)
     store.add_hop(hop)
     store.add_message(hop, Message(True, MessageType.TEXT, 5, b"hello", timestamp=101.0))
     store.close()

@@ -12,7 +12,7 @@ from textual.containers import VerticalScroll
 from textual.geometry import Region
 from textual.widgets import Input
 
-from tests.test_diagnosis import BACK, FRONT, make_hop, request
+from tests.builders import dropped_upgrade
 from tests.ui_helpers import T0, deterministic_store, handshake_hop, screen_text
 from wsinspect.model import Message, MessageType
 from wsinspect.store import SessionStore
@@ -27,12 +27,9 @@ SMALL = (80, 24)
 
 def two_hop_store() -> SessionStore:
     """A session whose proxy dropped the upgrade: long findings, a long hop diff."""
-    key = "a2V5LWZvci1rZXlib2FyZA=="
     store = SessionStore()
-    store.add_hop(make_hop(FRONT, request(key=key), 426, reason="Upgrade Required"))
-    store.add_hop(
-        make_hop(BACK, request(upgrade=None, connection="close", key=key), 426, t=100.005)
-    )
+    for hop in dropped_upgrade(key="a2V5LWZvci1rZXlib2FyZA=="):
+        store.add_hop(hop)
     store.flush()
     return store
 

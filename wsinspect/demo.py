@@ -13,17 +13,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import ctypes
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import tempfile
 import time
 import weakref
-from collections.abc import Callable
 from pathlib import Path
 
 from wsproto import ConnectionType, WSConnection
@@ -39,28 +33,17 @@ from wsproto.events import (
 )
 from wsproto.utilities import RemoteProtocolError
 
+from .addresses import free_port
 from .engine import Engine
 from .errors import DemoError, EngineError
 from .http_rules import end_to_end, header_values, parse_head, request_line_parts
 from .model import Outcome
+from .nginx import NginxProcess, find_nginx
 from .store import SessionStore
 
 HOST = "127.0.0.1"
 CHATTY_MESSAGES = 300
 SETTLE_TIMEOUT = 15.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def find_nginx() -> str | None:
-    found = shutil.which("nginx")
-    if found:
-        return found
-    return "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
 
 
 # ----- loopback servers: the echo backend and the Python hop --------------------------------------
@@ -205,35 +188,6 @@ class PythonHop(LoopbackServer):
 
 # ----- real nginx ----------------------------------------------------------------------------
 
-_NGINX_MAIN = """
-daemon off;
-master_process off;
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log info;
-events {{ worker_connections 1024; }}
-http {{
-    access_log {dir}/access.log;
-    client_body_temp_path {dir}/client_body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    map $http_upgrade $connection_upgrade {{
-        default upgrade;
-        ''      close;
-    }}
-{server}
-}}
-"""
-
-
-def nginx_config(folder: Path, server: str) -> str:
-    """A config for nginx in the foreground, all its files in `folder`, with the map a
-    WebSocket location needs and one `server` block."""
-    return _NGINX_MAIN.format(dir=folder, server=server)
-
-
 DEMO_SERVER = """
     server {{
         listen {host}:{port};
@@ -250,95 +204,28 @@ DEMO_SERVER = """
 """
 
 
-PR_SET_PDEATHSIG = 1
-
-
-def _ends_with_parent() -> Callable[[], None] | None:
-    """For Popen's preexec_fn: the child gets SIGTERM when the demo dies, even by SIGKILL,
-    which leaves no chance to stop it otherwise (Linux; elsewhere, None). The libc function is
-    looked up here, before the fork."""
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 class NginxHop:
-    """A real nginx from a config written to `folder`, in the foreground as a child."""
+    """A real nginx (wsinspect.nginx's launcher) serving the demo's two locations. Started
+    from the loop's thread, so it ends with the demo even when the demo is killed."""
 
     kind = "nginx"
 
     def __init__(self, binary: str, folder: Path, upstream_port: int) -> None:
-        self.binary = binary
-        self.folder = folder
-        self.upstream_port = upstream_port
-        self.process: subprocess.Popen | None = None
-        self.port = 0
+        self.launcher = NginxProcess(
+            binary,
+            folder,
+            lambda port: DEMO_SERVER.format(host=HOST, port=port, upstream_port=upstream_port),
+        )
 
     @property
-    def error_log(self) -> str:
-        path = self.folder / "error.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+    def port(self) -> int:
+        return self.launcher.port
 
     async def start(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        # nginx cannot pick a port itself: one taken between free_port() and the bind is
-        # retried with another.
-        for _ in range(5):
-            self.port = free_port()
-            conf = self.folder / "nginx.conf"
-            conf.write_text(
-                nginx_config(
-                    self.folder,
-                    DEMO_SERVER.format(host=HOST, port=self.port, upstream_port=self.upstream_port),
-                )
-            )
-            self.process = subprocess.Popen(
-                [
-                    self.binary,
-                    *("-p", str(self.folder), "-c", str(conf)),
-                    *("-e", str(self.folder / "error.log")),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                preexec_fn=_ends_with_parent(),
-                # Its own process group: the terminal's signals (Ctrl-C, hangup) reach the
-                # demo only, which stops nginx itself; SIGHUP would make nginx reload.
-                process_group=0,
-            )
-            deadline = time.monotonic() + 5
-            while self.process.poll() is None and time.monotonic() < deadline:
-                if await _accepts(self.port):
-                    return
-                await asyncio.sleep(0.02)
-            await self.stop()
-            if "Address already in use" not in self.error_log:
-                break
-        last = self.error_log.strip().splitlines()
-        raise DemoError(f"nginx did not start: {last[-1] if last else 'no error log'}")
+        await self.launcher.start_on_loop()
 
     async def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                await asyncio.to_thread(self.process.wait, 5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-
-async def _accepts(port: int) -> bool:
-    try:
-        _, writer = await asyncio.open_connection(HOST, port)
-    except OSError:
-        return False
-    await _close(writer)
-    return True
+        await asyncio.to_thread(self.launcher.stop)
 
 
 # ----- clients -------------------------------------------------------------------------------
@@ -488,7 +375,7 @@ class Demo:
         taken between free_port() and the bind are retried."""
         attempts = 1 if self.port else 3
         for attempt in range(1, attempts + 1):
-            front, back = self.port or free_port(), free_port()
+            front, back = self.port or free_port(HOST), free_port(HOST)
             self.engine = Engine(
                 self.store,
                 [f"regular@{front}", f"reverse:http://{HOST}:{backend_port}@{back}"],

@@ -47,6 +47,10 @@ class DemoError(WsinspectError):
     """The demo could not start."""
 
 
+class NginxError(WsinspectError):
+    """nginx (wsinspect.nginx's launcher) did not start."""
+
+
 class GatewayError(WsinspectError):
     """Setting up or tearing down the transparent-mode gateway could not go on."""
 

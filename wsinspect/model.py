@@ -315,6 +315,32 @@ class Message:
         return close_code_reason(self.payload)
 
 
+class CappedPayload:
+    """A message's payload arriving in pieces, kept as a stored one is: its first `keep`
+    bytes, its size and the SHA-256 of the whole (the relay's streamed messages, a replay's
+    answers)."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.prefix = bytearray()
+        self.size = 0
+        self.sha256 = hashlib.sha256()
+
+    def add(self, data: bytes) -> None:
+        self.size += len(data)
+        self.sha256.update(data)
+        if len(self.prefix) < self.keep:
+            self.prefix += data[: self.keep - len(self.prefix)]
+
+    def message(self, from_client: bool, type: MessageType, timestamp: float) -> Message:
+        """The whole message; its SHA-256 identifies the payload when only a prefix is kept."""
+        capped = self.size > len(self.prefix)
+        return Message(
+            from_client, type, self.size, bytes(self.prefix), timestamp,
+            sha256=self.sha256.hexdigest() if capped else None,
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class RttSummary:
     """Round-trip times of a session's answered pings, in seconds."""

@@ -33,7 +33,7 @@ from mitmproxy.proxy.layers.websocket import WebSocketMessageInjected
 from wsproto.frame_protocol import Opcode
 
 from .errors import ResendError, SessionClosedError
-from .model import MessageType, Outcome
+from .model import MessageType, Outcome, Side
 from .recorder import Recorder
 
 logger = logging.getLogger("wsinspect")
@@ -107,7 +107,7 @@ class Resender:
             )
         if to in (None, "original"):
             to = message.direction.peer
-        if to not in ("client", "server"):
+        if to not in (Side.CLIENT, Side.SERVER):
             raise ResendError(f"unknown destination {to!r}; use client, server or original")
         if payload is None:
             if message.truncated:

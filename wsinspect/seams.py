@@ -47,7 +47,6 @@ tests/test_seams.py fails if a mitmproxy release moves one of them.
 from __future__ import annotations
 
 import collections
-import hashlib
 import logging
 import re
 import socket
@@ -75,6 +74,7 @@ from wsproto.frame_protocol import Opcode
 
 from . import wire
 from .http_rules import close_code_reason
+from .model import CappedPayload
 
 logger = logging.getLogger("wsinspect")
 
@@ -233,23 +233,14 @@ def _install_refused_request_tap() -> None:
     server.read_headers = read_headers
 
 
-class StreamedMessage:
+class StreamedMessage(CappedPayload):
     """A message relayed fragment by fragment: what is kept of it for the record."""
 
     def __init__(self, is_text: bool, from_client: bool, keep: int) -> None:
+        super().__init__(keep)
         self.is_text = is_text
         self.from_client = from_client
-        self.keep = keep
-        self.prefix = bytearray()
-        self.size = 0
-        self.sha256 = hashlib.sha256()
         self.timestamp = time.time()
-
-    def add(self, data: bytes) -> None:
-        self.size += len(data)
-        self.sha256.update(data)
-        if len(self.prefix) < self.keep:
-            self.prefix += data[: self.keep - len(self.prefix)]
 
 
 # The sha256 of mitmproxy's WebsocketLayer.relay_messages source that StreamingWebsocketLayer

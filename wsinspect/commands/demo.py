@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from .. import report
 from ..demo import HOST, Demo
 from ..errors import WsinspectError
 from ..runtime import StopEvent, Stopped, run_until_stopped
+from ..text import print_error
 
 log = logging.getLogger("wsinspect.demo")
 
@@ -63,7 +63,7 @@ async def run(args: argparse.Namespace) -> int:
                 clients.cancel()
                 await asyncio.gather(clients, return_exceptions=True)
     except (WsinspectError, OSError) as e:
-        print(f"wsinspect demo: {e}", file=sys.stderr)
+        print_error(str(e), "wsinspect demo")
         return 2
     finally:
         await _let_connections_end()

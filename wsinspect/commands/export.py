@@ -8,9 +8,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import CaptureError, WsinspectError
 from ..formats import EXPORT_FORMATS, EXPORTS, STDOUT, export, export_format_for, readable_formats
 from ..lineup import open_captures
-from ..store import CaptureError
+from ..text import print_error
 
 
 def export_parser() -> argparse.ArgumentParser:
@@ -45,10 +46,9 @@ def main(argv: Sequence[str]) -> int:
     args = export_parser().parse_args(argv)
     fmt = args.format or export_format_for(args.out)
     if fmt is None:
-        print(
-            f"wsinspect: {args.out}: cannot tell the format from the name; "
-            f"give --format {', '.join(EXPORT_FORMATS[:-1])} or {EXPORT_FORMATS[-1]}",
-            file=sys.stderr,
+        print_error(
+            f"{args.out}: cannot tell the format from the name; "
+            f"give --format {', '.join(EXPORT_FORMATS[:-1])} or {EXPORT_FORMATS[-1]}"
         )
         return 2
     try:
@@ -60,11 +60,11 @@ def main(argv: Sequence[str]) -> int:
         result = export(
             store, args.out, fmt, redact=not args.no_redact, session_ids=args.sessions
         )
-    except CaptureError as e:
-        print(f"wsinspect: {e}", file=sys.stderr)
+    except WsinspectError as e:
+        print_error(str(e))
         return 2
     except OSError as e:
-        print(f"wsinspect: {e.filename or args.out}: cannot write ({e.strerror})", file=sys.stderr)
+        print_error(f"{e.filename or args.out}: cannot write ({e.strerror})")
         return 2
     where = "stdout" if args.out == STDOUT else args.out
     redaction = "kept" if args.no_redact else "redacted"

@@ -4,12 +4,12 @@ wsinspect.gateway)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 from ..addresses import DEFAULT_LISTEN_PORT
 from ..errors import WsinspectError
 from ..gateway import GatewayError, check, parse_ports, setup, teardown
+from ..text import print_error
 
 
 def parser() -> argparse.ArgumentParser:
@@ -46,6 +46,6 @@ def main(argv: Sequence[str]) -> int:
         else:
             return 0 if check(args.listen_host, args.listen_port) else 1
     except WsinspectError as e:
-        print(f"wsinspect gateway: {e}", file=sys.stderr)
+        print_error(str(e), "wsinspect gateway")
         return 1
     return 0

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from ..lineup import open_captures
-from ..store import CaptureError
-from ..text import print_error
+from .captures import open_named
 
 
 def parser() -> argparse.ArgumentParser:
@@ -22,10 +20,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
-    try:
-        store = open_captures(args.files)
-    except CaptureError as e:
-        print_error(str(e))
+    store = open_named(args.files)
+    if store is None:
         return 2
     from ..ui import WsInspectApp  # Textual loads once the arguments are read
 

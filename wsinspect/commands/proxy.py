@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING
 
 from .. import preflight, report
 from ..addresses import DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT
+from ..errors import WsinspectError
 from ..model import Outcome
 from ..runtime import CLOSED_PIPE, StopEvent, new_capture_path, remove_capture
-from ..store import CaptureError, SessionStore, StoreChanges
+from ..store import SessionStore, StoreChanges
 from ..text import discard_closed_stdout, print_error
 from . import commands_text, unknown_command
 
@@ -121,11 +122,11 @@ def ignore_cancelled_connection_handlers(loop: asyncio.AbstractEventLoop) -> Non
 
 async def run(args: argparse.Namespace) -> int:
     # The proxy core loads once the arguments are read: `wsinspect --help` does without it.
-    from ..engine import Engine, EngineError
+    from ..engine import Engine
 
     try:
         store = SessionStore(new_capture_path(args.capture))
-    except (CaptureError, OSError) as e:
+    except (WsinspectError, OSError) as e:
         print_error(str(e))
         return 2
     engine = Engine(
@@ -139,7 +140,7 @@ async def run(args: argparse.Namespace) -> int:
     stop = StopEvent()
     try:
         await engine.start()
-    except EngineError as e:
+    except WsinspectError as e:
         print_error(str(e))
         # empty, and in the way of the corrected command (`-w` refuses an existing file)
         store.close()

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import CaptureError, WsinspectError
+from ..errors import EngineError, WsinspectError
 from ..replay import (
     CLOSE_WAIT,
     CREDENTIAL_HEADERS,
@@ -27,9 +27,10 @@ from ..replay import (
     ReplayResult,
     replay,
 )
-from ..report import printable, session_text
+from ..report import session_text
 from ..runtime import StopEvent, Stopped, new_capture_path, remove_capture, run_until_stopped
 from ..store import SessionStore
+from ..text import print_error, printable
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -99,7 +100,7 @@ async def _run(args: argparse.Namespace, plan: ReplayPlan, store: SessionStore) 
             plan, store, via=None, timing=args.timing, server_tls=_server_tls(args),
             timeout=args.timeout, answer_wait=args.wait, deadline=args.deadline,
         )
-    from ..engine import Engine, EngineError  # the proxy core, only for a proxied replay
+    from ..engine import Engine  # the proxy core, only for a proxied replay
 
     with tempfile.TemporaryDirectory(prefix="wsinspect-replay-") as temp_confdir:
         engine = Engine(
@@ -131,22 +132,22 @@ async def _connections_closed(engine: Engine, timeout: float = CLOSE_WAIT) -> No
 
 async def _main(args: argparse.Namespace) -> int:
     if args.deadline is not None and not args.deadline > 0:
-        print("wsinspect: --deadline must be a positive number of seconds", file=sys.stderr)
+        print_error("--deadline must be a positive number of seconds")
         return 2
     if args.cafile and not Path(args.cafile).is_file():
-        print(f"wsinspect: {printable(args.cafile)}: no such CA file", file=sys.stderr)
+        print_error(f"{args.cafile}: no such CA file")
         return 2
     try:
         source = SessionStore.open(args.file)
-    except CaptureError as e:
-        print(f"wsinspect: {printable(str(e))}", file=sys.stderr)
+    except WsinspectError as e:
+        print_error(str(e))
         return 2
     try:
         drop = [*args.drop_header, *(CREDENTIAL_HEADERS if args.drop_credentials else ())]
         plan = ReplayPlan.from_store(source, args.session_id, to=args.to, drop_headers=drop)
         store = SessionStore(new_capture_path(args.capture))
     except (WsinspectError, OSError) as e:
-        print(f"wsinspect: {printable(str(e))}", file=sys.stderr)
+        print_error(str(e))
         source.close()
         return 2
     stop = StopEvent()
@@ -158,7 +159,7 @@ async def _main(args: argparse.Namespace) -> int:
         result = await run_until_stopped(_run(args, plan, store), stop)
     except Stopped:  # cancelled, after the replay's proxy stopped cleanly
         error = "interrupted"
-    except ReplayError as e:
+    except WsinspectError as e:
         error = str(e)
     recorded = bool(store.sessions())
     store.close()
@@ -166,7 +167,7 @@ async def _main(args: argparse.Namespace) -> int:
     if not recorded and not args.capture:
         remove_capture(store.path)
     if result is None:
-        print(f"wsinspect: replay failed: {printable(error)}", file=sys.stderr)
+        print_error(f"replay failed: {error}")
         if error.startswith("TLS failure") and "certificate" in error.lower():
             print("wsinspect: --cafile FILE trusts the server's CA; --insecure skips the check",
                   file=sys.stderr)

@@ -8,9 +8,10 @@ import json
 from collections.abc import Sequence
 
 from .. import report
-from ..lineup import LinedUpStore, open_captures
-from ..store import CaptureError
+from ..errors import WsinspectError
+from ..lineup import LinedUpStore
 from ..text import print_error
+from .captures import open_named
 
 
 def parser() -> argparse.ArgumentParser:
@@ -33,10 +34,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
-    try:
-        store = open_captures(args.files)
-    except CaptureError as e:
-        print_error(str(e))
+    store = open_named(args.files)
+    if store is None:
         return 2
     lined_up = isinstance(store, LinedUpStore)
     try:  # the figures over time read each session's messages, which may be damaged
@@ -50,7 +49,7 @@ def main(argv: Sequence[str]) -> int:
                 print(f"{len(store.captures)} captures lined up on {store.reference.name}'s clock:")
                 print("\n".join(f"  {line}" for line in store.describe()))
             print(report.report_text(store))
-    except CaptureError as e:
+    except WsinspectError as e:
         print_error(str(e))
         return 2
     if args.fail_on and report.has_findings(store, args.fail_on):

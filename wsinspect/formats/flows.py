@@ -137,7 +137,7 @@ def flow_for_hop(item: ExportedHop, messages: Iterable[Message]) -> http.HTTPFlo
             if message.rtt is not None:
                 rtts.append([message.index, message.rtt])
         if hop.close is not None:
-            websocket.closed_by_client = hop.close.by == "client"
+            websocket.closed_by_client = hop.close.by == Side.CLIENT
             websocket.close_code = ABNORMAL_CLOSURE if hop.close.abnormal else hop.close.code
             websocket.close_reason = hop.close.reason
         flow.websocket = websocket

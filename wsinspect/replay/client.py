@@ -5,7 +5,6 @@ answers and closes, recording through wsinspect.replay.recording."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import socket
 import ssl
 import time
@@ -20,7 +19,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from ..errors import ReplayError
 from ..http_rules import authority, close_payload, parse_head, parse_status_line
-from ..model import Message, MessageType, Outcome, Session
+from ..model import CappedPayload, MessageType, Outcome, Session
 from ..store import SessionStore
 from ..text import printable
 from .compare import Comparison, compare
@@ -110,7 +109,8 @@ class _Replayer:
         self.closed = asyncio.Event()
         self.close_by: str | None = None
         self.writer: asyncio.StreamWriter | None = None
-        self._incoming: _Incoming | None = None  # the server's message being received
+        # the server's message being received, and its type
+        self._incoming: tuple[MessageType, CappedPayload] | None = None
 
     # Where the replay connects to, in words, for error messages.
     @property
@@ -374,11 +374,12 @@ class _Replayer:
                 text = isinstance(event, ws_events.TextMessage)
                 if self._incoming is None:
                     kind = MessageType.TEXT if text else MessageType.BINARY
-                    self._incoming = _Incoming(kind, self.store.max_payload)
-                self._incoming.add(event.data.encode() if text else bytes(event.data))
+                    self._incoming = kind, CappedPayload(self.store.max_payload)
+                kind, payload = self._incoming
+                payload.add(event.data.encode() if text else bytes(event.data))
                 if event.message_finished:
                     self.answers += 1
-                    self.recording.message(self._incoming.message())
+                    self.recording.message(payload.message(False, kind, time.time()))
                     self._incoming = None
                 self.activity.set()
             elif isinstance(event, ws_events.Ping):
@@ -396,31 +397,6 @@ class _Replayer:
                 self.recording.ended(self.close_by, event.code, event.reason or "")
                 self.closed.set()
                 self.activity.set()
-
-
-class _Incoming:
-    """A server message arriving in fragments, kept as the proxy keeps one: its first `keep`
-    bytes, its size and the SHA-256 of the whole."""
-
-    def __init__(self, kind: MessageType, keep: int) -> None:
-        self.kind = kind
-        self.keep = keep
-        self.prefix = bytearray()
-        self.size = 0
-        self.sha256 = hashlib.sha256()
-
-    def add(self, data: bytes) -> None:
-        self.size += len(data)
-        self.sha256.update(data)
-        if len(self.prefix) < self.keep:
-            self.prefix += data[: self.keep - len(self.prefix)]
-
-    def message(self) -> Message:
-        capped = self.size > len(self.prefix)
-        return Message(
-            from_client=False, type=self.kind, size=self.size, payload=bytes(self.prefix),
-            timestamp=time.time(), sha256=self.sha256.hexdigest() if capped else None,
-        )
 
 
 async def replay(

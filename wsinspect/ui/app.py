@@ -22,12 +22,13 @@ from textual.screen import Screen
 from textual.signal import Signal
 
 from ..engine import Engine, LogRecord
+from ..errors import WsinspectError
 from ..formats import export
 from ..lineup import LinedUpStore
-from ..replay import ProxyRoute, ReplayError, ReplayPlan, replay
-from ..resend import Injection, ResendError, SessionClosedError
+from ..replay import ProxyRoute, ReplayPlan, replay
+from ..resend import Injection, SessionClosedError
 from ..runtime import Stopped, run_until_stopped
-from ..store import CaptureError, SessionStore, StoreChanges
+from ..store import SessionStore, StoreChanges
 from .colours import Colours
 from .dialogs import ComparisonScreen, ExportRequest, ExportScreen
 from .format import SafeText, printable
@@ -271,7 +272,7 @@ class WsInspectApp(App):
         except SessionClosedError as e:
             self.notify_problem(f"{e}; or press p to replay it here", "cannot resend")
             return None
-        except (ResendError, CaptureError) as e:
+        except WsinspectError as e:
             self.notify_problem(str(e), "cannot resend")
             return None
         self.notify(
@@ -287,7 +288,7 @@ class WsInspectApp(App):
         try:
             plan = ReplayPlan.from_store(self.store, session_id)
             route = ProxyRoute.for_engine(self.engine)
-        except (ReplayError, CaptureError) as e:
+        except WsinspectError as e:
             self.notify_problem(str(e), "cannot replay")
             return
         self.notify(f"replaying session #{session_id} through the proxy…", timeout=3)
@@ -296,7 +297,7 @@ class WsInspectApp(App):
     async def _replay(self, plan: ReplayPlan, route: ProxyRoute) -> None:
         try:
             result = await replay(plan, self.store, via=route)
-        except (ReplayError, CaptureError) as e:
+        except WsinspectError as e:
             self.notify_problem(str(e), f"replay of session #{plan.original.id} failed")
             return
         title = f"Replay of session #{plan.original.id}: new session #{result.session.id}"
@@ -313,7 +314,7 @@ class WsInspectApp(App):
             try:
                 result = export(self.store, request.path, request.fmt, redact=request.redact,
                                 session_ids=ids)
-            except (CaptureError, OSError) as e:
+            except (WsinspectError, OSError) as e:
                 self.notify_problem(str(e), "export failed")
                 return
             redacted = "redacted" if request.redact else "NOT redacted"
