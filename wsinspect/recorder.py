@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 import wsproto.events
-from mitmproxy import ctx, http
+from mitmproxy import ctx, exceptions, http
 from mitmproxy.websocket import WebSocketMessage
 from wsproto.frame_protocol import Opcode
 
@@ -35,6 +35,7 @@ from .model import (
     Violation,
 )
 from .store import DEFAULT_MAX_PAYLOAD, SessionStore, temporary_capture_path
+from .text import printable
 
 logger = logging.getLogger("wsinspect")
 
@@ -138,6 +139,13 @@ class Recorder:
                 "--set keep_host_header=true keeps (and passes on) the client's"
             )
         if "wsinspect_relay" in updated:
+            # mitmproxy checks an option's choices only where its own UI sets it, not on
+            # `--set` or options.update: an unknown relay would otherwise run as the raw one.
+            if ctx.options.wsinspect_relay not in RELAY_PATHS:
+                raise exceptions.OptionsError(
+                    f"wsinspect_relay must be {' or '.join(RELAY_PATHS)}, not "
+                    f"{printable(ctx.options.wsinspect_relay)!r}"
+                )
             self._relay = ctx.options.wsinspect_relay
         if self.store is not None and "wsinspect_max_payload" in updated:
             self.store.max_payload = ctx.options.wsinspect_max_payload
