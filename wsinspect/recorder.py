@@ -23,10 +23,17 @@ from wsproto.frame_protocol import Opcode
 
 from . import seams, wire
 from .converters import ABNORMAL_CLOSURE, header_pairs, hop_from_request, is_upgrade_attempt
-from .http_rules import close_payload, header_values, parse_head, request_line_parts
+from .http_rules import (
+    close_code_reason,
+    close_payload,
+    header_values,
+    parse_head,
+    request_line_parts,
+)
 from .model import (
     MAX_VIOLATIONS,
     Close,
+    ConnectionEnd,
     Hop,
     Message,
     MessageType,
@@ -45,6 +52,7 @@ class _CloseNotes:
 
     protocol_error: tuple[str, int, str] | None = None  # offending side, code, reason
     told: dict[str, tuple[int | None, str]] = field(default_factory=dict)  # side -> close sent
+    sent: dict[str, tuple[int | None, str]] = field(default_factory=dict)  # side -> its close
 
 
 RELAY_PATHS = ("raw", "mitmproxy")
@@ -401,11 +409,17 @@ class Recorder:
         if raw is None:
             return
         hop = raw.hop
-        ends = {"client_end": end.client, "server_end": end.server}
+        # Each side's close frame and connection end were passed on to the other unchanged.
+        sent = {Side.of(frame.from_client): frame.close_code_reason() for frame in raw.closes}
+        ends = {
+            "client_end": end.client,
+            "server_end": end.server,
+            "client_sent": sent.get(Side.CLIENT),
+            "server_sent": sent.get(Side.SERVER),
+            "told_client_end": end.server,
+            "told_server_end": end.client,
+        }
         if raw.closes:
-            told = {}  # receiver -> the first close frame's code and reason
-            for frame in raw.closes:
-                told.setdefault(Side.of(frame.from_client).peer, frame.close_code_reason())
             first = raw.closes[0]
             code, reason = first.close_code_reason()
             close = Close(
@@ -413,8 +427,8 @@ class Recorder:
                 reason=reason,
                 by=Side.of(first.from_client),
                 timestamp=end.timestamp,
-                told_client=told.get(Side.CLIENT),
-                told_server=told.get(Side.SERVER),
+                told_client=sent.get(Side.SERVER),
+                told_server=sent.get(Side.CLIENT),
                 **ends,
             )
         else:
@@ -475,6 +489,12 @@ class Recorder:
             code = int(ws.close_code) if ws.close_code is not None else None
             close = Close(code=code, reason=ws.close_reason or "", by=side, timestamp=ended)
         close.told_client, close.told_server = notes.told.get("client"), notes.told.get("server")
+        close.client_sent, close.server_sent = notes.sent.get("client"), notes.sent.get("server")
+        # mitmproxy's layer closes both connections itself (a FIN), once it has told each
+        # side; the one that vanished is gone by then.
+        lost = close.by if close.abnormal else None
+        close.told_client_end = None if lost == Side.CLIENT else ConnectionEnd.FIN
+        close.told_server_end = None if lost == Side.SERVER else ConnectionEnd.FIN
         hop.ended(close)
         self.store.hop_changed(hop)
 
@@ -500,6 +520,8 @@ class Recorder:
                 return  # no frame: the connection was lost; websocket_end records it
             kind = MessageType.CLOSE
             payload = close_payload(event.code, event.reason or "")
+            notes = self._close_notes.setdefault(flow_id, _CloseNotes())
+            notes.sent.setdefault(Side.of(from_client), close_code_reason(payload))
         else:
             return
         self.store.add_message(
