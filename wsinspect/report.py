@@ -144,8 +144,11 @@ CONNECTION_ENDS = {"fin": "FIN", "reset": "reset (RST)"}
 
 def side_end_parts(end: SideEnd, who: str) -> list[str]:
     """How one side (`who`) saw its WebSocket end, in parts: "sent close 1000, was told close
-    1000", "the client's connection ended with a FIN", "the proxy sent the client a FIN"."""
-    parts = [f"sent {close_frame_text(end.sent)}, was told {close_frame_text(end.told)}"]
+    1000", "the client's connection ended with a FIN", "the proxy sent the client a FIN". A
+    close frame the proxy did not see is not claimed unsent: mitmproxy's own relay ends both
+    connections after the first close frame, before an answer arrives."""
+    sent = f"sent {close_frame_text(end.sent)}" if end.sent else "no close frame from it seen"
+    parts = [f"{sent}, was told {close_frame_text(end.told)}"]
     if end.connection_end is not None:
         parts.append(
             f"the {who}'s connection ended with a {CONNECTION_ENDS[end.connection_end]}"
