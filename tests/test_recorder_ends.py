@@ -38,6 +38,7 @@ class PeerLog:
 
     close: tuple[int | None, str] | None = None
     end: str | None = None
+    answered: bool = False  # it answered the close frame it got with its own
 
 
 def reset(writer: asyncio.StreamWriter) -> None:
@@ -74,6 +75,7 @@ async def peer(
                 with contextlib.suppress(OSError):  # unless the connection is gone already
                     if opens_close is None:
                         writer.write(frame(0x8, payload, mask=is_client))
+                        log.answered = True
                     writer.write_eof()
     except asyncio.IncompleteReadError:
         log.end = "fin"
@@ -161,9 +163,13 @@ async def test_each_end_of_a_two_hop_session_is_what_that_peer_got(
 
     assert client_end.told == client_log.close
     assert backend_end.told == backend_log.close
-    # what the proxy did to each peer's connection is what the peer saw of its end
-    assert client_end.told_connection_end == client_log.end
-    assert backend_end.told_connection_end == backend_log.end
+    # What the proxy did to each peer's connection is what the peer saw of its end. mitmproxy's
+    # layer closes a connection whole right after its close frame: a peer's answering close
+    # then reaches a closed socket, whose kernel may answer with a reset that overtakes the
+    # FIN the peer has not read yet.
+    for told, log in ((client_end, client_log), (backend_end, backend_log)):
+        late_answer = relay == "mitmproxy" and log.answered and log.end == "reset"
+        assert told.told_connection_end == ("fin" if late_answer else log.end)
 
     closes = session_json(session)["close"]
     assert closes["told_client"] == (list(client_log.close) if client_log.close else None)
