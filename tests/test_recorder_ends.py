@@ -20,12 +20,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
+from tests.proxy_servers import NGINX_FIXED, Nginx
 from tests.test_cli import start_process
 from tests.rawpeers import frame, raw_client, raw_server, read_frame
 from wsinspect.http_rules import close_code_reason, close_payload
 from wsinspect.lineup import open_captures
 from wsinspect.model import Outcome, Side
-from wsinspect.report import session_json, session_text
+from wsinspect.report import session_json, session_text, side_end_parts
+from wsinspect.ui.handshake import session_handshakes
 
 BIN = Path(sys.executable).parent
 CASES = ["client-closes", "server-closes", "backend-resets", "client-vanishes"]
@@ -127,10 +129,13 @@ def closed_hop(proxy):
                  if h.outcome is Outcome.CLOSED), None)  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "between", ["nothing", pytest.param("nginx", marks=pytest.mark.nginx)]
+)
 @pytest.mark.parametrize("relay", ["raw", "mitmproxy"])
 @pytest.mark.parametrize("case", CASES)
 async def test_each_end_of_a_two_hop_session_is_what_that_peer_got(
-    start_proxy, tmp_path, case, relay
+    start_proxy, tmp_path, case, relay, between
 ):
     """Two wsinspect processes (one engine may not proxy to its own listener: its loop guard
     refuses), their captures lined up as `wsinspect report front.db back.db` does."""
@@ -147,12 +152,16 @@ async def test_each_end_of_a_two_hop_session_is_what_that_peer_got(
         "--confdir", str(confdir), "--mode", f"reverse:http://127.0.0.1:{backend_port}",
         "--set", f"wsinspect_relay={relay}", listening=r"listening at 127\.0\.0\.1:(\d+)",
     )  # fmt: skip
+    nginx = Nginx(tmp_path / "nginx", back_port, NGINX_FIXED).start() if between == "nginx" else None
     try:
-        client_log = await run_case(case, front.port, back_port, logs)
+        target_port = nginx.port if nginx else back_port
+        client_log = await run_case(case, front.port, target_port, logs)
         await wait_for(lambda: closed_hop(front), 10, "the front hop closed")
         front.store.flush()
         await asyncio.sleep(0.5)  # the back process records its hop's end
     finally:
+        if nginx:
+            nginx.stop()
         back.send_signal(signal.SIGTERM)
         await asyncio.wait_for(back.communicate(), 20)
     [backend_log] = logs
@@ -191,7 +200,12 @@ async def test_each_end_of_a_two_hop_session_is_what_that_peer_got(
     assert backend_end.sent == backend_role.get(
         "opens_close", answers and backend_log.close or None
     )
-    if relay == "raw":
+    handshake_tab = session_handshakes(session, {"check--passed": "", "check--failed": ""})
+    for hop in session.hops:  # each hop's sides, as the app's Handshake tab shows them
+        for side in (Side.CLIENT, Side.SERVER):
+            first, *more = side_end_parts(hop.close.end_of(side), side)
+            assert f"  {side}: {first}\n" + "".join(f"    {p}\n" for p in more) in handshake_tab.plain
+    if relay == "raw" and not nginx:
         # the raw relay passes each end on as it happened: both peers get what they get
         # without wsinspect in the way
         direct_logs: list[PeerLog] = []
