@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import signal
 import socket
-import sys
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +21,8 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.proxy_servers import NGINX_FIXED, Nginx
-from tests.test_cli import start_process
 from tests.rawpeers import frame, raw_client, raw_server, read_frame
+from tests.test_cli import start_process
 from wsinspect.http_rules import close_code_reason, close_payload
 from wsinspect.lineup import open_captures
 from wsinspect.model import Outcome, Side

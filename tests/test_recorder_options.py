@@ -24,7 +24,7 @@ def test_wsinspect_refuses_an_unknown_relay_in_one_line(confdir):
     result = subprocess.run(
         [str(BIN / "wsinspect"), "--headless", "--listen-port", "0", "--confdir", str(confdir),
          "--set", "wsinspect_relay=carrier"],
-        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, check=False,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [f"wsinspect: {CLEAR_LINE}"]
@@ -39,7 +39,7 @@ def test_standalone_addon_refuses_an_unknown_relay(tmp_path, confdir):
         [*mitmdump(confdir), "-s", "addons/wsinspect.py", "--listen-host", "127.0.0.1",
          "--listen-port", "0", "--set", f"wsinspect_capture={capture}",
          "--set", "wsinspect_relay=carrier"],
-        capture_output=True, text=True, timeout=60, cwd=ROOT, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=60, cwd=ROOT, stdin=subprocess.DEVNULL, check=False,
     )  # fmt: skip
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
