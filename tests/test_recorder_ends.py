@@ -180,6 +180,12 @@ async def test_each_end_of_a_two_hop_session_is_what_that_peer_got(
         late_answer = relay == "mitmproxy" and log.answered and log.end == "reset"
         assert told.told_connection_end == ("fin" if late_answer else log.end)
 
+    # the side that vanished: its own reset, recorded by the hop next to it
+    if case == "client-vanishes":
+        assert client_end.connection_end == "reset"
+    if case == "backend-resets":
+        assert backend_end.connection_end == "reset"
+
     closes = session_json(session)["close"]
     assert closes["told_client"] == (list(client_log.close) if client_log.close else None)
     assert closes["told_server"] == (list(backend_log.close) if backend_log.close else None)

@@ -53,6 +53,7 @@ class _CloseNotes:
     protocol_error: tuple[str, int, str] | None = None  # offending side, code, reason
     told: dict[str, tuple[int | None, str]] = field(default_factory=dict)  # side -> close sent
     sent: dict[str, tuple[int | None, str]] = field(default_factory=dict)  # side -> its close
+    ended: dict[str, ConnectionEnd] = field(default_factory=dict)  # side -> how it ended
 
 
 RELAY_PATHS = ("raw", "mitmproxy")
@@ -485,11 +486,14 @@ class Recorder:
             close = Close(code=code, reason=reason, by="proxy", offender=offender, timestamp=ended)
         elif ws.close_code == ABNORMAL_CLOSURE:
             close = Close.lost(side, ended)
+            if (how := notes.ended.get(side)) is not None:
+                close.abnormal_reason += f": the {side} {_ended_how(how)}"
         else:
             code = int(ws.close_code) if ws.close_code is not None else None
             close = Close(code=code, reason=ws.close_reason or "", by=side, timestamp=ended)
         close.told_client, close.told_server = notes.told.get("client"), notes.told.get("server")
         close.client_sent, close.server_sent = notes.sent.get("client"), notes.sent.get("server")
+        close.client_end, close.server_end = notes.ended.get("client"), notes.ended.get("server")
         # mitmproxy's layer closes both connections itself (a FIN), once it has told each
         # side; the one that vanished is gone by then.
         lost = close.by if close.abnormal else None
@@ -541,6 +545,15 @@ class Recorder:
         if flow_id is not None:
             notes = self._close_notes.setdefault(flow_id, _CloseNotes())
             notes.told[Side.of(to_client)] = (code, reason)
+
+    def on_connection_end(self, conn_id: str, how: str) -> None:
+        """A side ended its connection before mitmproxy's relay closed it (the others it
+        closes itself, with a FIN)."""
+        flow_id = self._flow_by_conn.get(conn_id)
+        flow = self._live_flows.get(flow_id) if flow_id else None
+        if flow is not None:
+            notes = self._close_notes.setdefault(flow_id, _CloseNotes())
+            notes.ended[Side.of(conn_id == flow.client_conn.id)] = ConnectionEnd(how)
 
     def _untap(self, flow: http.HTTPFlow) -> None:
         self._live_flows.pop(flow.id, None)
