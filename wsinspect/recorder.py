@@ -57,6 +57,7 @@ class _CloseNotes:
 
 
 RELAY_PATHS = ("raw", "mitmproxy")
+NO_STATUS_RECEIVED = 1005  # what wsproto reports for a close frame without a status code
 PENDING_PINGS = 256  # unanswered pings remembered per side, for pairing pongs
 # message types by wire name/opcode: a dict lookup is cheaper than Enum member access per message
 _CONTROL_TYPES = {0x8: MessageType.CLOSE, 0x9: MessageType.PING, 0xA: MessageType.PONG}
@@ -525,7 +526,10 @@ class Recorder:
             kind = MessageType.CLOSE
             payload = close_payload(event.code, event.reason or "")
             notes = self._close_notes.setdefault(flow_id, _CloseNotes())
-            notes.sent.setdefault(Side.of(from_client), close_code_reason(payload))
+            notes.sent.setdefault(
+                Side.of(from_client),
+                (None, "") if event.code == NO_STATUS_RECEIVED else close_code_reason(payload),
+            )
         else:
             return
         self.store.add_message(
