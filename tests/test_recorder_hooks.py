@@ -18,7 +18,7 @@ from mitmproxy.websocket import WebSocketMessage
 from wsproto.frame_protocol import Opcode
 
 from wsinspect import seams, wire
-from wsinspect.model import MessageType, Outcome
+from wsinspect.model import ConnectionEnd, MessageType, Outcome, SideEnd
 from wsinspect.recorder import Recorder
 from wsinspect.store import DEFAULT_MAX_PAYLOAD, SessionStore
 
@@ -318,6 +318,39 @@ def test_a_connection_lost_without_a_close_frame_is_an_abnormal_close(recorder, 
     close = only_hop(store).close
     assert close.abnormal and close.code is None
     assert close.abnormal_reason == "the server connection was lost without a close frame"
+
+
+def test_how_a_vanished_side_ended_and_what_each_side_sent_and_was_told(recorder, store):
+    """Under mitmproxy's relay: the seams report the reset of the side that vanished and the
+    close frames the proxy sent; the proxy closes the survivor's connection with a FIN."""
+    flow = started(recorder)
+    recorder.on_connection_end(flow.server_conn.id, "reset")
+    recorder.on_close_sent(flow.client_conn.id, True, 1000, "")
+    flow.websocket.close_code = 1006
+    recorder.websocket_end(flow)
+    close = only_hop(store).close
+    assert close.abnormal_reason == (
+        "the server connection was lost without a close frame: the server reset the connection"
+    )
+    assert close.end_of("server") == SideEnd(None, None, ConnectionEnd.RESET, None)
+    assert close.end_of("client") == SideEnd(None, (1000, ""), None, ConnectionEnd.FIN)
+
+
+def test_a_close_frame_each_side_sent_is_recorded_as_its_own(recorder, store):
+    from wsproto import events
+
+    flow = started(recorder)
+    recorder.on_frame_event(
+        flow.client_conn.id, True, events.CloseConnection(code=1000, reason="bye"), False
+    )
+    # an answer without a status code, which wsproto reports as 1005 (never sent on the wire)
+    recorder.on_frame_event(flow.server_conn.id, False, events.CloseConnection(code=1005), False)
+    flow.websocket.close_code, flow.websocket.close_reason = 1000, "bye"
+    flow.websocket.closed_by_client = True
+    recorder.websocket_end(flow)
+    close = only_hop(store).close
+    assert (close.client_sent, close.server_sent) == ((1000, "bye"), (None, ""))
+    assert (close.told_client_end, close.told_server_end) == ("fin", "fin")
 
 
 def test_frames_the_message_hook_misses_come_from_the_frame_tap(recorder, store):

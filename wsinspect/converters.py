@@ -35,14 +35,31 @@ def header_pairs(headers: http.Headers) -> list[tuple[str, str]]:
     ]
 
 
-def _request_line(request: http.Request, absolute_form: bool) -> str:
-    """The request line as the client sent it (origin or absolute form)."""
-    if absolute_form:
+def _request_line(flow: http.HTTPFlow, absolute_form: bool) -> str:
+    """The request line as the client sent it (origin or absolute form); in upstream mode,
+    as the proxy sent it on to the upstream proxy."""
+    request = flow.request
+    if _sent_to_upstream_proxy(flow):
+        # mitmproxy keeps the authority of a plain HTTP/1 request in upstream mode and writes
+        # the request line in absolute form with the scheme it speaks (http, also for ws://).
+        target = f"{request.scheme}://{request.authority}{request.path}"
+    elif absolute_form:
         scheme = getattr(request, "wsinspect_scheme", request.scheme)  # see seams: ws:// scheme
         target = f"{scheme}://{request.host_header or request.authority}{request.path}"
     else:
         target = request.path
     return f"{request.method} {target} {request.http_version}"
+
+
+def _sent_to_upstream_proxy(flow: http.HTTPFlow) -> bool:
+    """Whether the request went to an upstream proxy as an absolute-form request: upstream
+    mode, HTTP/1, outside a CONNECT tunnel (inside one it travels in origin form)."""
+    request = flow.request
+    return (
+        flow.client_conn.proxy_mode.type_name == "upstream"
+        and bool(request.authority)
+        and not (request.is_http2 or request.is_http3)
+    )
 
 
 def _ws_url(request: http.Request) -> str:
@@ -59,7 +76,7 @@ def hop_from_request(flow: http.HTTPFlow, absolute_form: bool = False) -> Hop:
     return Hop(
         mode=flow.client_conn.proxy_mode.full_spec,
         url=_ws_url(request),
-        request_line=_request_line(request, absolute_form),
+        request_line=_request_line(flow, absolute_form),
         http_version=request.http_version,
         request_headers=header_pairs(request.headers),
         timestamp_start=request.timestamp_start or time.time(),

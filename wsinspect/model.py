@@ -466,7 +466,9 @@ class Close:
     protocol; `offender` then names the side that sent it). `abnormal` means one side vanished
     without a close frame (a reset, a crash, a timeout) and `abnormal_reason` says what
     happened. `told_client` and `told_server` are the close code and reason the proxy sent each
-    side, which may differ from what happened: a survivor is told 1000 when its peer vanished."""
+    side, which may differ from what happened: a survivor is told 1000 when its peer vanished.
+    `client_sent`/`server_sent` are the close frames each side sent itself, and the `*_end`
+    fields how each connection ended (see `end_of`, which gathers one side's view)."""
 
     code: int | None = None
     reason: str = ""
@@ -481,6 +483,12 @@ class Close:
     # passing on the other side's reset); each side received the other's.
     client_end: ConnectionEnd | None = None
     server_end: ConnectionEnd | None = None
+    # The close frame (code, reason) each side sent itself, None for none; and how the proxy
+    # ended each side's connection, None where it did not (that side ended it, or vanished).
+    client_sent: tuple[int | None, str] | None = None
+    server_sent: tuple[int | None, str] | None = None
+    told_client_end: ConnectionEnd | None = None
+    told_server_end: ConnectionEnd | None = None
 
     def __post_init__(self) -> None:
         # Text given (by producers, or read from a file) becomes the member it names; other
@@ -519,6 +527,24 @@ class Close:
         survivor = self.survivor
         return self.told(survivor) if survivor else None
 
+    def sent(self, by: str) -> tuple[int | None, str] | None:
+        """The close frame `by` ("client" or "server") sent, if any. Captures from before
+        each side's was recorded know the first one's: the close's code and reason."""
+        recorded = self.client_sent if by == Side.CLIENT else self.server_sent
+        if recorded is None and self.by == by and not self.abnormal:
+            return (self.code, self.reason)
+        return recorded
+
+    def end_of(self, side: str) -> SideEnd:
+        """How `side` ("client" or "server") saw the end."""
+        client = side == Side.CLIENT
+        return SideEnd(
+            sent=self.sent(side),
+            told=self.told(side),
+            connection_end=self.client_end if client else self.server_end,
+            told_connection_end=self.told_client_end if client else self.told_server_end,
+        )
+
     def to_json(self) -> dict:
         return {
             "code": self.code,
@@ -532,6 +558,10 @@ class Close:
             "told_server": list(self.told_server) if self.told_server else None,
             "client_end": self.client_end,
             "server_end": self.server_end,
+            "client_sent": list(self.client_sent) if self.client_sent else None,
+            "server_sent": list(self.server_sent) if self.server_sent else None,
+            "told_client_end": self.told_client_end,
+            "told_server_end": self.told_server_end,
         }
 
     def validate(self) -> None:
@@ -551,12 +581,43 @@ class Close:
             told_server=tuple_of(field_of(data, "told_server", "close", None), "close told_server", 2),
             client_end=field_of(data, "client_end", "close", None),
             server_end=field_of(data, "server_end", "close", None),
+            client_sent=tuple_of(field_of(data, "client_sent", "close", None), "close client_sent", 2),
+            server_sent=tuple_of(field_of(data, "server_sent", "close", None), "close server_sent", 2),
+            told_client_end=field_of(data, "told_client_end", "close", None),
+            told_server_end=field_of(data, "told_server_end", "close", None),
         )
         close.validate()
         return close
 
 
-_CLOSE_ENUMS = {"by": Side, "offender": Side, "client_end": ConnectionEnd, "server_end": ConnectionEnd}
+_CLOSE_ENUMS = {
+    "by": Side,
+    "offender": Side,
+    "client_end": ConnectionEnd,
+    "server_end": ConnectionEnd,
+    "told_client_end": ConnectionEnd,
+    "told_server_end": ConnectionEnd,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SideEnd:
+    """How one side of a hop saw its WebSocket end: the close frame it sent and the one it was
+    told (code, reason; None: none), how it ended its connection and how the proxy ended it
+    (ConnectionEnd; None: not that way, or not known)."""
+
+    sent: tuple[int | None, str] | None
+    told: tuple[int | None, str] | None
+    connection_end: ConnectionEnd | None
+    told_connection_end: ConnectionEnd | None
+
+    def to_json(self) -> dict:
+        return {
+            "sent": list(self.sent) if self.sent else None,
+            "told": list(self.told) if self.told else None,
+            "connection_end": self.connection_end,
+            "told_connection_end": self.told_connection_end,
+        }
 
 
 @dataclass(slots=True)
@@ -764,6 +825,12 @@ class Session:
     def close(self) -> Close | None:
         return self.first_hop.close
 
+    def end_of(self, side: str) -> SideEnd | None:
+        """How one end of the whole path saw the WebSocket end: the client ("client", hop 1's
+        client side) or the backend ("server", the last hop's server side)."""
+        hop = self.first_hop if side == Side.CLIENT else self.hops[-1]
+        return hop.close.end_of(side) if hop.close else None
+
     @property
     def stats(self) -> MessageStats:
         return self.first_hop.stats
@@ -844,6 +911,10 @@ CLOSE_FIELDS: dict[str, Check] = {
     "told_server": optional(pair(optional(CLOSE_CODE), text)),
     "client_end": optional(member_or_text(ConnectionEnd)),
     "server_end": optional(member_or_text(ConnectionEnd)),
+    "client_sent": optional(pair(optional(CLOSE_CODE), text)),
+    "server_sent": optional(pair(optional(CLOSE_CODE), text)),
+    "told_client_end": optional(member_or_text(ConnectionEnd)),
+    "told_server_end": optional(member_or_text(ConnectionEnd)),
 }
 HOP_FIELDS: dict[str, Check] = {
     "mode": mode,

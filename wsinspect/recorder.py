@@ -17,16 +17,23 @@ import time
 from dataclasses import dataclass, field
 
 import wsproto.events
-from mitmproxy import ctx, http
+from mitmproxy import ctx, exceptions, http
 from mitmproxy.websocket import WebSocketMessage
 from wsproto.frame_protocol import Opcode
 
 from . import seams, wire
 from .converters import ABNORMAL_CLOSURE, header_pairs, hop_from_request, is_upgrade_attempt
-from .http_rules import close_payload, header_values, parse_head, request_line_parts
+from .http_rules import (
+    close_code_reason,
+    close_payload,
+    header_values,
+    parse_head,
+    request_line_parts,
+)
 from .model import (
     MAX_VIOLATIONS,
     Close,
+    ConnectionEnd,
     Hop,
     Message,
     MessageType,
@@ -35,6 +42,7 @@ from .model import (
     Violation,
 )
 from .store import DEFAULT_MAX_PAYLOAD, SessionStore, temporary_capture_path
+from .text import printable
 
 logger = logging.getLogger("wsinspect")
 
@@ -44,9 +52,12 @@ class _CloseNotes:
 
     protocol_error: tuple[str, int, str] | None = None  # offending side, code, reason
     told: dict[str, tuple[int | None, str]] = field(default_factory=dict)  # side -> close sent
+    sent: dict[str, tuple[int | None, str]] = field(default_factory=dict)  # side -> its close
+    ended: dict[str, ConnectionEnd] = field(default_factory=dict)  # side -> how it ended
 
 
 RELAY_PATHS = ("raw", "mitmproxy")
+NO_STATUS_RECEIVED = 1005  # what wsproto reports for a close frame without a status code
 PENDING_PINGS = 256  # unanswered pings remembered per side, for pairing pongs
 # message types by wire name/opcode: a dict lookup is cheaper than Enum member access per message
 _CONTROL_TYPES = {0x8: MessageType.CLOSE, 0x9: MessageType.PING, 0xA: MessageType.PONG}
@@ -138,6 +149,13 @@ class Recorder:
                 "--set keep_host_header=true keeps (and passes on) the client's"
             )
         if "wsinspect_relay" in updated:
+            # mitmproxy checks an option's choices only where its own UI sets it, not on
+            # `--set` or options.update: an unknown relay would otherwise run as the raw one.
+            if ctx.options.wsinspect_relay not in RELAY_PATHS:
+                raise exceptions.OptionsError(
+                    f"wsinspect_relay must be {' or '.join(RELAY_PATHS)}, not "
+                    f"{printable(ctx.options.wsinspect_relay)!r}"
+                )
             self._relay = ctx.options.wsinspect_relay
         if self.store is not None and "wsinspect_max_payload" in updated:
             self.store.max_payload = ctx.options.wsinspect_max_payload
@@ -393,11 +411,17 @@ class Recorder:
         if raw is None:
             return
         hop = raw.hop
-        ends = {"client_end": end.client, "server_end": end.server}
+        # Each side's close frame and connection end were passed on to the other unchanged.
+        sent = {Side.of(frame.from_client): frame.close_code_reason() for frame in raw.closes}
+        ends = {
+            "client_end": end.client,
+            "server_end": end.server,
+            "client_sent": sent.get(Side.CLIENT),
+            "server_sent": sent.get(Side.SERVER),
+            "told_client_end": end.server,
+            "told_server_end": end.client,
+        }
         if raw.closes:
-            told = {}  # receiver -> the first close frame's code and reason
-            for frame in raw.closes:
-                told.setdefault(Side.of(frame.from_client).peer, frame.close_code_reason())
             first = raw.closes[0]
             code, reason = first.close_code_reason()
             close = Close(
@@ -405,8 +429,8 @@ class Recorder:
                 reason=reason,
                 by=Side.of(first.from_client),
                 timestamp=end.timestamp,
-                told_client=told.get(Side.CLIENT),
-                told_server=told.get(Side.SERVER),
+                told_client=sent.get(Side.SERVER),
+                told_server=sent.get(Side.CLIENT),
                 **ends,
             )
         else:
@@ -463,10 +487,19 @@ class Recorder:
             close = Close(code=code, reason=reason, by="proxy", offender=offender, timestamp=ended)
         elif ws.close_code == ABNORMAL_CLOSURE:
             close = Close.lost(side, ended)
+            if (how := notes.ended.get(side)) is not None:
+                close.abnormal_reason += f": the {side} {_ended_how(how)}"
         else:
             code = int(ws.close_code) if ws.close_code is not None else None
             close = Close(code=code, reason=ws.close_reason or "", by=side, timestamp=ended)
         close.told_client, close.told_server = notes.told.get("client"), notes.told.get("server")
+        close.client_sent, close.server_sent = notes.sent.get("client"), notes.sent.get("server")
+        close.client_end, close.server_end = notes.ended.get("client"), notes.ended.get("server")
+        # mitmproxy's layer closes both connections itself (a FIN), once it has told each
+        # side; the one that vanished is gone by then.
+        lost = close.by if close.abnormal else None
+        close.told_client_end = None if lost == Side.CLIENT else ConnectionEnd.FIN
+        close.told_server_end = None if lost == Side.SERVER else ConnectionEnd.FIN
         hop.ended(close)
         self.store.hop_changed(hop)
 
@@ -492,6 +525,11 @@ class Recorder:
                 return  # no frame: the connection was lost; websocket_end records it
             kind = MessageType.CLOSE
             payload = close_payload(event.code, event.reason or "")
+            notes = self._close_notes.setdefault(flow_id, _CloseNotes())
+            notes.sent.setdefault(
+                Side.of(from_client),
+                (None, "") if event.code == NO_STATUS_RECEIVED else close_code_reason(payload),
+            )
         else:
             return
         self.store.add_message(
@@ -511,6 +549,15 @@ class Recorder:
         if flow_id is not None:
             notes = self._close_notes.setdefault(flow_id, _CloseNotes())
             notes.told[Side.of(to_client)] = (code, reason)
+
+    def on_connection_end(self, conn_id: str, how: str) -> None:
+        """A side ended its connection before mitmproxy's relay closed it (the others it
+        closes itself, with a FIN)."""
+        flow_id = self._flow_by_conn.get(conn_id)
+        flow = self._live_flows.get(flow_id) if flow_id else None
+        if flow is not None:
+            notes = self._close_notes.setdefault(flow_id, _CloseNotes())
+            notes.ended[Side.of(conn_id == flow.client_conn.id)] = ConnectionEnd(how)
 
     def _untap(self, flow: http.HTTPFlow) -> None:
         self._live_flows.pop(flow.id, None)

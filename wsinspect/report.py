@@ -10,7 +10,7 @@ import time
 
 from . import diagnosis, timeline
 from .formats.redact import redact_text
-from .model import Hop, MessageType, Session
+from .model import Hop, MessageType, Session, Side, SideEnd
 from .protocols import ProtocolSummary, summarise
 from .store import SessionStore
 from .text import printable  # also imported from here by modules older than wsinspect.text
@@ -43,12 +43,18 @@ def hop_json(hop: Hop, position: int) -> dict:
         "timestamp_start": hop.timestamp_start,
         "timestamp_end": hop.timestamp_end,
         "capture": hop.capture,
+        "end": {side: hop.close.end_of(side).to_json() for side in (Side.CLIENT, Side.SERVER)}
+        if hop.close
+        else None,
     }
 
 
 def session_json(session: Session) -> dict:
     stats = session.stats
     close = session.close
+    # The server of the whole path is the backend: what the last hop's server side saw.
+    backend = session.end_of(Side.SERVER)
+    client = session.end_of(Side.CLIENT)
     return {
         "id": session.id,
         "url": session.url,
@@ -70,10 +76,12 @@ def session_json(session: Session) -> dict:
             "abnormal": close.abnormal if close else False,
             "abnormal_reason": _error(close.abnormal_reason) if close else None,
             "offender": close.offender if close else None,
-            "told_client": list(close.told_client) if close and close.told_client else None,
-            "told_server": list(close.told_server) if close and close.told_server else None,
-            "client_end": close.client_end if close else None,
-            "server_end": close.server_end if close else None,
+            "told_client": list(client.told) if client and client.told else None,
+            "told_server": list(backend.told) if backend and backend.told else None,
+            "client_end": client.connection_end if client else None,
+            "server_end": backend.connection_end if backend else None,
+            "client": client.to_json() if client else None,
+            "backend": backend.to_json() if backend else None,
         },
         "ping_rtt": dataclasses.asdict(session.ping_rtt) if session.ping_rtt else None,
         "error": _error(session.first_hop.error),
@@ -152,6 +160,35 @@ def close_text(session: Session) -> str:
     return f"{code}{reason} by {close.by}{offender}"
 
 
+def close_frame_text(frame: tuple[int | None, str] | None) -> str:
+    """"close 1000 'bye'", "an empty close frame" or "no close frame"."""
+    if frame is None:
+        return "no close frame"
+    code, reason = frame
+    if code is None:
+        return "an empty close frame"
+    return f"close {code}" + (f" {reason!r}" if reason else "")
+
+
+CONNECTION_ENDS = {"fin": "FIN", "reset": "reset (RST)"}
+
+
+def side_end_parts(end: SideEnd, who: str) -> list[str]:
+    """How one side (`who`) saw its WebSocket end, in parts: "sent close 1000, was told close
+    1000", "the client's connection ended with a FIN", "the proxy sent the client a FIN". A
+    close frame the proxy did not see is not claimed unsent: mitmproxy's own relay ends both
+    connections after the first close frame, before an answer arrives."""
+    sent = f"sent {close_frame_text(end.sent)}" if end.sent else "no close frame from it seen"
+    parts = [f"{sent}, was told {close_frame_text(end.told)}"]
+    if end.connection_end is not None:
+        parts.append(
+            f"the {who}'s connection ended with a {CONNECTION_ENDS[end.connection_end]}"
+        )
+    if end.told_connection_end is not None:
+        parts.append(f"the proxy sent the {who} a {CONNECTION_ENDS[end.told_connection_end]}")
+    return parts
+
+
 def rtt_text(session: Session) -> str | None:
     """"3 pings answered, round trip 0.4/1.2/3.0 ms (min/mean/max)", or None without any."""
     rtt = session.ping_rtt
@@ -211,6 +248,9 @@ def session_text(
         lines.append(f"  over time: {over_time_text(figures)}")
     if (ended := close_text(session)):
         lines.append(f"  end: {ended}")
+    for side, who in ((Side.CLIENT, "client"), (Side.SERVER, "backend")):
+        if (end := session.end_of(side)) is not None:
+            lines.append(f"  {who}'s end: {'; '.join(side_end_parts(end, who))}")
     for boundary in diagnosis.boundaries(session):
         lines += boundary_text(boundary)
     fixes_shown: set[str] = set()

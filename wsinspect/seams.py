@@ -26,7 +26,8 @@ someone debugging a broken WebSocket must see.
   half-close. Two wrappers on the ConnectionHandler report a reset: `server_event` notes a
   watched connection whose reader ended with ConnectionResetError, and `close_connection`
   sets SO_LINGER 0 on a connection the relay asked to reset, so closing it (after its
-  pending bytes) sends a reset. Injected messages wait for a message boundary.
+  pending bytes) sends a reset. Injected messages wait for a message boundary. Under
+  mitmproxy's relay, `server_event` tells the recorder how a frame-tapped side ended.
   Where both sides are plain TCP, the same `server_event` wrapper hands the bytes the handler
   read to the relay (`RawRelayLayer.forward`) before the layers, which would pass them through
   unchanged at a per-read cost; they go to the other side's writer as mitmproxy's SendData
@@ -97,6 +98,10 @@ class RelayRecorder(Protocol):
     def on_close_sent(
         self, conn_id: str, to_client: bool, code: int | None, reason: str
     ) -> None: ...
+
+    def on_connection_end(self, conn_id: str, how: str) -> None:
+        """Under mitmproxy's relay: a side of a WebSocket ended its connection ("fin" or
+        "reset") before the proxy closed it."""
 
     def on_streamed_message(self, flow, message: StreamedMessage) -> None: ...
 
@@ -676,11 +681,18 @@ def _install_reset_relay() -> None:
                 self.timeout_watchdog.register_activity()
                 relay.forward(self.transports, event.connection, event.data)
                 return
-        if isinstance(event, proxy_events.ConnectionClosed) and event.connection.id in _watched:
-            io = self.transports.get(event.connection)
-            exception = getattr(io.reader, "exception", None) if io is not None else None
-            if exception is not None and isinstance(exception(), ConnectionResetError):
-                _peer_reset.add(event.connection.id)
+        if isinstance(event, proxy_events.ConnectionClosed):
+            conn_id = event.connection.id
+            # mitmproxy's own relay: the recorder hears how a tapped side ended (see below)
+            tap = None if conn_id in _watched else frame_taps().get(conn_id)
+            if conn_id in _watched or tap is not None:
+                io = self.transports.get(event.connection)
+                exception = getattr(io.reader, "exception", None) if io is not None else None
+                reset = exception is not None and isinstance(exception(), ConnectionResetError)
+                if tap is not None:
+                    tap.on_connection_end(conn_id, "reset" if reset else "fin")
+                elif reset:
+                    _peer_reset.add(conn_id)
         await original_event(self, event)
 
     def close_connection(self, connection, half_close: bool = False) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from ..model import (
-    Close, Hop, Session, Violation, accept_for_key, header_tokens, header_value,
+    Close, Hop, Session, Side, Violation, accept_for_key, header_tokens, header_value,
 )
+from ..report import side_end_parts
 from .colours import Colours
 from .format import SafeText
 
@@ -101,7 +102,8 @@ def hop_text(hop: Hop, position: int, colours: Colours) -> SafeText:
 
 
 def end_text(text: SafeText, close: Close) -> None:
-    """How the WebSocket ended, then how each side's connection ended where recorded."""
+    """How the WebSocket ended, then how each side of this hop saw it: the close frames it
+    sent and was told, and how its connection ended."""
     if close.abnormal:
         text.append(f"  abnormal: {close.abnormal_reason or ''}\n")
     else:
@@ -109,12 +111,11 @@ def end_text(text: SafeText, close: Close) -> None:
         reason = f" {close.reason!r}" if close.reason else ""
         offender = f" (the {close.offender} broke the protocol)" if close.offender else ""
         text.append(f"  close {code}{reason} by {close.by}{offender}\n")
-    for side, end in (("client", close.client_end), ("server", close.server_end)):
-        if end is not None:
-            text.append(f"  the {side}'s connection ended with a {CONNECTION_ENDS[end]}\n")
-
-
-CONNECTION_ENDS = {"fin": "FIN", "reset": "reset (RST)"}
+    for side in (Side.CLIENT, Side.SERVER):
+        first, *more = side_end_parts(close.end_of(side), side)
+        for line in (f"  {side}: {first}", *(f"    {part}" for part in more)):
+            text.append(SafeText.line(line))
+            text.append("\n")
 
 
 def violation_text(text: SafeText, violation: Violation, colours: Colours) -> None:
