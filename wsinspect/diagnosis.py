@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from . import proxies
 from .http_rules import header_tokens, header_value, is_hop_by_hop
-from .model import Hop, Outcome, Session, Side, accept_for_key
+from .model import ConnectionEnd, Hop, Outcome, Session, Side, accept_for_key
 from .proxies import Identity, Sighting
 
 # Two hops that lost their connections this close together were cut by the proxy between them.
@@ -216,7 +216,7 @@ def _in_front(hop: Hop) -> Identity:
 
 def _behind(hop: Hop) -> Identity:
     """What answered a hop, when its answer carries a proxy's signature."""
-    if hop.response_status is None or hop.answered_by == "proxy":
+    if hop.response_status is None or hop.answered_by == Side.PROXY:
         return Identity(None)
     return proxies.identify(Sighting(relayed=hop.response_headers))
 
@@ -397,7 +397,7 @@ def _rejected(session: Session) -> list[Finding]:
         depth += 1
     reason = hops[depth].response_reason
     answer = f"{status}{f' {reason}' if reason else ''}"
-    if hops[depth].answered_by == "proxy":
+    if hops[depth].answered_by == Side.PROXY:
         refusal = (hops[depth].error or "no reason given").rstrip(".")  # mitmproxy ends with "."
         return [
             Finding(
@@ -623,8 +623,8 @@ class Cut:
 
 def cut_across(hops: list[Hop]) -> Cut | None:
     for position, (before, after) in enumerate(zip(hops, hops[1:]), start=1):
-        lost_server = before.close and before.close.abnormal and before.close.by == "server"
-        lost_client = after.close and after.close.abnormal and after.close.by == "client"
+        lost_server = before.close and before.close.abnormal and before.close.by == Side.SERVER
+        lost_client = after.close and after.close.abnormal and after.close.by == Side.CLIENT
         ends = connection_end(before), connection_end(after)
         if not (lost_server and lost_client) or None in ends:
             continue
@@ -698,9 +698,9 @@ def _idle(hops: list[Hop], position: int, cut: Cut | None) -> tuple[float, float
         return cut.since, cut.silence
     hop = hops[position - 1]
     by = hop.close.by if hop.close else None
-    client_left = by == "client" and not hop.mode.startswith("reverse")
-    other_side_unseen = (by == "server" and position == len(hops)) or (
-        by == "client" and position == 1 and not client_left
+    client_left = by == Side.CLIENT and not hop.mode.startswith("reverse")
+    other_side_unseen = (by == Side.SERVER and position == len(hops)) or (
+        by == Side.CLIENT and position == 1 and not client_left
     )
     silence = _silence(hop)
     if other_side_unseen and silence is not None and silence >= IDLE_SILENCE:
@@ -725,7 +725,7 @@ def _abnormal(hops: list[Hop]) -> list[Finding]:
     what = close.abnormal_reason or f"the {close.by or 'peer'} connection was lost"
     message = f"The WebSocket ended without a close frame at hop {position}: {what}."
     deeper = hops[position] if position < len(hops) else None
-    if close.by == "server" and deeper and deeper.close and deeper.close.abnormal:
+    if close.by == Side.SERVER and deeper and deeper.close and deeper.close.abnormal:
         message += (
             f" Hop {position + 1} lost its connection the same way, so the proxy between hop "
             f"{position} and hop {position + 1} cut both sides."
@@ -740,11 +740,11 @@ def _abnormal(hops: list[Hop]) -> list[Finding]:
         )
     # A client that hangs up on a listener it talks to directly is no proxy's doing; a
     # reverse listener's client is the proxy in front of it.
-    client_left = close.by == "client" and not hop.mode.startswith("reverse")
+    client_left = close.by == Side.CLIENT and not hop.mode.startswith("reverse")
     cut = cut_across(hops)
     if cut is not None:
         identity = _proxy_at(hops, cut.position + 1)
-    elif close.by == "server":
+    elif close.by == Side.SERVER:
         identity = _between(hop, deeper) if deeper else _behind(hop)
     elif not client_left:
         identity = _proxy_at(hops, position)
@@ -802,7 +802,7 @@ def _peer_reaction(hop: Hop, peer: str) -> str:
         return f"the {peer} {verb} {code}" + (f" {told[1]!r}" if told[1] else "")
     if close.by == peer:
         how = getattr(close, f"{peer}_end")
-        ended = "reset" if how == "reset" else "closed"
+        ended = "reset" if how == ConnectionEnd.RESET else "closed"
         return f"the {peer} {ended} the connection without a close frame"
     return f"the {peer} did not close the connection over it (the {close.by} ended the session)"
 
@@ -831,7 +831,7 @@ def _protocol_errors(hops: list[Hop]) -> list[Finding]:
             )
             continue
         close = hop.close
-        if close is None or close.by != "proxy" or close.offender is None:
+        if close is None or close.by != Side.PROXY or close.offender is None:
             continue
         findings.append(
             Finding(

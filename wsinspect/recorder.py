@@ -90,7 +90,7 @@ def _answer_ping(pings: collections.deque, payload: bytes, timestamp: float) -> 
 
 
 def _ended_how(how: str | None) -> str:
-    return "reset the connection" if how == "reset" else "closed the connection (FIN)"
+    return "reset the connection" if how == ConnectionEnd.RESET else "closed the connection (FIN)"
 
 
 class Recorder:
@@ -440,7 +440,7 @@ class Recorder:
                 f"the {by} {_ended_how(how)} without a close frame; wsinspect passed the "
                 f"same {'reset' if how == 'reset' else 'FIN'} on to the {by.peer}"
             )
-            if how == "fin" and then == "reset":
+            if how == ConnectionEnd.FIN and then == ConnectionEnd.RESET:
                 what += f"; then the {by.peer} reset the connection, passed on to the {by}"
             close = Close.lost(by, end.timestamp, what, **ends)
         if hop.violations:
@@ -450,7 +450,7 @@ class Recorder:
         ws = flow.websocket
         if ws is not None:
             ws.timestamp_end = end.timestamp
-            ws.closed_by_client = close.by == "client"
+            ws.closed_by_client = close.by == Side.CLIENT
             ws.close_code = close.code if close.code is not None else ABNORMAL_CLOSURE
             ws.close_reason = close.reason
 
@@ -484,7 +484,7 @@ class Recorder:
         if notes.protocol_error is not None:
             # mitmproxy's flow says the offending side closed; it was the proxy.
             offender, code, reason = notes.protocol_error
-            close = Close(code=code, reason=reason, by="proxy", offender=offender, timestamp=ended)
+            close = Close(code=code, reason=reason, by=Side.PROXY, offender=offender, timestamp=ended)
         elif ws.close_code == ABNORMAL_CLOSURE:
             close = Close.lost(side, ended)
             if (how := notes.ended.get(side)) is not None:
@@ -492,9 +492,9 @@ class Recorder:
         else:
             code = int(ws.close_code) if ws.close_code is not None else None
             close = Close(code=code, reason=ws.close_reason or "", by=side, timestamp=ended)
-        close.told_client, close.told_server = notes.told.get("client"), notes.told.get("server")
-        close.client_sent, close.server_sent = notes.sent.get("client"), notes.sent.get("server")
-        close.client_end, close.server_end = notes.ended.get("client"), notes.ended.get("server")
+        close.told_client, close.told_server = notes.told.get(Side.CLIENT), notes.told.get(Side.SERVER)
+        close.client_sent, close.server_sent = notes.sent.get(Side.CLIENT), notes.sent.get(Side.SERVER)
+        close.client_end, close.server_end = notes.ended.get(Side.CLIENT), notes.ended.get(Side.SERVER)
         # mitmproxy's layer closes both connections itself (a FIN), once it has told each
         # side; the one that vanished is gone by then.
         lost = close.by if close.abnormal else None
