@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from tests.builders import free_port
-from wsinspect.nginx import NginxProcess
+from wsinspect.nginx import NginxProcess, stop_process
 
 
 def _accepts(port: int) -> bool:
@@ -89,15 +89,8 @@ class ProxyServer(abc.ABC):
         raise RuntimeError(f"{self.name} did not start:\n{self.error_log}")
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
         self.process = None
 
 

@@ -140,7 +140,7 @@ async def test_both_sides_of_a_correctly_configured_nginx(both_sides, location, 
     assert all(f.severity is Severity.INFO for f in diagnose(session))
     assert identify_proxy(session, 2).dialect.name == "nginx"
     proxy.store.flush()
-    for position in range(2):
+    for position in (1, 2):  # each hop, the client-most first
         payloads = [m.payload for m in proxy.store.messages(session.id, 0, 10, position)]
         assert payloads[:2] == [b"through nginx", b"through nginx"]
 
@@ -221,7 +221,7 @@ def assert_sessions_line_up(proxy, count: int) -> None:
         front, back = session.hops
         path = front.url.split("/", 3)[3]
         assert back.url.endswith("/" + path)
-        first_message = proxy.store.messages(session.id, 0, 1, 1)[0].payload
+        first_message = proxy.store.messages(session.id, 0, 1, 2)[0].payload  # at the backend's hop
         assert first_message == f"hello {path.split('/')[1]}".encode()
         assert not [f for f in diagnose(session) if f.severity is not Severity.INFO]
 

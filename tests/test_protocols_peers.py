@@ -94,6 +94,18 @@ def socketio_labels_sent(lines: list[str]) -> list[str]:
     return labels
 
 
+async def serve_socketio(sio: socketio.AsyncServer) -> tuple[web.AppRunner, int]:
+    """A python-socketio server on a loopback port the OS picks: its runner (to clean up) and
+    the port."""
+    app = web.Application()
+    sio.attach(app)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]
+
+
 async def test_socketio_server_and_client(start_proxy):
     server_log, client_log = Lines(), Lines()
     server_loggers = [logging.getLogger("socketio.server"), logging.getLogger("engineio.server")]
@@ -120,13 +132,7 @@ async def test_socketio_server_and_client(start_proxy):
     async def admin_chat(sid, data):
         return "ok"
 
-    app = web.Application()
-    sio.attach(app)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    runner, port = await serve_socketio(sio)
 
     async def conversation(url: str) -> list:
         client = socketio.AsyncClient(logger=client_loggers[0], engineio_logger=client_loggers[1])

@@ -14,7 +14,6 @@ from collections import Counter
 
 import paho.mqtt.client as mqtt
 import socketio
-from aiohttp import web
 from textual.widgets import Input
 
 from tests.conftest import wait_for
@@ -26,6 +25,7 @@ from tests.test_protocols_peers import (  # noqa: F401  (mosquitto is a fixture)
     node_peers,
     reverse_proxy,
     sent,
+    serve_socketio,
     socketio_labels_sent,
 )
 from tests.test_ui import open_first_session
@@ -101,13 +101,8 @@ async def socketio_server():
         await asyncio.sleep(0.05)  # the slowest call
         return len(blob)
 
-    app = web.Application()
-    sio.attach(app)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, site._server.sockets[0].getsockname()[1], typed
+    runner, port = await serve_socketio(sio)
+    return runner, port, typed
 
 
 async def test_socketio_labels_decoded_view_filter_calls_export_and_report(
