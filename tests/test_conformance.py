@@ -160,7 +160,7 @@ class Endpoint:
         except (ConnectionResetError, ssl.SSLError):
             self.end = "reset"
 
-    async def run(self, steps) -> None:
+    async def play(self, steps) -> None:
         for step in steps:
             kind = step[0]
             if kind == "send":
@@ -234,7 +234,7 @@ async def start_server(case: Case, results: asyncio.Queue, tls: ssl.SSLContext |
         )
         await writer.drain()
         endpoint = Endpoint(reader, writer)
-        await endpoint.run(case.server)
+        await endpoint.play(case.server)
         await results.put(await endpoint.finish())
 
     return await asyncio.start_server(
@@ -297,7 +297,7 @@ async def run_case(case: Case, proxy=None, server_cert=None) -> tuple[Seen, Seen
         if callable(proxy):
             proxy = await proxy(port)
         client = await open_client(case, port, proxy, client_tls)
-        await client.run(case.client)
+        await client.play(case.client)
         client_seen = await client.finish()
         server_seen = await asyncio.wait_for(results.get(), 10)
     return client_seen, server_seen
@@ -644,7 +644,7 @@ async def test_tls_half_close_toward_a_server_the_http_layer_opened(start_proxy,
         host = f"localhost:{port}"
         reader, writer = await raw_client(proxy.port, f"wss://{host}/case", host)
         client = Endpoint(reader, writer)
-        await client.run([("send", last_words), ("fin",), ("wait_end",)])
+        await client.play([("send", last_words), ("fin",), ("wait_end",)])
         client_seen = await client.finish()
         server_seen = await asyncio.wait_for(results.get(), 10)
     assert server_seen == Seen(last_words, "close_notify")

@@ -58,3 +58,28 @@ async def test_a_stop_asks_the_work_to_end_when_it_can_be_asked():
     with pytest.raises(Stopped):
         await run_until_stopped(work(), stop, end=asked.set)
     assert ended == ["ended its own way"]
+
+
+def test_quiet_loop_reports_drops_only_what_a_command_already_said(caplog):
+    """A cancelled handler and a never-awaited network/TLS error are not reported again with a
+    traceback; anything else still reaches asyncio's own report."""
+    import ssl
+
+    from wsinspect.runtime import quiet_loop_reports
+
+    loop = asyncio.new_event_loop()
+    try:
+        quiet_loop_reports(loop)
+        with caplog.at_level("ERROR", logger="asyncio"):
+            loop.call_exception_handler(
+                {"message": "Exception in callback", "exception": asyncio.CancelledError()})
+            loop.call_exception_handler({
+                "message": "Task exception was never retrieved",
+                "exception": ssl.SSLCertVerificationError("self-signed certificate")})
+            assert caplog.records == []
+            loop.call_exception_handler({
+                "message": "Task exception was never retrieved",
+                "exception": ValueError("a bug of ours")})
+        assert [r.getMessage() for r in caplog.records] == ["Task exception was never retrieved"]
+    finally:
+        loop.close()

@@ -127,7 +127,8 @@ async def test_a_real_nginx_idle_timeout_is_marked_with_the_findings_figure(
         await open_first_session(app, pilot)
         await pilot.press("t")
         await read_to_the_end(app)
-        await pilot.pause(0.2)
+        await wait_for(lambda: re.search(r"ping RTT .* p50 \d+\.\d ms", screen_text(app)),
+                       what="the timeline drawn")
         text = screen_text(app)
         assert f"▓ silent {figure} s from +" in text
         assert "then cut: a proxy's idle timeout (Findings)" in text

@@ -142,3 +142,22 @@ def remove_capture(path: str | os.PathLike) -> None:
     """Remove a capture and SQLite's files beside it."""
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def quiet_loop_reports(loop: asyncio.AbstractEventLoop) -> None:
+    """Drop asyncio's reports that repeat, with a traceback, what a command already said in its
+    own line: a cancelled task (Python 3.11's start_server reports each connection handler
+    cancelled at shutdown; 3.12 checks), and a network or TLS error in a task nobody awaited
+    (3.11.2's SSL transport leaves one behind a failed handshake that the caller reported).
+    Any other report goes to asyncio's default handler."""
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        error = context.get("exception")
+        if isinstance(error, asyncio.CancelledError):
+            return
+        if "never retrieved" in str(context.get("message", "")) and isinstance(error, OSError):
+            return  # ssl.SSLError is an OSError
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handle)
+

@@ -12,7 +12,7 @@ from .. import preflight, report
 from ..addresses import DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT
 from ..errors import WsinspectError
 from ..model import Outcome
-from ..runtime import CLOSED_PIPE, StopEvent, new_capture_path, remove_capture
+from ..runtime import CLOSED_PIPE, StopEvent, new_capture_path, quiet_loop_reports, remove_capture
 from ..store import SessionStore, StoreChanges
 from ..text import discard_closed_stdout, print_error
 from . import commands_text, unknown_command
@@ -108,18 +108,6 @@ class HeadlessPrinter:
             self.stop.set()
 
 
-def ignore_cancelled_connection_handlers(loop: asyncio.AbstractEventLoop) -> None:
-    """Connections still open when the proxy stops are cancelled by asyncio.run; Python 3.11's
-    asyncio.start_server then reports each as "Exception in callback …" with a CancelledError
-    traceback (3.12 checks for cancellation). Reports of a CancelledError are dropped."""
-
-    def handle(loop: asyncio.AbstractEventLoop, context: dict) -> None:
-        if not isinstance(context.get("exception"), asyncio.CancelledError):
-            loop.default_exception_handler(context)
-
-    loop.set_exception_handler(handle)
-
-
 async def run(args: argparse.Namespace) -> int:
     # The proxy core loads once the arguments are read: `wsinspect --help` does without it.
     from ..engine import Engine
@@ -154,7 +142,7 @@ async def run(args: argparse.Namespace) -> int:
             stopped = True
             await engine.stop()
             store.close()
-            ignore_cancelled_connection_handlers(asyncio.get_running_loop())
+            quiet_loop_reports(asyncio.get_running_loop())
         forget_unnamed_capture()
 
     def forget_unnamed_capture() -> None:

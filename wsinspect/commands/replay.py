@@ -28,7 +28,14 @@ from ..replay import (
     replay,
 )
 from ..report import session_text
-from ..runtime import StopEvent, Stopped, new_capture_path, remove_capture, run_until_stopped
+from ..runtime import (
+    StopEvent,
+    Stopped,
+    new_capture_path,
+    quiet_loop_reports,
+    remove_capture,
+    run_until_stopped,
+)
 from ..store import SessionStore
 from ..text import print_error, printable
 
@@ -150,6 +157,7 @@ async def _main(args: argparse.Namespace) -> int:
         print_error(str(e))
         source.close()
         return 2
+    quiet_loop_reports(asyncio.get_running_loop())
     stop = StopEvent()
     route = "directly" if args.direct else "through a wsinspect proxy"
     shown = printable(plan.target.url)
