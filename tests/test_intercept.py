@@ -1,0 +1,210 @@
+"""Holding messages in flight (wsinspect/intercept.py, wsinspect/interceptor.py): real websockets
+peers through a real wsinspect engine on loopback, on the run's relay (`--relay mitmproxy` runs
+them on mitmproxy's path). websockets negotiates permessage-deflate unless told not to, so
+most of these sessions are deflate sessions."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import serve
+
+from wsinspect.errors import ResendError
+from wsinspect.intercept import DROPPED, EDITED, FORWARDED, RuleError, parse_rule
+
+from .conftest import wait_for
+
+
+@pytest.fixture
+async def server():
+    """A server that keeps what it receives and its connections (to send from); yields
+    (port, received, connections)."""
+    received: list[str | bytes] = []
+    connections: list = []
+
+    async def handler(ws):
+        connections.append(ws)
+        async for message in ws:
+            received.append(message)
+
+    async with serve(handler, "127.0.0.1", 0) as srv:
+        yield srv.sockets[0].getsockname()[1], received, connections
+
+
+async def held_now(proxy, count: int = 1):
+    interceptor = proxy.engine.interceptor
+    return await wait_for(
+        lambda: interceptor.held() if interceptor.pending_count() >= count else None,
+        5.0, f"{count} held message(s)",
+    )
+
+
+def data_messages(store, session_id):
+    return [
+        (m.direction.value, m.payload, m.injected, m.intercept)
+        for m in store.messages(session_id, 0, 1000)
+        if m.type.value in ("text", "binary")
+    ]
+
+
+def test_rules_read_their_terms_and_refuse_nonsense():
+    rule = parse_rule('~client ~text /"op":\\s*"send"/')
+    assert rule.matches(True, "text", b'{"op": "send"}')
+    assert not rule.matches(False, "text", b'{"op": "send"}')
+    assert not rule.matches(True, "binary", b'{"op": "send"}')
+    assert not rule.matches(True, "text", b'{"op": "recv"}')
+    words = parse_rule("~server hello there")
+    assert words.matches(False, "text", b"oh hello there!") and not words.matches(
+        False, "text", b"hello"
+    )
+    assert parse_rule("") is None and parse_rule("   ") is None
+    assert parse_rule("~binary").matches(True, "binary", b"\xff")
+    for bad, says in [
+        ("~client ~server", "opposite"),
+        ("~sideways", "unknown rule term"),
+        ("/(/", "does not compile"),
+        ("/a/ b", "not both"),
+    ]:
+        with pytest.raises(RuleError, match=says):
+            parse_rule(bad)
+
+
+async def test_a_held_client_message_waits_with_what_follows_it_until_forwarded(
+    start_proxy, server, relay_path
+):
+    port, received, connections = server
+    proxy = await start_proxy(settings=["wsinspect_intercept=~client hold"])
+    async with connect(f"ws://127.0.0.1:{port}/", proxy=proxy.url) as ws:
+        await ws.send("first")
+        await wait_for(lambda: received == ["first"], what="the first message")
+        await ws.send("hold me")
+        await ws.send("after it")
+        await ws.send(b"\x01binary after it")
+        [held] = await held_now(proxy)
+        assert held.message.payload == b"hold me" and held.from_client
+        await asyncio.sleep(0.2)
+        assert received == ["first"]  # the rest of the direction waits behind it
+        if relay_path == "raw":
+            # the other direction flows, and a ping is answered, while the message is held
+            await connections[0].send("from the server")
+            assert await asyncio.wait_for(ws.recv(), 5) == "from the server"
+            await asyncio.wait_for(await ws.ping(b"keepalive"), 5)
+            await asyncio.wait_for(await connections[0].ping(b"server ping"), 5)
+            assert received == ["first"]
+        proxy.engine.interceptor.decide(held.id, FORWARDED)
+        await wait_for(lambda: len(received) == 4, what="the held messages forwarded")
+        assert received == ["first", "hold me", "after it", b"\x01binary after it"]
+        if relay_path != "raw":
+            # mitmproxy's layer waited for the hook: the server's message comes after
+            await connections[0].send("from the server")
+            assert await asyncio.wait_for(ws.recv(), 5) == "from the server"
+        assert proxy.engine.interceptor.held() == []
+        session = await proxy.wait_session(lambda s: s.stats.count >= 5)
+    await proxy.wait_session(lambda s: s.outcome.value == "closed")
+    records = [r for r in data_messages(proxy.store, session.id) if r[0] == "client"]
+    assert records == [
+        ("client", b"first", False, None),
+        ("client", b"hold me", False, FORWARDED),
+        ("client", b"after it", False, None),
+        ("client", b"\x01binary after it", False, None),
+    ]
+    [message] = [m for m in proxy.store.messages(session.id, 0, 100) if m.intercept]
+    assert message.held >= 0.2
+
+
+async def test_an_edited_server_message_in_a_deflate_session_leaves_later_ones_readable(
+    start_proxy, server
+):
+    port, received, connections = server
+    proxy = await start_proxy(settings=["wsinspect_intercept=~server ~text /secret/"])
+    async with connect(f"ws://127.0.0.1:{port}/", proxy=proxy.url) as ws:
+        assert "permessage-deflate" in ws.response.headers["Sec-WebSocket-Extensions"]
+        sentence = "the secret word is swordfish and the secret number is 42; " * 4
+        warm_up = "warm up: " + sentence[:60].replace("secret", "public")
+        await connections[0].send(warm_up)
+        assert await asyncio.wait_for(ws.recv(), 5) == warm_up
+        await connections[0].send(sentence)
+        [held] = await held_now(proxy)
+        await connections[0].send("behind it")
+        proxy.engine.interceptor.decide(held.id, EDITED, b"redacted")
+        assert await asyncio.wait_for(ws.recv(), 5) == "redacted"
+        assert await asyncio.wait_for(ws.recv(), 5) == "behind it"
+        # Later compressed messages repeat what the client never saw: they still inflate.
+        for i in range(3):
+            await connections[0].send(f"{i}: " + sentence)
+            [later] = await held_now(proxy)
+            proxy.engine.interceptor.decide(later.id, FORWARDED)
+            assert await asyncio.wait_for(ws.recv(), 5) == f"{i}: " + sentence
+        await connections[0].send("plain " + sentence.replace("secret", "public"))
+        assert await asyncio.wait_for(ws.recv(), 5) == "plain " + sentence.replace(
+            "secret", "public"
+        )
+        # and the client's own compressed messages still reach the server
+        await ws.send(sentence.replace("secret", "public"))
+        await wait_for(lambda: len(received) == 1, what="the client's message")
+        assert received == [sentence.replace("secret", "public")]
+        session = await proxy.wait_session(lambda s: s.stats.count >= 9)
+    await proxy.wait_session(lambda s: s.outcome.value == "closed")
+    server_side = [r for r in data_messages(proxy.store, session.id) if r[0] == "server"]
+    assert server_side[1:4] == [
+        ("server", sentence.encode(), False, EDITED),
+        ("server", b"redacted", True, None),
+        ("server", b"behind it", False, None),
+    ]
+
+
+async def test_a_dropped_client_message_never_arrives_and_later_deflated_ones_do(
+    start_proxy, server
+):
+    port, received, _ = server
+    proxy = await start_proxy(settings=["wsinspect_intercept=~client /^drop/"])
+    async with connect(f"ws://127.0.0.1:{port}/", proxy=proxy.url) as ws:
+        words = "alpha beta gamma delta epsilon zeta eta theta " * 6
+        await ws.send("drop " + words)
+        [held] = await held_now(proxy)
+        await ws.send("kept " + words)
+        proxy.engine.interceptor.decide(held.id, DROPPED)
+        await ws.send("also kept " + words)
+        await wait_for(lambda: len(received) == 2, what="the messages after the dropped one")
+        assert received == ["kept " + words, "also kept " + words]
+        with pytest.raises(ResendError, match="no held message"):
+            proxy.engine.interceptor.decide(held.id, FORWARDED)
+        session = await proxy.wait_session(lambda s: s.stats.count >= 3)
+    await proxy.wait_session(lambda s: s.outcome.value == "closed")
+    assert data_messages(proxy.store, session.id)[:3] == [
+        ("client", ("drop " + words).encode(), False, DROPPED),
+        ("client", ("kept " + words).encode(), False, None),
+        ("client", ("also kept " + words).encode(), False, None),
+    ]
+
+
+async def test_a_held_message_times_out_forwarded_unchanged(start_proxy, server):
+    port, received, _ = server
+    proxy = await start_proxy(
+        settings=["wsinspect_intercept=~client", "wsinspect_intercept_timeout=0.3"]
+    )
+    async with connect(f"ws://127.0.0.1:{port}/", proxy=proxy.url, compression=None) as ws:
+        await ws.send(b"\x00\x01 as it came")
+        await wait_for(lambda: received == [b"\x00\x01 as it came"], 5.0, "the timeout")
+        session = await proxy.wait_session(lambda s: s.stats.count >= 1)
+    await proxy.wait_session(lambda s: s.outcome.value == "closed")
+    [message] = [m for m in proxy.store.messages(session.id, 0, 10) if m.type.value == "binary"]
+    assert (message.intercept, message.payload) == (FORWARDED, b"\x00\x01 as it came")
+    assert 0.25 <= message.held < 3
+
+
+async def test_the_rule_is_set_and_cleared_by_its_command(start_proxy, server):
+    port, received, _ = server
+    proxy = await start_proxy()
+    commands = proxy.engine.master.commands
+    commands.call("wsinspect.intercept", "~client ~text")
+    async with connect(f"ws://127.0.0.1:{port}/", proxy=proxy.url) as ws:
+        await ws.send("held by the command's rule")
+        [held] = await held_now(proxy)
+        commands.call("wsinspect.intercept", "")
+        commands.call("wsinspect.edit", held.id, "68 69", "hex")
+        await ws.send("not held: the rule is off")
+        await wait_for(lambda: len(received) == 2, what="both messages")
+        assert received == ["hi", "not held: the rule is off"]
