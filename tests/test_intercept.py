@@ -13,8 +13,10 @@ from websockets.asyncio.server import serve
 
 from wsinspect.errors import ResendError
 from wsinspect.intercept import DROPPED, EDITED, FORWARDED, RuleError, parse_rule
+from wsinspect.wire import CONTINUATION, PING, TEXT, DataMessage, FrameParser
 
 from .conftest import wait_for
+from .rawpeers import frame, raw_client, raw_server
 
 
 @pytest.fixture
@@ -208,3 +210,47 @@ async def test_the_rule_is_set_and_cleared_by_its_command(start_proxy, server):
         await ws.send("not held: the rule is off")
         await wait_for(lambda: len(received) == 2, what="both messages")
         assert received == ["hi", "not held: the rule is off"]
+
+
+async def test_a_forwarded_message_goes_on_as_its_original_bytes(start_proxy, relay_path):
+    """A fragmented message with a ping between its frames, held and forwarded: the server
+    gets the very bytes the client sent (the raw relay); the same messages (mitmproxy's)."""
+    got = bytearray()
+
+    async def script(reader, writer):
+        while chunk := await reader.read(65536):
+            got.extend(chunk)
+
+    srv = await raw_server(script)
+    port = srv.sockets[0].getsockname()[1]
+    proxy = await start_proxy(settings=["wsinspect_intercept=~client /hold this/"])
+    reader, writer = await raw_client(proxy.port, f"ws://127.0.0.1:{port}/", f"127.0.0.1:{port}")
+    sent = (
+        frame(TEXT, b"hold ", mask=True, fin=False)
+        + frame(PING, b"inside", mask=True)
+        + frame(CONTINUATION, b"this", mask=True)
+        + frame(TEXT, b"after it", mask=True)
+    )
+    writer.write(sent)
+    [held] = await held_now(proxy)
+    await asyncio.sleep(0.2)
+    if relay_path == "raw":
+        assert bytes(got) == b""  # the ping inside the message travels with it
+    else:  # mitmproxy's layer passes the ping on; no message yet
+        assert not [e for e in FrameParser(True).feed(bytes(got)) if type(e) is DataMessage]
+    proxy.engine.interceptor.decide(held.id, FORWARDED)
+    if relay_path == "raw":
+        await wait_for(lambda: len(got) >= len(sent), what="the forwarded bytes")
+        assert bytes(got) == sent
+    else:
+
+        def messages():
+            events = FrameParser(True).feed(bytes(got))
+            found = [e.payload for e in events if type(e) is DataMessage]
+            return found if len(found) == 2 else None
+
+        assert await wait_for(messages, what="the forwarded messages") == [
+            b"hold this", b"after it",
+        ]
+    writer.close()
+    srv.close()
