@@ -254,3 +254,45 @@ async def test_a_forwarded_message_goes_on_as_its_original_bytes(start_proxy, re
         ]
     writer.close()
     srv.close()
+
+
+async def test_the_app_sets_the_rule_counts_held_messages_and_forwards_them(start_proxy, server):
+    from textual.widgets import Input
+
+    from wsinspect.ui import WsInspectApp
+    from wsinspect.ui.intercept import HeldEditScreen, HeldScreen, RuleScreen
+
+    from .test_ui import SIZE, open_first_session
+    from .ui_helpers import screen_text
+
+    port, received, _ = server
+    proxy = await start_proxy()
+    app = WsInspectApp(proxy.store, proxy.engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("I")
+        await wait_for(lambda: isinstance(app.screen, RuleScreen), what="the rule dialog")
+        app.screen.query_one(Input).value = "~client /^hold/"
+        await pilot.press("enter")
+        await wait_for(lambda: "intercept ~client /^hold/" in screen_text(app),
+                       what="the rule in the status line")
+        async with connect(f"ws://127.0.0.1:{port}/", proxy=proxy.url) as ws:
+            await ws.send("hold one")
+            await ws.send("hold two")
+            await wait_for(lambda: "2 held (H)" in screen_text(app), what="the held count")
+            await pilot.press("H")
+            await wait_for(lambda: isinstance(app.screen, HeldScreen), what="the held list")
+            await wait_for(lambda: "hold two" in screen_text(app), what="the held rows")
+            await pilot.press("e")
+            await wait_for(lambda: isinstance(app.screen, HeldEditScreen), what="the editor")
+            app.screen.query_one(Input).value = "edited one"
+            await pilot.press("enter")
+            await wait_for(lambda: received == ["edited one"], what="the edited message")
+            await wait_for(lambda: "hold one" not in screen_text(app), what="the list updated")
+            await pilot.press("f")
+            await wait_for(lambda: received == ["edited one", "hold two"], what="the forward")
+            await pilot.press("escape")
+            await wait_for(lambda: "held (H)" not in screen_text(app), what="no held count")
+            await proxy.wait_session(lambda s: s.stats.count >= 3)
+            await open_first_session(app, pilot)
+            await wait_for(lambda: "held:edited" in screen_text(app)
+                           and "held:forwarded" in screen_text(app), what="the fates marked")
