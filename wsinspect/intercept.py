@@ -4,6 +4,8 @@ A rule is a few space-separated terms, all of which a data message must meet:
 
     ~client | ~server     the direction it travels (from the client, from the server)
     ~text | ~binary       its type
+    label:NAME            what it is in the session's application protocol (a Socket.IO
+                          event, a JSON-RPC method, a STOMP command…: the app's Label column)
     /regex/               a regular expression searched in its text (UTF-8, invalid bytes
                           replaced)
     anything else         words searched for, as one string, in its text
@@ -50,12 +52,18 @@ class Rule:
     from_client: bool | None = None
     type: str | None = None  # "text" | "binary"
     pattern: re.Pattern | None = None
+    label: str | None = None
 
     def covers(self, from_client: bool) -> bool:
         return self.from_client is None or self.from_client == from_client
 
-    def matches(self, from_client: bool, type_: str, payload: bytes) -> bool:
+    def matches(self, from_client: bool, type_: str, payload: bytes,
+                labels: frozenset[str] = frozenset()) -> bool:
+        """`labels`: what the message is in its application protocol (asked for only when
+        the rule names a label)."""
         if not self.covers(from_client) or self.type not in (None, type_):
+            return False
+        if self.label is not None and self.label not in labels:
             return False
         return self.pattern is None or bool(
             self.pattern.search(payload.decode("utf-8", errors="replace"))
@@ -85,8 +93,14 @@ def parse_rule(text: str) -> Rule | None:
             if regex is not None or words:
                 raise RuleError("a rule has one /regex/ or words, not both")
             regex = token[1:-1]
+        elif token.startswith("label:") and len(token) > len("label:"):
+            if "label" in terms:
+                raise RuleError("a rule names one label:")
+            terms["label"] = token[len("label:"):]
         elif token.startswith("~"):
-            raise RuleError(f"unknown rule term {token}; use ~client, ~server, ~text, ~binary")
+            raise RuleError(
+                f"unknown rule term {token}; use ~client, ~server, ~text, ~binary, label:NAME"
+            )
         else:
             if regex is not None:
                 raise RuleError("a rule has one /regex/ or words, not both")

@@ -38,6 +38,8 @@ from .errors import ResendError
 from .intercept import (
     DROPPED, EDITED, FATES, FORWARDED, Decision, Held, Rule, RuleError, parse_rule,
 )
+from .model import Message, MessageType
+from .protocols.session import SessionDecoder
 from .recorder import INTERCEPT_METADATA, Recorder
 from .resend import PAYLOAD_ENCODINGS, decode_payload
 
@@ -62,6 +64,7 @@ class Interceptor:
         self._rule: Rule | None = None
         self._timeout = float(DEFAULT_TIMEOUT)
         self._holding: dict[int, _Holding] = {}
+        self._decoders: dict[str, SessionDecoder] = {}  # flow id -> labels for label: rules
         self._ids = itertools.count(1)
         self._master = None
         self.listeners: list[Callable[[], None]] = []
@@ -106,6 +109,37 @@ class Interceptor:
     def rule(self) -> Rule | None:
         return self._rule
 
+    def matches(self, flow, message: wire.DataMessage) -> bool:
+        rule = self._rule
+        if rule is None:
+            return False
+        labels: frozenset[str] = frozenset()
+        if rule.label is not None:
+            labels = self._labels(flow, message)
+        return rule.matches(message.from_client, message.type, message.payload, labels)
+
+    def _labels(self, flow, message: wire.DataMessage) -> frozenset[str]:
+        """The message's labels in the session's protocol, from a decoder fed with the
+        messages the rule looked at (the directions it covers)."""
+        decoder = self._decoders.get(flow.id)
+        if decoder is None:
+            fields = lambda headers: [  # noqa: E731
+                (k.decode("latin-1"), v.decode("latin-1")) for k, v in headers.fields
+            ]
+            decoder = self._decoders[flow.id] = SessionDecoder(
+                fields(flow.request.headers),
+                fields(flow.response.headers) if flow.response else [],
+                flow.request.url,
+            )
+        decoded = decoder.feed(Message(
+            from_client=message.from_client, type=MessageType(message.type), size=message.size,
+            payload=message.payload, timestamp=message.timestamp,
+        ))
+        return frozenset(p.shown_label for p in decoded.parts) if decoded else frozenset()
+
+    def websocket_end(self, flow) -> None:
+        self._decoders.pop(flow.id, None)
+
     def hold(self, flow, message: wire.DataMessage) -> Held:
         held = Held(next(self._ids), message.from_client, message, time.time())
         timer = asyncio.get_running_loop().call_later(
@@ -128,11 +162,13 @@ class Interceptor:
             return
         message = flow.websocket.messages[-1]
         kind = "text" if message.type == Opcode.TEXT else "binary"
-        if message.injected or not self._rule.matches(message.from_client, kind, message.content):
+        if message.injected:
             return
         now = time.time()
         data = wire.DataMessage(message.from_client, now, 0, True, kind, len(message.content),
                                 message.content, None, False, 1, message.timestamp)
+        if not self.matches(flow, data):
+            return
         held = self.hold(flow, data)
         original = message.content
         flow.intercept()

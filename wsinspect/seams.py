@@ -118,6 +118,9 @@ class RelayInterceptor(Protocol):
 
     def rule(self) -> intercept.Rule | None: ...
 
+    def matches(self, flow, message: wire.DataMessage) -> bool:
+        """Whether the rule holds `message`."""
+
     def hold(self, flow, message: wire.DataMessage) -> intercept.Held:
         """Hold `message` (the interceptor tells the user and starts its timeout)."""
 
@@ -603,10 +606,9 @@ class RawRelayLayer(layer.Layer):
         parser = self.parsers[from_client]
         found = parser.feed(data, time.time())
         interceptor = _interceptors_by_options.get(id(self.context.options))
-        rule = interceptor.rule() if interceptor is not None else None
 
         def matches(message: wire.DataMessage) -> bool:
-            return rule is not None and rule.matches(from_client, message.type, message.payload)
+            return interceptor is not None and interceptor.matches(self.flow, message)
 
         def hold(message: wire.DataMessage) -> intercept.Held:
             return interceptor.hold(self.flow, message)
