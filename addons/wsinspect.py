@@ -5,10 +5,11 @@
 
 It records with the same code as `wsinspect` itself (but relays WebSockets through
 mitmproxy's own WebSocket layer unless `--set wsinspect_relay=raw`), adds the commands
-`wsinspect.resend` and `wsinspect.inject` (see wsinspect/resend.py), the intercept option and
-commands (`wsinspect_intercept`, `wsinspect.forward`/`edit`/`drop`: wsinspect/interceptor.py), and refuses any
-destination that is the proxy itself, however it is spelled (wsinspect/loopguard.py). When
-the wsinspect package is not installed, it is imported from the checkout this file lives in.
+`wsinspect.resend` and `wsinspect.inject` (see wsinspect/resend.py), holds messages in flight
+(`--set wsinspect_intercept=RULE`, `wsinspect.forward`/`edit`/`drop`: wsinspect/interceptor.py),
+and refuses any destination that is the proxy itself, however it is spelled
+(wsinspect/loopguard.py). When the wsinspect package is not installed, it is imported from the
+checkout this file lives in.
 
 In reverse mode, mitmproxy rewrites Host to the target before any addon sees the request;
 add `--set keep_host_header=true` to record (and pass on) the Host the client sent. The

@@ -227,7 +227,7 @@ async def test_a_forwarded_message_goes_on_as_its_original_bytes(start_proxy, re
     srv = await raw_server(script)
     port = srv.sockets[0].getsockname()[1]
     proxy = await start_proxy(settings=["wsinspect_intercept=~client /hold this/"])
-    reader, writer = await raw_client(proxy.port, f"ws://127.0.0.1:{port}/", f"127.0.0.1:{port}")
+    _, writer = await raw_client(proxy.port, f"ws://127.0.0.1:{port}/", f"127.0.0.1:{port}")
     sent = (
         frame(TEXT, b"hold ", mask=True, fin=False)
         + frame(PING, b"inside", mask=True)

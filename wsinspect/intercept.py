@@ -279,8 +279,7 @@ class HeldQueue:
         if message is None or not message.compressed or message.sha256 is not None:
             return data  # nothing compressed in it (or only the capped part of it is known)
         body = self.compressor.compress(message.payload) + self.compressor.flush(zlib.Z_SYNC_FLUSH)
-        if body.endswith(wire.DEFLATE_TAIL):
-            body = body[: -len(wire.DEFLATE_TAIL)]
+        body = body.removesuffix(wire.DEFLATE_TAIL)
         opcode = wire.TEXT if message.type == "text" else wire.BINARY
         frame = bytearray(wire.encode_frame(opcode, body, mask=self.from_client))
         frame[0] |= 0x40  # RSV1: compressed

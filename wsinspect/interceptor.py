@@ -36,7 +36,15 @@ from wsproto.frame_protocol import Opcode
 from . import seams, wire
 from .errors import ResendError
 from .intercept import (
-    DROPPED, EDITED, FATES, FORWARDED, Decision, Held, Rule, RuleError, parse_rule,
+    DROPPED,
+    EDITED,
+    FATES,
+    FORWARDED,
+    Decision,
+    Held,
+    Rule,
+    RuleError,
+    parse_rule,
 )
 from .model import Message, MessageType
 from .protocols.session import SessionDecoder
@@ -123,7 +131,7 @@ class Interceptor:
         messages the rule looked at (the directions it covers)."""
         decoder = self._decoders.get(flow.id)
         if decoder is None:
-            fields = lambda headers: [  # noqa: E731
+            fields = lambda headers: [
                 (k.decode("latin-1"), v.decode("latin-1")) for k, v in headers.fields
             ]
             decoder = self._decoders[flow.id] = SessionDecoder(
