@@ -6,13 +6,18 @@ most of these sessions are deflate sessions."""
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
+import sqlite3
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 
 from wsinspect.errors import ResendError
+from wsinspect import formats
 from wsinspect.intercept import DROPPED, EDITED, FORWARDED, RuleError, parse_rule
+from wsinspect.store import SessionStore
 from wsinspect.wire import CONTINUATION, PING, TEXT, DataMessage, FrameParser
 
 from .conftest import wait_for
@@ -120,7 +125,7 @@ async def test_a_held_client_message_waits_with_what_follows_it_until_forwarded(
 
 
 async def test_an_edited_server_message_in_a_deflate_session_leaves_later_ones_readable(
-    start_proxy, server
+    start_proxy, server, relay_path
 ):
     port, received, connections = server
     proxy = await start_proxy(settings=["wsinspect_intercept=~server ~text /secret/"])
@@ -132,6 +137,8 @@ async def test_an_edited_server_message_in_a_deflate_session_leaves_later_ones_r
         assert await asyncio.wait_for(ws.recv(), 5) == warm_up
         await connections[0].send(sentence)
         [held] = await held_now(proxy)
+        if relay_path == "raw":  # the server's pong goes on ahead of its held message
+            await asyncio.wait_for(await ws.ping(b"are you there"), 5)
         await connections[0].send("behind it")
         proxy.engine.interceptor.decide(held.id, EDITED, b"redacted")
         assert await asyncio.wait_for(ws.recv(), 5) == "redacted"
@@ -161,10 +168,11 @@ async def test_an_edited_server_message_in_a_deflate_session_leaves_later_ones_r
 
 
 async def test_a_dropped_client_message_never_arrives_and_later_deflated_ones_do(
-    start_proxy, server
+    start_proxy, server, tmp_path
 ):
     port, received, _ = server
-    proxy = await start_proxy(settings=["wsinspect_intercept=~client /^drop/"])
+    capture = tmp_path / "dropped.db"
+    proxy = await start_proxy(settings=["wsinspect_intercept=~client /^drop/"], capture=capture)
     async with connect(f"ws://127.0.0.1:{port}/", proxy=proxy.url) as ws:
         words = "alpha beta gamma delta epsilon zeta eta theta " * 6
         await ws.send("drop " + words)
@@ -178,11 +186,33 @@ async def test_a_dropped_client_message_never_arrives_and_later_deflated_ones_do
             proxy.engine.interceptor.decide(held.id, FORWARDED)
         session = await proxy.wait_session(lambda s: s.stats.count >= 3)
     await proxy.wait_session(lambda s: s.outcome.value == "closed")
-    assert data_messages(proxy.store, session.id)[:3] == [
+    expected = [
         ("client", ("drop " + words).encode(), False, DROPPED),
         ("client", ("kept " + words).encode(), False, None),
         ("client", ("also kept " + words).encode(), False, None),
     ]
+    assert data_messages(proxy.store, session.id)[:3] == expected
+    proxy.store.flush()
+    # the fate is in the capture file, and in its JSON lines export
+    saved = SessionStore.open(capture)
+    assert data_messages(saved, session.id)[:3] == expected
+    out = tmp_path / "dropped.jsonl"
+    formats.export(saved, out, "jsonl")
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    fates = [line["intercept"] for line in lines if line["type"] == "text"]
+    assert fates[0]["fate"] == DROPPED and fates[0]["held"] >= 0 and fates[1:] == [None, None]
+    saved.close()
+    # a capture from before messages were held still opens, with no fates
+    older = tmp_path / "older.db"
+    for suffix in ("", "-wal"):  # the proxy's store is still open: its WAL too
+        if (part := capture.with_name(capture.name + suffix)).exists():
+            shutil.copy(part, older.with_name(older.name + suffix))
+    with sqlite3.connect(older) as db:
+        db.execute("ALTER TABLE messages DROP COLUMN intercept")
+        db.execute("ALTER TABLE messages DROP COLUMN held")
+    old = SessionStore.open(older)
+    assert [m[3] for m in data_messages(old, session.id)[:3]] == [None, None, None]
+    old.close()
 
 
 async def test_a_held_message_times_out_forwarded_unchanged(start_proxy, server):
