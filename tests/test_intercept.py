@@ -14,8 +14,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 
-from wsinspect.errors import ResendError
 from wsinspect import formats
+from wsinspect.errors import ResendError
 from wsinspect.intercept import DROPPED, EDITED, FORWARDED, RuleError, parse_rule
 from wsinspect.store import SessionStore
 from wsinspect.wire import CONTINUATION, PING, TEXT, DataMessage, FrameParser
