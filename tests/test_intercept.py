@@ -6,19 +6,30 @@ most of these sessions are deflate sessions."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import shutil
 import sqlite3
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 
 from wsinspect import formats
 from wsinspect.errors import ResendError
-from wsinspect.intercept import DROPPED, EDITED, FORWARDED, RuleError, parse_rule
+from wsinspect.intercept import (
+    DROPPED,
+    EDITED,
+    FORWARDED,
+    Held,
+    HeldQueue,
+    RuleError,
+    parse_rule,
+)
 from wsinspect.store import SessionStore
-from wsinspect.wire import CONTINUATION, PING, TEXT, DataMessage, FrameParser
+from wsinspect.wire import BINARY, CONTINUATION, PING, TEXT, Control, DataMessage, FrameParser
 
 from .conftest import wait_for
 from .rawpeers import frame, raw_client, raw_server
@@ -350,3 +361,80 @@ async def test_a_label_rule_holds_the_json_rpc_calls_it_names(start_proxy, serve
         await ws.send(call % ("balance", 3))
         await wait_for(lambda: len(received) == 2, what="the call after the dropped one")
         assert received == [call % ("balance", 1), call % ("balance", 3)]
+
+
+def _stream(messages, from_client):
+    """Frames of `messages` (payload, fragments, ping between fragments?), and a ping between
+    messages after each odd one."""
+    out = b""
+    for i, (payload, pieces, ping_inside) in enumerate(messages):
+        size = max(1, -(-len(payload) // pieces))
+        chunks = [payload[j:j + size] for j in range(0, len(payload), size)] or [b""]
+        for n, chunk in enumerate(chunks):
+            out += frame(BINARY if n == 0 else CONTINUATION, chunk, mask=from_client,
+                         fin=n == len(chunks) - 1)
+            if ping_inside and n == 0 and len(chunks) > 1:
+                out += frame(PING, b"in", mask=from_client)
+        if i % 2:
+            out += frame(PING, b"between", mask=from_client)
+    return out
+
+
+def _relay_through_queue(stream, cuts, from_client, held_fates):
+    """Feed `stream` in `cuts`-sized reads through a FrameParser and a HeldQueue holding
+    every message whose index is in `held_fates`, deciding them once all is read."""
+    parser = FrameParser(from_client)
+    queue = HeldQueue(from_client, None, 0, True)
+    sent, holds, count = [], [], itertools.count()
+    index = {}
+
+    def matches(message):
+        index[id(message)] = n = next(count)
+        return n in held_fates
+
+    def hold(message):
+        holds.append(held := Held(len(holds), from_client, message, 0.0))
+        return held
+
+    pos, cut = 0, itertools.cycle(cuts)
+    while pos < len(stream):
+        data = stream[pos:pos + next(cut)]
+        pos += len(data)
+        steps = queue.take(data, parser.feed(data), matches, hold)
+        sent += [what for step, what in steps if step == "send"]
+    for held in holds:
+        fate = held_fates[index[id(held.message)]]
+        sent += [what for step, what in queue.decide(held, fate, 1.0, b"new") if step == "send"]
+    return b"".join(sent), queue
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    messages=st.lists(st.tuples(st.binary(max_size=40), st.integers(1, 3), st.booleans()),
+                      min_size=1, max_size=8),
+    cuts=st.lists(st.integers(1, 30), min_size=1, max_size=5),
+    from_client=st.booleans(),
+    fates=st.dictionaries(st.integers(0, 7), st.sampled_from([FORWARDED, EDITED, DROPPED])),
+)
+def test_the_held_queue_keeps_every_byte_in_order_whatever_the_reads(
+    messages, cuts, from_client, fates
+):
+    stream = _stream(messages, from_client)
+    out, queue = _relay_through_queue(stream, cuts, from_client, fates)
+    assert queue.idle
+    if not fates:
+        assert out == stream  # nothing held: the very bytes, however they were read
+    got = [e.payload for e in FrameParser(from_client).feed(out) if type(e) is DataMessage]
+    expected = []
+    for i, (payload, _, _) in enumerate(messages):
+        fate = fates.get(i)
+        if fate != DROPPED:
+            expected.append(b"new" if fate == EDITED else payload)
+    assert got == expected
+    if all(f == FORWARDED for f in fates.values()):
+        # unchanged messages go out as their bytes: only pings between messages moved ahead
+        strip = lambda b: [e for e in FrameParser(from_client).feed(b)
+                           if type(e) is not Control or e.payload != b"between"]
+        assert [(type(e), e.payload) for e in strip(out)] == [
+            (type(e), e.payload) for e in strip(stream)
+        ]
