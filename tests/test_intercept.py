@@ -438,3 +438,20 @@ def test_the_held_queue_keeps_every_byte_in_order_whatever_the_reads(
         assert [(type(e), e.payload) for e in strip(out)] == [
             (type(e), e.payload) for e in strip(stream)
         ]
+
+
+async def test_messages_are_held_and_edited_over_tls_both_ways(start_proxy, tls_echo_server):
+    """wss:// through CONNECT: the relay's sends go through mitmproxy's TLS layers."""
+    proxy = await start_proxy(settings=["ssl_insecure=true", "wsinspect_intercept=/^hold/"])
+    async with connect(
+        f"wss://localhost:{tls_echo_server}/secure", proxy=proxy.url, ssl=proxy.client_ssl()
+    ) as ws:
+        await ws.send("hold: to the server")
+        [held] = await held_now(proxy)
+        assert held.from_client
+        proxy.engine.interceptor.decide(held.id, EDITED, b"hold: edited")
+        # the echo comes back and is held in its turn, from the server
+        [echo] = await held_now(proxy)
+        assert not echo.from_client and echo.message.payload == b"hold: edited"
+        proxy.engine.interceptor.decide(echo.id, FORWARDED)
+        assert await asyncio.wait_for(ws.recv(), 5) == "hold: edited"
