@@ -590,6 +590,8 @@ class RawRelayLayer(layer.Layer):
         in it; None: the direction is relayed as it arrives."""
         interceptor = _interceptors_by_options.get(id(self.context.options))
         rule = interceptor.rule() if interceptor is not None else None
+        if rule is None and not self.holds:
+            return None  # the common case, once per read
         parser = self.parsers[from_client]
         covered = rule is not None and rule.covers(from_client) and parser.in_sync
         queue = self.holds.get(from_client)
