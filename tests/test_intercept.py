@@ -249,6 +249,10 @@ async def test_the_rule_is_set_and_cleared_by_its_command(start_proxy, server):
     async with connect(f"ws://127.0.0.1:{port}/", proxy=proxy.url) as ws:
         await ws.send("held by the command's rule")
         [held] = await held_now(proxy)
+        [line] = commands.call("wsinspect.held")
+        assert line.startswith(f"{held.id} client text ") and line.endswith(
+            " held by the command's rule"
+        )
         commands.call("wsinspect.intercept", "")
         commands.call("wsinspect.edit", held.id, "68 69", "hex")
         await ws.send("not held: the rule is off")

@@ -9,6 +9,7 @@
 and its commands act on held messages (ids as `wsinspect.held` lists them):
 
     wsinspect.intercept RULE        set the rule ("" turns it off)
+    wsinspect.held                  list the held messages: id, sender, type, seconds, payload
     wsinspect.forward ID            send it on as it came
     wsinspect.edit ID PAYLOAD [text|hex|base64]   send PAYLOAD instead
     wsinspect.drop ID               never send it
@@ -27,7 +28,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mitmproxy import command, ctx, exceptions, http
@@ -50,6 +51,7 @@ from .model import Message, MessageType
 from .protocols.session import SessionDecoder
 from .recorder import INTERCEPT_METADATA, Recorder
 from .resend import PAYLOAD_ENCODINGS, decode_payload
+from .text import printable
 
 logger = logging.getLogger("wsinspect")
 
@@ -259,6 +261,20 @@ class Interceptor:
             self.set_rule(rule)
         except RuleError as e:
             raise exceptions.CommandError(str(e)) from None
+
+    @command.command("wsinspect.held")
+    def command_held(self) -> Sequence[str]:
+        """The messages held now, one a line: id, sender, type, seconds held, the payload's
+        start (escaped)."""
+        now = time.time()
+        lines = []
+        for held in self.held():
+            m = held.message
+            start = m.payload[:60].decode("utf-8", errors="replace") if m.type == "text" \
+                else m.payload[:24].hex(" ")
+            side = "client" if held.from_client else "server"
+            lines.append(f"{held.id} {side} {m.type} {now - held.since:.0f}s {printable(start)}")
+        return lines
 
     @command.command("wsinspect.forward")
     def command_forward(self, held: int) -> None:
