@@ -319,6 +319,10 @@ async def test_the_app_sets_the_rule_counts_held_messages_and_forwards_them(
     proxy = await start_proxy()
     app = WsInspectApp(proxy.store, proxy.engine)
     async with app.run_test(size=SIZE) as pilot:
+        # the keys are palette commands (a binding with a tooltip is one)
+        offered = {a.binding.description for a in app.screen.active_bindings.values()
+                   if a.binding.tooltip}
+        assert {"Intercept", "Held"} <= offered
         await pilot.press("I")
         await wait_for(lambda: isinstance(app.screen, RuleScreen), what="the rule dialog")
         app.screen.query_one(Input).value = "~client /^hold/"
