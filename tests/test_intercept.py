@@ -388,9 +388,10 @@ def _stream(messages, from_client):
     return out
 
 
-def _relay_through_queue(stream, cuts, from_client, held_fates):
+def _relay_through_queue(stream, cuts, from_client, held_fates, end=False):
     """Feed `stream` in `cuts`-sized reads through a FrameParser and a HeldQueue holding
-    every message whose index is in `held_fates`, deciding them once all is read."""
+    every message whose index is in `held_fates`, deciding them once all is read; `end`:
+    then the sender's FIN (what is left goes out)."""
     parser = FrameParser(from_client)
     queue = HeldQueue(from_client, None, 0, True)
     sent, holds, count = [], [], itertools.count()
@@ -408,11 +409,14 @@ def _relay_through_queue(stream, cuts, from_client, held_fates):
     while pos < len(stream):
         data = stream[pos:pos + next(cut)]
         pos += len(data)
-        steps = queue.take(data, parser.feed(data), matches, hold)
+        events = parser.feed(data)
+        steps = queue.take(data, events, matches, hold, parser.at_message_boundary)
         sent += [what for step, what in steps if step == "send"]
     for held in holds:
         fate = held_fates[index[id(held.message)]]
         sent += [what for step, what in queue.decide(held, fate, 1.0, b"new") if step == "send"]
+    if end:
+        sent += [what for step, what in queue.release_all() if step == "send"]
     return b"".join(sent), queue
 
 
@@ -463,3 +467,29 @@ async def test_messages_are_held_and_edited_over_tls_both_ways(start_proxy, tls_
         assert not echo.from_client and echo.message.payload == b"hold: edited"
         proxy.engine.interceptor.decide(echo.id, FORWARDED)
         assert await asyncio.wait_for(ws.recv(), 5) == "hold: edited"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    messages=st.lists(st.tuples(st.binary(max_size=40), st.integers(1, 3), st.booleans()),
+                      max_size=4),
+    garbage=st.binary(min_size=1, max_size=60),
+    cuts=st.lists(st.integers(1, 30), min_size=1, max_size=5),
+    from_client=st.booleans(),
+    hold_all=st.booleans(),
+)
+def test_the_held_queue_lets_broken_streams_through(messages, garbage, cuts, from_client,
+                                                     hold_all):
+    """Whatever follows the valid frames (the parser may lose the boundaries, or wait for the
+    rest of a frame until the sender's FIN), every byte goes out, and nothing held is lost."""
+    valid = _stream(messages, from_client)
+    stream = valid + garbage
+    # a frame with a reserved opcode is no message; it goes on at once all the same
+    reserved = frame(0x3, b"odd", mask=from_client)
+    out, queue = _relay_through_queue(valid + reserved, cuts, from_client, {})
+    assert out == valid + reserved and queue.idle
+    fates = dict.fromkeys(range(len(messages) + 8), FORWARDED) if hold_all else {}
+    out, _ = _relay_through_queue(stream, cuts, from_client, fates, end=True)
+    assert sorted(out) == sorted(stream)  # pings between messages may go ahead
+    if not hold_all:
+        assert out == stream

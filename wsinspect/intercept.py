@@ -171,9 +171,11 @@ class HeldQueue:
         can be relayed as it arrives."""
         return not self.queue and not self.unsent and (self.compressor is None or self.lost)
 
-    def take(self, data: bytes, events: list, matches, hold) -> list[tuple[str, object]]:
-        """`data` arrived; `events` are what the parser made of it. `matches(message)` says
-        whether a data message is to be held; `hold(message)` makes its Held."""
+    def take(self, data: bytes, events: list, matches, hold,
+             at_boundary: bool = False) -> list[tuple[str, object]]:
+        """`data` arrived; `events` are what the parser made of it; `at_boundary`: the parser
+        is at a message boundary after it. `matches(message)` says whether a data message is
+        to be held; `hold(message)` makes its Held."""
         if self.lost:
             return [("send", data)]
         self.unsent += data
@@ -204,10 +206,12 @@ class HeldQueue:
                     steps += self._put(item)
                 else:  # a ping or pong between messages goes on ahead of what is held
                     steps += self._out(item)
+        if at_boundary and self.unsent:  # frames that are no message (reserved opcodes)
+            steps += self._put(Passing(self._cut(self.offset), self._take_events()))
         return steps
 
     def _cut(self, end: int) -> bytes:
-        n = len(self.unsent) - (self.offset - end)
+        n = max(0, len(self.unsent) - (self.offset - end))
         chunk = bytes(self.unsent[:n])
         del self.unsent[:n]
         return chunk

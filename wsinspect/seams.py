@@ -615,7 +615,8 @@ class RawRelayLayer(layer.Layer):
         def hold(message: wire.DataMessage) -> intercept.Held:
             return interceptor.hold(self.flow, message)
 
-        yield from self._held_steps(from_client, queue.take(data, found, matches, hold))
+        steps = queue.take(data, found, matches, hold, parser.at_message_boundary)
+        yield from self._held_steps(from_client, steps)
         if self.pending[from_client] and parser.at_message_boundary:
             # what came before is sent or waits whole: an injection goes in between messages
             yield from self._send_pending(from_client)
