@@ -18,6 +18,7 @@ from mitmproxy.addons import core, next_layer, proxyauth, proxyserver, tlsconfig
 
 from .addresses import DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT, is_loopback
 from .errors import EngineError
+from .interceptor import Interceptor
 from .loopguard import LoopGuard
 from .recorder import Recorder
 from .resend import Resender
@@ -119,6 +120,8 @@ class Engine:
         self.master = master.Master(opts)
         self.recorder = Recorder(self.store)
         self.resender = Resender(self.recorder)
+        # before the recorder: on the mitmproxy path, a held message is recorded once decided
+        self.interceptor = Interceptor(self.recorder)
         self.master.addons.add(
             core.Core(),
             proxyauth.ProxyAuth(),
@@ -127,6 +130,7 @@ class Engine:
             tlsconfig.TlsConfig(),
             upstream_auth.UpstreamAuth(),
             LoopGuard(),
+            self.interceptor,
             self.recorder,
             self.resender,
         )

@@ -292,6 +292,9 @@ class Message:
     sha256: str | None = None  # set when the payload was capped, to identify the full one
     index: int = -1  # position within its hop, assigned by the store
     rtt: float | None = None  # a pong's: seconds since the ping it answers
+    # a message an intercept rule held: "forwarded", "edited" or "dropped", after `held` seconds
+    intercept: str | None = None
+    held: float | None = None
 
     @property
     def truncated(self) -> bool:
@@ -880,6 +883,8 @@ MESSAGE_FIELDS: dict[str, Check] = {
     "sha256": optional(sha256),
     "index": ID,
     "rtt": optional(seconds),
+    "intercept": optional(one_of("forwarded", "edited", "dropped")),
+    "held": optional(seconds),
 }
 STATS_FIELDS: dict[str, Check] = {
     "from_client": COUNT,

@@ -62,6 +62,9 @@ PENDING_PINGS = 256  # unanswered pings remembered per side, for pairing pongs
 # message types by wire name/opcode: a dict lookup is cheaper than Enum member access per message
 _CONTROL_TYPES = {0x8: MessageType.CLOSE, 0x9: MessageType.PING, 0xA: MessageType.PONG}
 _DATA_TYPES = {"text": MessageType.TEXT, "binary": MessageType.BINARY}
+# flow.metadata key under which wsinspect.interceptor leaves a held message's fate for the
+# mitmproxy path's websocket_message: (fate, seconds held, the payload as it came)
+INTERCEPT_METADATA = "wsinspect_intercept"
 
 
 @dataclass
@@ -305,18 +308,29 @@ class Recorder:
         hop = self._hops.get(flow.id)
         assert flow.websocket is not None
         message: WebSocketMessage = flow.websocket.messages[-1]
+        # what wsinspect.interceptor decided for a message it held: fate, seconds, what came
+        held = flow.metadata.pop(INTERCEPT_METADATA, None)
         if hop is not None:
+            kind = MessageType.TEXT if message.type == Opcode.TEXT else MessageType.BINARY
+            payload = message.content if held is None else held[2]
             self.store.add_message(
                 hop,
                 Message(
                     from_client=message.from_client,
-                    type=MessageType.TEXT if message.type == Opcode.TEXT else MessageType.BINARY,
-                    size=len(message.content),
-                    payload=message.content,
+                    type=kind,
+                    size=len(payload),
+                    payload=payload,
                     timestamp=message.timestamp,
                     injected=message.injected,
+                    intercept=None if held is None else held[0],
+                    held=None if held is None else held[1],
                 ),
             )
+            if held is not None and held[0] == "edited":
+                self.store.add_message(hop, Message(
+                    from_client=message.from_client, type=kind, size=len(message.content),
+                    payload=message.content, timestamp=time.time(), injected=True,
+                ))
         if ctx.options.wsinspect_trim:
             # mitmproxy keeps every message for the flow's life (upstream #6620). Keep only
             # the newest, which later addons in this hook may still read.
@@ -402,6 +416,26 @@ class Recorder:
                 timestamp=time.time(),
                 injected=True,
             ))
+
+    def on_intercepted(self, flow: http.HTTPFlow, held) -> None:
+        """A held message was decided: recorded as it came, with its fate; an edited one's
+        replacement follows it, marked injected."""
+        raw = self._raw_session(flow)
+        if raw is None:
+            return
+        m = held.message
+        self.store.add_message(raw.hop, Message(
+            from_client=m.from_client,
+            type=_DATA_TYPES[m.type],
+            size=m.size,
+            payload=m.payload,
+            timestamp=m.timestamp,
+            sha256=m.sha256,
+            intercept=held.fate,
+            held=max(0.0, held.decided_at - held.since),
+        ))
+        if held.edited is not None:
+            self.on_injected(flow, m.from_client, m.type == "text", held.edited)
 
     def on_relay_end(self, flow: http.HTTPFlow, end: seams.RelayEnd) -> None:
         raw = self._raw_session(flow)

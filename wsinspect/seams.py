@@ -73,7 +73,7 @@ from wsproto import ConnectionState
 from wsproto.events import CloseConnection
 from wsproto.frame_protocol import Opcode
 
-from . import wire
+from . import intercept, wire
 from .http_rules import close_code_reason
 from .model import CappedPayload
 
@@ -114,6 +114,30 @@ class RelayRecorder(Protocol):
     def on_relay_end(self, flow, end: RelayEnd) -> None:
         """Both directions of a raw-relayed WebSocket have ended."""
 
+    def on_intercepted(self, flow, held: intercept.Held) -> None:
+        """A message an intercept rule held was forwarded, edited or dropped."""
+
+
+class RelayInterceptor(Protocol):
+    """What the raw relay asks of wsinspect.interceptor.Interceptor."""
+
+    def rule(self) -> intercept.Rule | None: ...
+
+    def matches(self, flow, message: wire.DataMessage) -> bool:
+        """Whether the rule holds `message`."""
+
+    def hold(self, flow, message: wire.DataMessage) -> intercept.Held:
+        """Hold `message` (the interceptor tells the user and starts its timeout)."""
+
+    def settled(self, flow, held: intercept.Held) -> None:
+        """`held` went out (or did not, dropped): it is off the interceptor's list."""
+
+
+@dataclass
+class HoldDecided(proxy_events.MessageInjected[intercept.Decision]):
+    """The user (or the timeout) decided a held message's fate (set on it): injected into its
+    connection like a WebSocket message, so the relay acts on it on the proxy's loop."""
+
 
 # Recorders by the id of their mitmproxy Options object (one per Master), for seams that only
 # see a layer's context.
@@ -126,6 +150,17 @@ def register(recorder: RelayRecorder, options) -> None:
 
 def unregister(options) -> None:
     _recorders_by_options.pop(id(options), None)
+
+
+_interceptors_by_options: dict[int, RelayInterceptor] = {}
+
+
+def register_interceptor(interceptor: RelayInterceptor, options) -> None:
+    _interceptors_by_options[id(options)] = interceptor
+
+
+def unregister_interceptor(options) -> None:
+    _interceptors_by_options.pop(id(options), None)
 
 
 def frame_taps() -> dict[str, RelayRecorder]:
@@ -421,6 +456,7 @@ class RawRelayLayer(layer.Layer):
             False: collections.deque(),
         }
         self.ends: dict[bool, str | None] = {True: None, False: None}
+        self.holds: dict[bool, intercept.HeldQueue] = {}  # directions an intercept rule covers
         self.first_end: bool | None = None
         self.stream_id: int | None = None  # the HTTP stream it is the child of (passthrough)
         self.server_through_http = True  # see send()
@@ -466,11 +502,16 @@ class RawRelayLayer(layer.Layer):
 
     _handle_event = start
 
-    @expect(proxy_events.DataReceived, proxy_events.ConnectionClosed, WebSocketMessageInjected)
+    @expect(proxy_events.DataReceived, proxy_events.ConnectionClosed, WebSocketMessageInjected,
+            HoldDecided)
     def relay(self, event):
         if isinstance(event, proxy_events.DataReceived):
             from_client = event.connection is self.context.client
             parser = self.parsers[from_client]
+            queue = self._held_queue(from_client)
+            if queue is not None:
+                yield from self._relay_held(queue, from_client, event.data)
+                return
             if self.pending[from_client]:
                 yield from self._relay_around_injections(from_client, event.data)
                 return
@@ -478,6 +519,12 @@ class RawRelayLayer(layer.Layer):
             found = parser.feed(event.data, time.time())
             if found:
                 self.recorder.on_wire_events(self.flow, found)
+        elif isinstance(event, HoldDecided):
+            decision = event.message
+            queue = self.holds.get(decision.held.from_client)
+            if queue is not None:
+                steps = queue.decide(decision.held, decision.fate, time.time(), decision.payload)
+                yield from self._held_steps(decision.held.from_client, steps)
         elif isinstance(event, WebSocketMessageInjected):
             yield from self._inject(event.message)
         else:
@@ -495,6 +542,12 @@ class RawRelayLayer(layer.Layer):
         writer = target.writer if target is not None else None
         if writer is None or writer.is_closing():
             writer = None  # the other side is gone: the bytes are still recorded
+        queue = self._held_queue(from_client)
+        if queue is not None:
+            for command in self._relay_held(queue, from_client, data):
+                if writer is not None:
+                    writer.write(command.data)
+            return
         if self.pending[from_client]:
             for command in self._relay_around_injections(from_client, data):
                 if writer is not None:
@@ -527,6 +580,57 @@ class RawRelayLayer(layer.Layer):
             self.recorder.on_wire_events(self.flow, found[recorded:])
         if not parser.in_sync and self.pending[from_client]:
             self._drop_pending(from_client, "its frame boundaries were lost")
+
+    def _held_queue(self, from_client: bool) -> intercept.HeldQueue | None:
+        """The direction's HeldQueue while an intercept rule covers it, or anything still waits
+        in it; None: the direction is relayed as it arrives."""
+        interceptor = _interceptors_by_options.get(id(self.context.options))
+        rule = interceptor.rule() if interceptor is not None else None
+        if rule is None and not self.holds:
+            return None  # the common case, once per read
+        parser = self.parsers[from_client]
+        covered = rule is not None and rule.covers(from_client) and parser.in_sync
+        queue = self.holds.get(from_client)
+        if queue is None and covered:
+            queue = self.holds[from_client] = intercept.HeldQueue(
+                from_client, parser.deflate, parser.offset, parser.at_message_boundary
+            )
+        elif queue is not None and not covered and queue.idle:
+            del self.holds[from_client]
+            return None
+        return queue
+
+    def _relay_held(self, queue: intercept.HeldQueue, from_client: bool, data: bytes):
+        parser = self.parsers[from_client]
+        found = parser.feed(data, time.time())
+        interceptor = _interceptors_by_options.get(id(self.context.options))
+
+        def matches(message: wire.DataMessage) -> bool:
+            return interceptor is not None and interceptor.matches(self.flow, message)
+
+        def hold(message: wire.DataMessage) -> intercept.Held:
+            return interceptor.hold(self.flow, message)
+
+        steps = queue.take(data, found, matches, hold, parser.at_message_boundary)
+        yield from self._held_steps(from_client, steps)
+        if self.pending[from_client] and parser.at_message_boundary:
+            # what came before is sent or waits whole: an injection goes in between messages
+            yield from self._send_pending(from_client)
+
+    def _held_steps(self, from_client: bool, steps: list):
+        interceptor = _interceptors_by_options.get(id(self.context.options))
+        for step, what in steps:
+            if step == "send":
+                yield self.send(from_client, what)
+            elif type(what) is intercept.Held:
+                self.recorder.on_wire_events(
+                    self.flow, [e for e in what.events if type(e) is not wire.DataMessage]
+                )
+                self.recorder.on_intercepted(self.flow, what)
+                if interceptor is not None:
+                    interceptor.settled(self.flow, what)
+            elif what.events:
+                self.recorder.on_wire_events(self.flow, what.events)
 
     def _inject(self, message):
         from_client = message.from_client
@@ -567,6 +671,15 @@ class RawRelayLayer(layer.Layer):
         self.ends[from_client] = how
         if self.first_end is None:
             self.first_end = from_client
+        # What this side held goes on before its end does (all of it is lost in a reset).
+        for side in (from_client, not from_client) if how == "reset" else (from_client,):
+            queue = self.holds.pop(side, None)
+            if queue is not None:
+                fate = intercept.DROPPED if how == "reset" else intercept.FORWARDED
+                steps = queue.release_all(fate)
+                if how == "reset":
+                    steps = [step for step in steps if step[0] == "record"]
+                yield from self._held_steps(side, steps)
         # injections into the stream this side sent can no longer find a boundary in it
         for side in (from_client, not from_client) if how == "reset" else (from_client,):
             if self.pending[side]:
@@ -624,7 +737,8 @@ class RawRelayLayer(layer.Layer):
         self.flow.live = False
         self._handle_event = self.done
 
-    @expect(proxy_events.DataReceived, proxy_events.ConnectionClosed, WebSocketMessageInjected)
+    @expect(proxy_events.DataReceived, proxy_events.ConnectionClosed, WebSocketMessageInjected,
+            HoldDecided)
     def done(self, _):
         yield from ()
 

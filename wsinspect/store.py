@@ -59,7 +59,9 @@ CREATE TABLE IF NOT EXISTS messages (
     injected INTEGER NOT NULL,
     sha256 TEXT,
     payload BLOB NOT NULL,
-    rtt REAL
+    rtt REAL,
+    intercept TEXT,
+    held REAL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_hop ON messages (hop_id, idx);
 """
@@ -102,7 +104,7 @@ def _create_private(path: Path) -> None:
 # given key (clients reusing one key for many handshakes are the only way there are several).
 _KEYLESS_CANDIDATES = 200
 
-_INSERT_MESSAGE = "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_MESSAGE = "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _UPSERT_HOP = "INSERT OR REPLACE INTO hops VALUES (?, ?, ?)"
 
 
@@ -219,7 +221,7 @@ def _connect_readonly(path: Path, on_progress: Callable[[], bool]) -> sqlite3.Co
 
 def _message(row: tuple) -> Message:
     """A messages row as a Message, every column checked."""
-    index, from_client, kind, size, timestamp, injected, sha256, payload, rtt = row
+    index, from_client, kind, size, timestamp, injected, sha256, payload, rtt, intercept, held = row
     one_of(0, 1)(from_client, "message from_client")
     one_of(0, 1)(injected, "message injected")
     message = Message(
@@ -232,6 +234,8 @@ def _message(row: tuple) -> Message:
         sha256=sha256,
         payload=payload,
         rtt=rtt,
+        intercept=intercept,
+        held=held,
     )
     message.validate()
     return message
@@ -263,7 +267,7 @@ def _message_rows(batches: list[tuple[int, list[Message]]]) -> Iterator[tuple]:
     for hop_id, messages in batches:
         for m in messages:
             yield (hop_id, m.index, int(m.from_client), m.type.value, m.size, m.timestamp,
-                   int(m.injected), m.sha256, m.payload, m.rtt)
+                   int(m.injected), m.sha256, m.payload, m.rtt, m.intercept, m.held)
 
 
 def _write_batch(db: sqlite3.Connection, rows: Iterable[tuple], hop_rows: list[tuple]) -> None:
@@ -413,6 +417,7 @@ class SessionStore:
         self._newest: collections.deque[Session] = collections.deque(maxlen=_KEYLESS_CANDIDATES)
         self._query_deadline = float("inf")
         self._rtt_column = "rtt"
+        self._intercept_columns = "intercept, held"
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> SessionStore:
@@ -428,6 +433,10 @@ class SessionStore:
             store._read(_check_schema, store._db)
             if not store._query("SELECT 1 FROM pragma_table_info('messages') WHERE name='rtt'"):
                 store._rtt_column = "NULL"  # a capture from before pong RTTs were recorded
+            if not store._query(
+                "SELECT 1 FROM pragma_table_info('messages') WHERE name='intercept'"
+            ):
+                store._intercept_columns = "NULL, NULL"  # from before messages were held
             row = store._query("SELECT value FROM meta WHERE key='format'")
             if not row or row[0][0] != CAPTURE_FORMAT:
                 raise CaptureError("not a wsinspect capture (no wsinspect-capture format mark)")
@@ -527,7 +536,8 @@ class SessionStore:
             try:
                 rows = self._query(
                     "SELECT idx, from_client, type, size, timestamp, injected, sha256, payload, "
-                    f"{self._rtt_column} FROM messages WHERE hop_id=? AND idx>=? AND idx<? "
+                    f"{self._rtt_column}, {self._intercept_columns} FROM messages "
+                    "WHERE hop_id=? AND idx>=? AND idx<? "
                     "ORDER BY idx",
                     (hop_id, start, min(stop, committed)),
                 )

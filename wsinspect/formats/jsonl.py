@@ -31,6 +31,9 @@ def message_line(item: ExportedHop, message: Message, decoded: Decoded | None = 
         "sha256": message.sha256,
         "injected": message.injected,
         "rtt": message.rtt,
+        # held by an intercept rule: what became of it and after how long; null otherwise
+        "intercept": None if message.intercept is None
+        else {"fate": message.intercept, "held": message.held},
     }
     try:
         line["text"] = message.payload.decode("utf-8") if message.type.value == "text" else None

@@ -32,6 +32,7 @@ from ..store import SessionStore, StoreChanges
 from .colours import Colours
 from .dialogs import ComparisonScreen, ExportRequest, ExportScreen
 from .format import SafeText, printable
+from .intercept import HeldScreen, RuleScreen, intercept_fields
 from .logs import LogScreen
 from .pacing import SAMPLE_INTERVAL, LoopLoad
 from .session_view import SessionScreen
@@ -192,6 +193,7 @@ class WsInspectApp(App):
             fields.append(SafeText.line(f"{self.messages_per_second:.0f} msg/s"))
             if self.loop_load.saturated:
                 fields.append(SafeText.line("proxy busy, screen paced", style="bold"))
+            fields += intercept_fields(self.engine.interceptor)
         elif isinstance(self.store, LinedUpStore):  # wsinspect open a.db b.db
             fields.append(SafeText.line(self.store.status_text()))
         else:
@@ -333,6 +335,24 @@ class WsInspectApp(App):
 
     def open_session(self, session_id: int) -> None:
         self.push_screen(SessionScreen(session_id))
+
+    def action_intercept(self) -> None:
+        if self.live_proxy_missing("Intercepting"):
+            return
+        interceptor = self.engine.interceptor
+        current = interceptor.rule()
+
+        def set_rule(rule: str | None) -> None:
+            if rule is not None:
+                interceptor.set_rule(rule)
+                self.notify(f"holding messages matching {rule}" if rule else "intercept off",
+                            timeout=3)
+
+        self.push_screen(RuleScreen(current.text if current else ""), set_rule)
+
+    def action_held(self) -> None:
+        if not self.live_proxy_missing("Intercepting"):
+            self.push_screen(HeldScreen(self.engine.interceptor))
 
     def action_show_log(self) -> None:
         if not isinstance(self.screen, LogScreen):

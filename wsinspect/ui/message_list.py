@@ -126,6 +126,7 @@ class Row:
     rtt: float | None  # a pong's round trip
     label: str  # what the message is in the session's protocol ("" when in none)
     settled: bool  # the label comes from the session's decoding, not the message alone
+    intercept: str | None = None  # what became of it when an intercept rule held it
 
 
 # Below this width a row leaves out the wall-clock time (+seconds stays) and narrows the
@@ -302,6 +303,7 @@ class MessageList(ScrollView, can_focus=True):
             message.rtt,
             label,
             settled,
+            message.intercept,
         )
 
     def _prefetch(self, first_row: int, last_row: int) -> None:
@@ -446,6 +448,8 @@ class MessageList(ScrollView, can_focus=True):
             *([Segment(f"{fitted(info.label, label_width(width) - 1):<{label_width(width)}}",
                        style("messagelist--label"))] if self.track.protocol else []),
             *([Segment("injected ", style("messagelist--injected"))] if info.injected else []),
+            *([Segment(f"held:{info.intercept} ", style("messagelist--injected"))]
+              if info.intercept else []),
             # A pong's round trip leads its preview, so that it is never the part cut off.
             *([Segment(f"rtt {milliseconds(info.rtt)} ", style("messagelist--rtt"))]
               if info.rtt is not None else []),

@@ -142,6 +142,8 @@ class PayloadPane(Vertical):
             line.append(f"  stored {format_size(len(message.payload))}, sha256 {message.sha256}")
         if message.injected:
             line.append("  injected")
+        if message.intercept:
+            line.append(f"  held {message.held:.1f} s, then {message.intercept}")
         if message.rtt is not None:
             line.append(f"  rtt {milliseconds(message.rtt)}")
         if len(message.payload) > DISPLAY_LIMIT:

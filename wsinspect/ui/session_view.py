@@ -28,6 +28,7 @@ from .dialogs import EditedPayload, EditPayloadScreen
 from .findings import findings_text, hops_text
 from .format import SafeText, is_text, printable
 from .handshake import session_handshakes
+from .intercept import INTERCEPT_BINDINGS
 from .message_list import FilterError, MessageFilter, MessageList, list_header
 from .pacing import BUSY_SUMMARY_INTERVAL
 from .payload import PayloadPane, SavePayloadScreen, payload_for_clipboard
@@ -95,6 +96,7 @@ class SessionScreen(AppAccess, Coloured, Screen):
         Binding("e", "edit_resend", "Edit and resend", group=RESEND,
                 tooltip="Edit the selected payload, then send it"),
         Binding("p", "replay", "Replay", tooltip="Replay the session and compare the answers"),
+        *INTERCEPT_BINDINGS,
         Binding("x", "export", "Export", tooltip="Write HAR, flows or JSON lines (redacted)"),
         Binding("slash", "focus_filter", "Filter", show=False,  # the filter box shows "/"
                 tooltip="Filter by text, /regex/, label:NAME or protocol:NAME"),

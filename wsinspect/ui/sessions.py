@@ -17,6 +17,7 @@ from .colours import Coloured, Colours
 from .commands import BindingCommands
 from .findings import findings_badge
 from .format import MiddleShortened, SafeText, clock, duration, format_size
+from .intercept import INTERCEPT_BINDINGS
 from .status import StatusBar, is_covered, outcome_badge
 
 # A busy session's counters change with every batch of messages; the list shows them at this
@@ -160,6 +161,7 @@ class SessionsScreen(AppAccess, Screen):
         Binding("x", "app.export", "Export all",
                 tooltip="Write all sessions as HAR, flows or JSON lines (redacted)"),
         Binding("l", "app.show_log", "Log"),
+        *INTERCEPT_BINDINGS,
         Binding("t", "app.toggle_theme", "Theme"),
         Binding("q", "app.quit", "Quit"),
     ]
