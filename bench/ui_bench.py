@@ -52,7 +52,7 @@ SIZE = (120, 40)
 def build_capture(path: Path, count: int) -> None:
     store = SessionStore(path)
     start = time.time()
-    hop = make_hop("ws://bench.test/feed", t=start, response_status=101)
+    hop = make_hop("ws://bench.test/feed", t=start, status=101)
     store.add_hop(hop)
     for i in range(count):
         payload = b'{"seq": %d, "price": 101.25, "side": "buy"}' % i
@@ -143,7 +143,7 @@ async def arrival_to_screen(
     """Latencies (ms) from `add_message` to a rendered frame showing that message or a later
     one, with messages fed at `rate` per second in 5 ms batches into a new capture file."""
     store = SessionStore(capture)
-    hop = make_hop("ws://bench.test/feed", t=time.time(), response_status=101)
+    hop = make_hop("ws://bench.test/feed", t=time.time(), status=101)
     store.add_hop(hop)
     store.flush()
     app = WsInspectApp(store)

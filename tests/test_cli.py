@@ -431,7 +431,7 @@ def big_capture(path: Path, sessions: int = 300) -> None:
     """A capture whose report is larger than a pipe's buffer."""
     store = SessionStore(path)
     for i in range(sessions):
-        store.add_hop(make_hop(f"ws://127.0.0.1:1/{i}", key=f"k{i}", t=1000.0 + i, response_status=101))
+        store.add_hop(make_hop(f"ws://127.0.0.1:1/{i}", key=f"k{i}", t=1000.0 + i, status=101))
     store.close()
 
 

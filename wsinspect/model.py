@@ -690,7 +690,7 @@ class Hop:
     def refused(self, reason: str, timestamp: float) -> None:
         """The proxy answered the request itself with a 400 (it could not pass it on)."""
         self.answered(400, "Bad Request", [], None, timestamp)
-        self.answered_by = "proxy"
+        self.answered_by = Side.PROXY.value  # stored as text, compared with Side.PROXY
         self.error = reason or "refused by the proxy"
 
     def failed(self, error: str | None, timestamp: float) -> None:

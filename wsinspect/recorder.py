@@ -493,17 +493,8 @@ class Recorder:
         hop = self._hops.get(flow.id)
         if hop is None:
             return
-        self.store.add_message(
-            hop,
-            Message(
-                from_client=message.from_client,
-                type=MessageType.TEXT if message.is_text else MessageType.BINARY,
-                size=message.size,
-                payload=bytes(message.prefix),
-                timestamp=message.timestamp,
-                sha256=message.sha256.hexdigest(),
-            ),
-        )
+        kind = MessageType.TEXT if message.is_text else MessageType.BINARY
+        self.store.add_message(hop, message.message(message.from_client, kind, message.timestamp))
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         hop = self._hops.pop(flow.id, None)
