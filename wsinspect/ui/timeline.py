@@ -46,13 +46,16 @@ SHOWN_SILENCES = 3
 
 
 def seconds_text(seconds: float, decimals: int = 1) -> str:
-    """"12.3 s", "4m05s" or, under a tenth of a second, "18.3 ms", for the axis; silences have two decimals, as the idle-timeout
+    """"12.3 s" or "4m05s", for the axis; silences have two decimals, as the idle-timeout
     finding writes the one it measured."""
-    if seconds < 0.1 and round(seconds, decimals) < 0.1:  # a column of a short session
-        return milliseconds(seconds)
     if seconds < 600:
         return f"{seconds:.{decimals}f} s"
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def column_text(seconds: float) -> str:
+    """How long one column of the chart is: a short session's is a few ms, not "0.0 s"."""
+    return milliseconds(seconds) if seconds < 0.1 else seconds_text(seconds)
 
 
 def rate_text(value: float, unit: str) -> str:
@@ -209,7 +212,7 @@ class TimelineView(VerticalScroll):
     def _axis(self, series: Series, columns: int) -> SafeText:
         left = "0 s"
         right = f"+{seconds_text(series.column_seconds * columns)}"
-        middle = f" 1 column = {seconds_text(series.column_seconds)} "
+        middle = f" 1 column = {column_text(series.column_seconds)} "
         room = columns - len(left) - len(right)
         if room >= len(middle) + 2:
             pad = room - len(middle)
