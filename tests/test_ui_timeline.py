@@ -131,13 +131,13 @@ async def test_a_real_nginx_idle_timeout_is_marked_with_the_findings_figure(
         await open_first_session(app, pilot)
         await pilot.press("t")
         await read_to_the_end(app)
-        await wait_for(lambda: re.search(r"ping RTT .* p50 \d+\.\d ms", screen_text(app)),
+        await wait_for(lambda: f"▓ silent {figure} s from +" in screen_text(app),
                        what="the timeline drawn")
         text = screen_text(app)
-        assert f"▓ silent {figure} s from +" in text
         assert "then cut: a proxy's idle timeout (Findings)" in text
         assert re.search(rf"silences +[·━]*▓+ max {re.escape(figure)} s", text)
-        assert re.search(r"ping RTT .* p50 \d+\.\d ms", text)
+        if session.ping_rtt is not None:  # the raw relay pairs pongs with pings
+            assert re.search(r"ping RTT .* p50 \d+\.\d ms", text)
 
 
 def timeline_store() -> SessionStore:
