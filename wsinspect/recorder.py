@@ -96,6 +96,19 @@ def _ended_how(how: str | None) -> str:
     return "reset the connection" if how == ConnectionEnd.RESET else "closed the connection (FIN)"
 
 
+
+def _data_message(event: wire.DataMessage, **fate) -> Message:
+    """The record of a data message the parser saw (and, for a held one, its fate)."""
+    return Message(
+        from_client=event.from_client,
+        type=_DATA_TYPES[event.type],
+        size=event.size,
+        payload=event.payload,
+        timestamp=event.timestamp,
+        sha256=event.sha256,
+        **fate,
+    )
+
 class Recorder:
     """Records every WebSocket upgrade attempt and its traffic."""
 
@@ -362,14 +375,7 @@ class Recorder:
         for event in events:
             kind = type(event)
             if kind is wire.DataMessage:
-                add(hop, Message(
-                    from_client=event.from_client,
-                    type=_DATA_TYPES[event.type],
-                    size=event.size,
-                    payload=event.payload,
-                    timestamp=event.timestamp,
-                    sha256=event.sha256,
-                ))
+                add(hop, _data_message(event))
             elif kind is wire.Control:
                 rtt = None
                 if event.opcode == 0x9:
@@ -423,18 +429,11 @@ class Recorder:
         raw = self._raw_session(flow)
         if raw is None:
             return
-        m = held.message
-        self.store.add_message(raw.hop, Message(
-            from_client=m.from_client,
-            type=_DATA_TYPES[m.type],
-            size=m.size,
-            payload=m.payload,
-            timestamp=m.timestamp,
-            sha256=m.sha256,
-            intercept=held.fate,
-            held=max(0.0, held.decided_at - held.since),
+        self.store.add_message(raw.hop, _data_message(
+            held.message, intercept=held.fate, held=max(0.0, held.decided_at - held.since)
         ))
         if held.edited is not None:
+            m = held.message
             self.on_injected(flow, m.from_client, m.type == "text", held.edited)
 
     def on_relay_end(self, flow: http.HTTPFlow, end: seams.RelayEnd) -> None:
