@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
-from .store import temporary_capture_path
+from .store import capture_files, temporary_capture_path
 
 CLOSED_PIPE = 128 + signal.SIGPIPE  # the status of a filter whose reader went away
 HUNG_UP = 128 + signal.SIGHUP  # the status when the process outlived its terminal too long
@@ -139,9 +139,9 @@ def new_capture_path(path: str | None) -> Path:
 
 
 def remove_capture(path: str | os.PathLike) -> None:
-    """Remove a capture and SQLite's files beside it."""
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    """Remove a capture and the files beside it (SQLite's, its payload file)."""
+    for file in capture_files(path):
+        file.unlink(missing_ok=True)
 
 
 def quiet_loop_reports(loop: asyncio.AbstractEventLoop) -> None:
