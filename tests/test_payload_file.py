@@ -1,0 +1,276 @@
+"""Large payloads in the payload file beside a capture (X-payloads): written by the store's
+writer thread, read back live, reopened, while the writer runs and after it was killed, by
+exports and lined-up captures; old captures without it; removed with the capture."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.builders import make_hop
+from wsinspect import formats
+from wsinspect.formats.common import add_imported_hop
+from wsinspect.lineup import open_captures
+from wsinspect.model import Message, MessageType
+from wsinspect.runtime import remove_capture
+from wsinspect.store import LARGE_PAYLOAD, CaptureError, SessionStore, payloads_path
+
+from .test_formats import secret_hop
+from .test_lineup import LAPTOP, SERVER, Synthetic
+
+ROOT = Path(__file__).resolve().parent.parent
+CAP = 3 * LARGE_PAYLOAD
+# Below, at and just over the threshold, over it, and over the cap (kept as a prefix).
+SIZES = [0, 1, LARGE_PAYLOAD - 1, LARGE_PAYLOAD, LARGE_PAYLOAD + 1, 2 * LARGE_PAYLOAD + 5,
+         CAP + 1, 10 * LARGE_PAYLOAD]
+
+
+def payload(i: int, size: int) -> bytes:
+    """`size` bytes that differ at every offset from message to message."""
+    block = hashlib.sha256(f"payload {i}".encode()).digest()
+    return (block * (size // len(block) + 1))[:size]
+
+
+def binary(i: int, size: int) -> Message:
+    return Message(i % 2 == 0, MessageType.BINARY, size, payload(i, size), 100.0 + i)
+
+
+def expected(i: int, size: int, cap: int = CAP) -> tuple[int, bytes, str | None]:
+    full = payload(i, size)
+    capped = size > cap
+    return size, full[:cap], hashlib.sha256(full).hexdigest() if capped else None
+
+
+def seen(messages: list[Message]) -> list[tuple[int, bytes, str | None]]:
+    return [(m.size, m.payload, m.sha256) for m in messages]
+
+
+def stored_rows(path: Path) -> list[tuple[int, int | None, int | None]]:
+    """(inline payload length, payload_at, payload_len) of each message row."""
+    db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    rows = db.execute(
+        "SELECT length(payload), payload_at, payload_len FROM messages ORDER BY idx").fetchall()
+    db.close()
+    return rows
+
+
+def test_payloads_round_trip_inline_below_the_threshold_and_in_the_file_from_it(tmp_path):
+    path = tmp_path / "c.db"
+    store = SessionStore(path, max_payload=CAP)
+    hop = store.add_hop(make_hop()).first_hop
+    for i, size in enumerate(SIZES):
+        store.add_message(hop, binary(i, size))
+    want = [expected(i, size) for i, size in enumerate(SIZES)]
+    assert seen(store.hop_messages(hop.id, 0, 100)) == want  # pending, in memory
+    store.flush()
+    assert seen(store.hop_messages(hop.id, 0, 100)) == want  # committed by the writer thread
+    assert seen(store.hop_messages(hop.id, 3, 6)) == want[3:6]
+    store.close()
+
+    kept = [min(size, CAP) for size in SIZES]
+    located = [n for n in kept if n >= LARGE_PAYLOAD]
+    offsets = [sum(located[:k]) for k in range(len(located))]
+    assert stored_rows(path) == [
+        (n, None, None) if n < LARGE_PAYLOAD else (0, offsets.pop(0), n) for n in kept
+    ]
+    companion = payloads_path(path)
+    assert companion.name == "c.db-payloads"
+    assert companion.stat().st_size == sum(located)
+    assert companion.stat().st_mode & 0o777 == 0o600
+    reopened = SessionStore.open(path)
+    assert seen(list(reopened.iter_messages(hop.id, chunk=3))) == want
+    assert list(reopened.iter_timings(hop.id)) == [
+        (i % 2 == 0, size, 100.0 + i, None) for i, size in enumerate(SIZES)
+    ]
+    reopened.close()
+
+
+def test_small_payloads_make_no_payload_file_and_memory_stores_keep_every_payload(tmp_path):
+    path = tmp_path / "c.db"
+    store = SessionStore(path)
+    hop = store.add_hop(make_hop()).first_hop
+    store.add_message(hop, binary(0, LARGE_PAYLOAD - 1))
+    store.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.db"]
+
+    memory = SessionStore(max_payload=CAP)
+    hop = memory.add_hop(make_hop()).first_hop
+    for i, size in enumerate(SIZES):
+        memory.add_message(hop, binary(i, size))
+    memory.flush()
+    assert seen(memory.hop_messages(hop.id, 0, 100)) == [
+        expected(i, size) for i, size in enumerate(SIZES)]
+    located = memory._db.execute("SELECT count(*) FROM messages WHERE payload_at IS NOT NULL")
+    assert located.fetchone() == (0,)
+    memory.close()
+
+
+# A writer that records large and small messages for `seconds` (a few hundred), committing as
+# it goes (the writer thread drains in the background), says how many it recorded, and is
+# killed.
+WRITER = """
+import os, signal, sys, time
+from tests.builders import make_hop
+from tests.test_payload_file import binary, size_of
+from wsinspect.store import SessionStore
+store = SessionStore(sys.argv[1], max_payload=1 << 20)
+hop = store.add_hop(make_hop()).first_hop
+deadline = time.monotonic() + float(sys.argv[2])
+i = 0
+while i < 40 or time.monotonic() < deadline:
+    store.add_message(hop, binary(i, size_of(i)))
+    i += 1
+    store.commit()
+    if i == 20:
+        store.flush()
+        print("recording", flush=True)
+    time.sleep(0.004)
+store.flush()
+print(i, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def size_of(i: int) -> int:
+    """Every fourth message small, the others from the threshold to 320 KiB."""
+    return 100 + i if i % 4 == 3 else LARGE_PAYLOAD + (i * 104_729) % (1 << 18)
+
+
+def check_capture(path: Path) -> int:
+    """Open `path`, read every message and check it; how many there were."""
+    store = SessionStore.open(path)
+    try:
+        (session,) = store.sessions()
+        messages = list(store.iter_messages(session.first_hop.id, chunk=7))
+    finally:
+        store.close()
+    assert seen(messages) == [expected(i, size_of(i), 1 << 20) for i in range(len(messages))]
+    return len(messages)
+
+
+def test_a_live_capture_reads_while_its_writer_appends_and_after_it_was_killed(tmp_path):
+    path = tmp_path / "c.db"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), "1.5"], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "recording\n"
+        counts = []
+        while writer.poll() is None:
+            counts.append(check_capture(path))
+        total = int(writer.stdout.readline())
+    finally:
+        writer.kill()
+        writer.wait(timeout=30)
+    assert writer.returncode == -signal.SIGKILL
+    assert counts and counts[0] >= 20 and counts == sorted(counts)
+    assert check_capture(path) == total  # everything flushed before the kill
+    assert (tmp_path / "c.db-wal").exists()  # read as a killed writer left it
+
+
+def test_old_captures_without_payload_locations_still_read_and_other_columns_are_refused(
+    tmp_path,
+):
+    path = tmp_path / "old.db"
+    store = SessionStore(path)
+    hop = store.add_hop(make_hop()).first_hop
+    store.add_message(hop, binary(0, 10))
+    store.close()
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE messages DROP COLUMN payload_len")
+    db.execute("ALTER TABLE messages DROP COLUMN payload_at")
+    db.commit()
+    db.close()
+    old = SessionStore.open(path)
+    assert seen(old.hop_messages(hop.id, 0, 10)) == [expected(0, 10)]
+    old.close()
+
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE messages ADD COLUMN payload_where INTEGER")
+    db.commit()
+    db.close()
+    with pytest.raises(CaptureError, match="messages has unexpected columns"):
+        SessionStore.open(path)
+
+
+@pytest.mark.parametrize("planted", ["file", "symlink"])
+def test_a_payload_file_already_beside_a_new_capture_is_refused(tmp_path, planted):
+    path = tmp_path / "c.db"
+    companion = payloads_path(path)
+    if planted == "file":
+        companion.write_bytes(b"someone's")
+    else:
+        companion.symlink_to(tmp_path / "target")
+    with pytest.raises(CaptureError) as info:
+        SessionStore(path)
+    assert str(info.value) == f"{companion}: already exists; choose a new capture file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.db-payloads"]
+
+
+def test_removing_a_capture_removes_its_payload_file(tmp_path):
+    path = tmp_path / "c.db"
+    store = SessionStore(path)
+    hop = store.add_hop(make_hop()).first_hop
+    store.add_message(hop, binary(0, 2 * LARGE_PAYLOAD))
+    store.flush()
+    reader = SessionStore.open(path)  # a reader open too: the -wal and -shm stay
+    store.close()
+    assert {p.name for p in tmp_path.iterdir()} == {"c.db", "c.db-payloads", "c.db-wal", "c.db-shm"}
+    reader.close()
+    remove_capture(path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def large_messages() -> list[Message]:
+    return [
+        Message(True, MessageType.TEXT, 70_000, b"t" * 70_000, 1000.2),
+        Message(False, MessageType.BINARY, 5, b"small", 1000.3),
+        Message(False, MessageType.BINARY, 200_000, payload(1, 200_000), 1000.4),
+    ]
+
+
+def test_exports_of_a_capture_with_large_payloads_read_back_whole(tmp_path):
+    path = tmp_path / "c.db"
+    store = SessionStore(path)
+    add_imported_hop(store, secret_hop(), [dataclasses.replace(m) for m in large_messages()])
+    store.close()
+    assert payloads_path(path).stat().st_size == 270_000
+    source = formats.open_capture(path)
+    for fmt, name in (("har", "x.har"), ("flows", "x.mitm"), ("jsonl", "x.jsonl")):
+        formats.export(source, tmp_path / name, fmt, redact=False)
+    source.close()
+    lines = (tmp_path / "x.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and all(len(line) > 1000 for line in lines[::2])
+    for name in ("x.har", "x.mitm"):
+        back = formats.open_capture(tmp_path / name)
+        (session,) = back.sessions()
+        got = [(m.type, m.payload) for m in back.iter_messages(session.first_hop.id)]
+        assert got == [(m.type, m.payload) for m in large_messages()], name
+
+
+def test_lined_up_captures_read_large_payloads_from_each_capture(tmp_path):
+    client = Synthetic(1_700_000_000.0, "bGluZXVwLWxhcmdl", "/a", 0.002, 0.002, 0.001, 0.0005)
+    front = client.hop(LAPTOP, 1_700_000_000.0, 1_700_000_000.005, "one")
+    back = client.hop(SERVER, 1_700_000_000.002, 1_700_000_000.003, "one")
+    for name, hop, shift in (("laptop.db", front, 0.0), ("server.db", back, 37.0)):
+        for attr in ("timestamp_start", "timestamp_response"):
+            setattr(hop, attr, getattr(hop, attr) + shift)
+        store = SessionStore(tmp_path / name)
+        store.add_hop(hop)
+        for i, size in enumerate((LARGE_PAYLOAD, 300_000)):
+            at = 1_700_000_000.01 + i * 0.01 + shift
+            store.add_message(hop, Message(True, MessageType.BINARY, size, payload(i, size), at))
+        store.close()
+    lined_up = open_captures([tmp_path / "laptop.db", tmp_path / "server.db"])
+    (session,) = lined_up.sessions()
+    assert len(session.hops) == 2
+    for position in (1, 2):
+        got = lined_up.messages(session.id, 0, 10, position)
+        assert [m.payload for m in got] == [payload(0, LARGE_PAYLOAD), payload(1, 300_000)]
+    lined_up.close()
