@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import os
 import resource
 import sqlite3
 import subprocess
@@ -24,9 +25,25 @@ from websockets.asyncio.client import connect
 from wsinspect import formats
 from wsinspect.cli import main
 from wsinspect.formats.common import add_imported_hop
-from wsinspect.model import CLOSE_FIELDS, HOP_FIELDS, MESSAGE_FIELDS, STATS_FIELDS, Close, Hop
-from wsinspect.model import Message, MessageStats, MessageType
-from wsinspect.store import CAPTURE_ENDED, QUERY_SECONDS, CaptureError, SessionStore
+from wsinspect.model import (
+    CLOSE_FIELDS,
+    HOP_FIELDS,
+    MESSAGE_FIELDS,
+    STATS_FIELDS,
+    Close,
+    Hop,
+    Message,
+    MessageStats,
+    MessageType,
+)
+from wsinspect.store import (
+    CAPTURE_ENDED,
+    LARGE_PAYLOAD,
+    QUERY_SECONDS,
+    CaptureError,
+    SessionStore,
+    payloads_path,
+)
 
 from .test_cli import start_process, wsinspect
 from .test_formats import secret_hop
@@ -284,6 +301,122 @@ def test_damaged_message_rows_get_one_line_from_export_without_a_big_allocation(
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert grown_kib < 100 * 1024  # 2000000000 was allocated as bytes(2000000000) before
     assert list(tmp_path.glob("*out.*")) == []
+
+
+# ----- the payload file beside a capture ---------------------------------------------------------
+
+LARGE = Message(False, MessageType.BINARY, LARGE_PAYLOAD, bytes(range(256)) * 256, 1000.8)
+
+
+def large_capture(path: Path) -> Path:
+    """A valid capture whose last message is in its payload file."""
+    store = SessionStore(path)
+    add_imported_hop(store, secret_hop(), [dataclasses.replace(m) for m in (*MESSAGES, LARGE)])
+    store.close()
+    assert payloads_path(path).stat().st_size == LARGE_PAYLOAD
+    return path
+
+
+def located_row(*statements: str) -> Callable[[Path], Path]:
+    def make(tmp_path: Path) -> Path:
+        path = large_capture(tmp_path / "crafted.db")
+        with sqlite3.connect(path) as db:
+            for statement in statements:
+                db.execute(statement + " WHERE payload_len IS NOT NULL")
+        db.close()
+        return path
+
+    return make
+
+
+def payload_file_replaced(make: Callable[[Path, Path], None]) -> Callable[[Path], Path]:
+    def craft(tmp_path: Path) -> Path:
+        path = large_capture(tmp_path / "crafted.db")
+        companion = payloads_path(path)
+        companion.rename(tmp_path / "moved")
+        make(companion, tmp_path / "moved")
+        return path
+
+    return craft
+
+
+# Damage in a located row: "its messages cannot be read (what)"
+CRAFTED_LOCATIONS: dict[str, Callable[[Path], Path]] = {
+    "location one byte past the end": located_row("UPDATE messages SET payload_at=1"),
+    "location far past the end": located_row("UPDATE messages SET payload_at=1 << 40"),
+    "location negative": located_row("UPDATE messages SET payload_at=-1"),
+    "length negative": located_row("UPDATE messages SET payload_len=-5"),
+    "length huge and its size too": located_row(
+        "UPDATE messages SET payload_len=1 << 40, size=1 << 40"),
+    "length within the limit but past the end": located_row(
+        "UPDATE messages SET payload_len=900000000, size=900000000"),
+    "length longer than its size": located_row("UPDATE messages SET size=10"),
+    "location text": located_row("UPDATE messages SET payload_at='x'"),
+    "length a float": located_row("UPDATE messages SET payload_len=65536.5"),
+    "location without a length": located_row("UPDATE messages SET payload_len=NULL"),
+    "location and a payload": located_row("UPDATE messages SET payload=X'00'"),
+}
+# A payload file that is not there or not a file: "its large payloads cannot be read (why)"
+CRAFTED_PAYLOAD_FILES: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "missing": (payload_file_replaced(lambda companion, moved: None),
+                "no such file; copy it with the capture"),
+    "a symlink to the real one": (
+        payload_file_replaced(lambda companion, moved: companion.symlink_to(moved)),
+        "is a symbolic link, not a payload file"),
+    "a FIFO": (payload_file_replaced(lambda companion, moved: os.mkfifo(companion)),
+               "is not a regular file"),
+    "a directory": (payload_file_replaced(lambda companion, moved: companion.mkdir()),
+                    "is not a regular file"),
+}
+
+
+def assert_the_rest_reads(path: Path) -> None:
+    """Sessions, timings and the messages before the damaged one still read."""
+    store = SessionStore.open(path)
+    (session,) = store.sessions()
+    hop = session.first_hop
+    timings = list(store.iter_timings(hop.id))
+    assert [t[1] for t in timings[:3]] == [m.size for m in MESSAGES] and len(timings) == 4
+    assert [m.payload for m in store.hop_messages(hop.id, 0, 3)] == [m.payload for m in MESSAGES]
+    with pytest.raises(CaptureError) as info:
+        store.hop_messages(hop.id, 3, 4)
+    assert str(info.value).startswith(f"{path}: ") and "\n" not in str(info.value)
+    store.close()
+
+
+def test_the_payload_file_is_read_where_the_row_says(tmp_path):
+    store = SessionStore.open(large_capture(tmp_path / "c.db"))
+    (session,) = store.sessions()
+    got = store.hop_messages(session.first_hop.id, 0, 10)
+    assert [m.payload for m in got] == [m.payload for m in (*MESSAGES, LARGE)]
+    store.close()
+
+
+@pytest.mark.parametrize("name", sorted(CRAFTED_LOCATIONS))
+def test_damaged_payload_locations_get_one_line_without_a_big_allocation(tmp_path, capsys, name):
+    path = CRAFTED_LOCATIONS[name](tmp_path)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for fmt in ("har", "mitm", "jsonl"):
+        code, out, err = run_cli(capsys, "export", str(path), "-o", str(tmp_path / f"out.{fmt}"))
+        assert_one_line_error(code, out, err, path)
+        assert "its messages cannot be read (message " in err, err
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB
+    assert list(tmp_path.glob("*out.*")) == []
+    assert_the_rest_reads(path)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("name", sorted(CRAFTED_PAYLOAD_FILES))
+def test_a_payload_file_missing_or_not_a_file_is_one_line_naming_it(tmp_path, capsys, name):
+    craft, why = CRAFTED_PAYLOAD_FILES[name]
+    path = craft(tmp_path)
+    for command in (["report"], ["export", "-o", str(tmp_path / "out.har")]):
+        code, out, err = run_cli(capsys, command[0], str(path), *command[1:])
+        assert_one_line_error(code, out, err, path)
+        assert err == (f"wsinspect: {path}: its large payloads cannot be read "
+                       f"({payloads_path(path)}: {why})\n")
+    assert not (tmp_path / "out.har").exists()
+    assert_the_rest_reads(path)
 
 
 def test_every_record_field_has_a_rule():

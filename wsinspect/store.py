@@ -276,9 +276,7 @@ class _PayloadReader:
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise _PayloadFileError(
-                f"{self.path}: no such file; the capture's large payloads are kept in it, "
-                "copy it with the capture") from None
+            raise _PayloadFileError(f"{self.path}: no such file; copy it with the capture") from None
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise _PayloadFileError(f"{self.path}: is a symbolic link, not a payload file") from None
