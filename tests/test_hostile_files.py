@@ -454,16 +454,17 @@ def test_a_recursive_view_capture_does_not_hang_the_real_command(tmp_path):
 
 
 def killed_writer_capture(folder: Path) -> Path:
-    """A capture whose writer was killed: its -wal holds every session, not yet folded in."""
+    """A capture whose writer was killed: its -wal holds every session, not yet folded in, and
+    its payload file the large message."""
     path = folder / "killed.db"
     script = (
         "import os, sys\n"
         "from wsinspect.formats.common import add_imported_hop\n"
         "from wsinspect.store import SessionStore\n"
-        "from tests.test_hostile_files import MESSAGES\n"
+        "from tests.test_hostile_files import LARGE, MESSAGES\n"
         "from tests.test_formats import secret_hop\n"
         f"store = SessionStore({str(path)!r})\n"
-        "add_imported_hop(store, secret_hop(), MESSAGES)\n"
+        "add_imported_hop(store, secret_hop(), [*MESSAGES, LARGE])\n"
         "store.flush()\n"
         "os._exit(0)\n"
     )
@@ -487,13 +488,13 @@ def test_read_only_commands_leave_a_killed_writers_wal_alone(tmp_path, capsys):
     folder.mkdir()
     path = killed_writer_capture(folder)
     before = digests(folder)
-    assert set(before) == {"killed.db", "killed.db-wal", "killed.db-shm"}
+    assert set(before) == {"killed.db", "killed.db-wal", "killed.db-shm", "killed.db-payloads"}
     code, out, _ = run_cli(capsys, "report", str(path))
     assert code == 0 and "1 session\n" in out
     assert run_cli(capsys, "export", str(path), "-o", str(tmp_path / "x.jsonl"))[0] == 0
-    assert len((tmp_path / "x.jsonl").read_text().splitlines()) == len(MESSAGES)
+    assert len((tmp_path / "x.jsonl").read_text().splitlines()) == len(MESSAGES) + 1
     store = SessionStore.open(path)
-    assert [m.payload for m in store.iter_messages(1)] == [m.payload for m in MESSAGES]
+    assert [m.payload for m in store.iter_messages(1)] == [m.payload for m in (*MESSAGES, LARGE)]
     store.close()
     assert digests(folder) == before
 
@@ -561,7 +562,7 @@ def on_read_only_mount(folder: Path, *command: str) -> subprocess.CompletedProce
 def test_captures_on_a_read_only_mount_are_read(tmp_path, killed):
     folder = tmp_path / "captures"
     folder.mkdir()
-    path = killed_writer_capture(folder) if killed else valid_capture(folder / "closed.db")
+    path = killed_writer_capture(folder) if killed else large_capture(folder / "closed.db")
     before = digests(folder)
     probe = on_read_only_mount(folder, "touch", str(folder / "probe"))
     assert probe.returncode != 0 and "Read-only file system" in probe.stderr
@@ -572,7 +573,7 @@ def test_captures_on_a_read_only_mount_are_read(tmp_path, killed):
         folder, str(BIN / "wsinspect"), "export", str(path), "-o", str(tmp_path / "x.jsonl")
     )
     assert export.returncode == 0, export.stderr
-    assert len((tmp_path / "x.jsonl").read_text().splitlines()) == len(MESSAGES)
+    assert len((tmp_path / "x.jsonl").read_text().splitlines()) == len(MESSAGES) + 1
     assert digests(folder) == before
 
 
