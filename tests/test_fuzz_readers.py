@@ -19,7 +19,7 @@ from mitmproxy.io import tnetstring
 from wsinspect import formats, report
 from wsinspect.formats.common import add_imported_hop
 from wsinspect.model import Close, Message, MessageType, Outcome
-from wsinspect.store import CaptureError, SessionStore
+from wsinspect.store import LARGE_PAYLOAD, CaptureError, SessionStore, payloads_path
 
 from .test_formats import secret_hop
 
@@ -62,12 +62,14 @@ def valid_files() -> dict[str, bytes]:
         return {name: (folder / name).read_bytes() for name in ("c.db", "c.har", "c.mitm")}
 
 
-def read_everything(name: str, content: bytes) -> None:
-    """Open `content` as a file called `name`, report it and export it every way; only
-    CaptureError may come out."""
+def read_everything(name: str, content: bytes, payloads: bytes | None = None) -> None:
+    """Open `content` as a file called `name` (a capture with `payloads` as its payload file),
+    report it and export it every way; only CaptureError may come out."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
         path.write_bytes(content)
+        if payloads is not None:
+            payloads_path(path).write_bytes(payloads)
         try:
             store = formats.open_capture(path)
             report.report_text(store)
@@ -220,6 +222,52 @@ def test_fuzz_structured_garbage_in_capture_records(data):
         read_everything("c.db", path.read_bytes())
 
 
+@cache
+def located_capture() -> tuple[bytes, bytes]:
+    """A capture with two messages in its payload file (one capped) between small ones: its
+    file and its payload file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "c.db"
+        store = SessionStore(path, max_payload=LARGE_PAYLOAD + 10)
+        add_imported_hop(store, secret_hop(), [
+            Message(True, MessageType.TEXT, 5, b"hello", 1000.2),
+            Message(True, MessageType.TEXT, 70_000, b"t" * 70_000, 1000.3),
+            Message(False, MessageType.BINARY, LARGE_PAYLOAD, bytes(range(256)) * 256, 1000.4),
+            Message(True, MessageType.CLOSE, 4, b"\x03\xe8ok", 1000.5),
+        ])
+        store.close()
+        return path.read_bytes(), payloads_path(path).read_bytes()
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_payload_locations_and_payload_files(data):
+    """The location columns of rows in the payload file, and their neighbours, replaced by
+    garbage of any SQLite type or by numbers near the edges; the payload file damaged, cut
+    short or missing."""
+    content, payloads = located_capture()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "c.db"
+        path.write_bytes(content)
+        edges = st.sampled_from([-1, 0, 1, LARGE_PAYLOAD - 1, LARGE_PAYLOAD, LARGE_PAYLOAD + 10,
+                                 len(payloads), len(payloads) + 1, 2**30, 2**30 + 1, 2**63 - 1,
+                                 -(2**63)])
+        value = st.none() | edges | st.integers(-(2**63), 2**63 - 1) | st.floats() \
+            | st.text(max_size=8) | st.binary(max_size=8)
+        db = sqlite3.connect(path)
+        for _ in range(data.draw(st.integers(1, 3))):
+            column = data.draw(st.sampled_from(["payload_at", "payload_len", "size", "payload"]))
+            row = data.draw(st.integers(1, 4))
+            db.execute(f"UPDATE OR IGNORE messages SET {column}=? WHERE rowid=?",
+                       (data.draw(value), row))
+        db.commit()
+        db.close()
+        kind = data.draw(st.sampled_from(["kept", "mutated", "missing"]))
+        if kind == "mutated":
+            payloads = data.draw(mutated(payloads))
+        read_everything("c.db", path.read_bytes(), None if kind == "missing" else payloads)
+
+
 def test_the_fuzzed_files_are_valid_before_mutation():
     """The seeds read, report and export: the fuzz starts from files that work."""
     for name, content in valid_files().items():
@@ -231,6 +279,17 @@ def test_the_fuzzed_files_are_valid_before_mutation():
             capped = list(store.iter_messages(store.sessions()[0].first_hop.id))
             assert [m.truncated for m in capped] == [False, True, False, False], name
         read_everything(name, content)
+    content, payloads = located_capture()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "c.db"
+        path.write_bytes(content)
+        payloads_path(path).write_bytes(payloads)
+        store = formats.open_capture(path)
+        (session,) = store.sessions()
+        got = [(m.size, len(m.payload)) for m in store.iter_messages(session.first_hop.id)]
+        assert got == [(5, 5), (70_000, LARGE_PAYLOAD + 10), (LARGE_PAYLOAD,) * 2, (4, 4)]
+        store.close()
+    read_everything("c.db", content, payloads)
 
 
 def test_message_records_are_dataclasses_the_fuzz_can_copy():

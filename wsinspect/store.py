@@ -306,7 +306,9 @@ def _located_payload(
         raise RecordError(f"message payload location {at}+{length} is negative")
     if length > _READ_LIMITS[sqlite3.SQLITE_LIMIT_LENGTH]:
         raise RecordError(f"message payload length {length} is over the limit of one payload")
-    if type(size) is not int or length > size:
+    if type(size) is not int:
+        raise RecordError(f"message size is {type(size).__name__}, not an integer")
+    if length > size:
         raise RecordError(f"message payload length {length} is longer than its size {size}")
     if payloads is None:
         raise RecordError("message payload is located in a payload file an in-memory store lacks")
