@@ -2,11 +2,12 @@
 
 Sessions and hops are kept in memory (they are small); messages go to the capture file, a
 SQLite database in WAL mode, and are read back by index ranges so a view can page through
-millions. Payloads of LARGE_PAYLOAD bytes or more go to an append-only file beside it (the
-capture's name plus PAYLOADS_SUFFIX), their rows keeping where: SQLite copies each byte of a
-BLOB three times (page cache, -wal, checkpoint), which cost the writer 1.5-2.5 ms of CPU per
-MiB against 0.25 ms for a plain write. Writes are batched: subscribers hear of changes every `notify_interval` seconds and
-the file is committed every `commit_interval` seconds, so a crash loses at most about that much.
+millions. Payloads of LARGE_PAYLOAD bytes or more go to an append-only payload file beside
+it (the capture's name plus PAYLOADS_SUFFIX), their rows keeping where: SQLite copies each
+byte of a BLOB three times (page cache, -wal, checkpoint), which cost the writer 1.5-2.5 ms of
+CPU per MiB against 0.25 ms for a plain write. Writes are batched: subscribers hear of changes
+every `notify_interval` seconds and the file is committed every `commit_interval` seconds, so
+a crash loses at most about that much.
 """
 
 from __future__ import annotations
@@ -275,12 +276,14 @@ class _PayloadReader:
     def _open(self) -> None:
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise _PayloadFileError(f"{self.path}: no such file; copy it with the capture") from None
         except OSError as e:
-            if e.errno == errno.ELOOP:
-                raise _PayloadFileError(f"{self.path}: is a symbolic link, not a payload file") from None
-            raise _PayloadFileError(f"{self.path}: cannot be read ({e.strerror})") from None
+            if e.errno == errno.ENOENT:
+                why = "no such file; copy it with the capture"
+            elif e.errno == errno.ELOOP:
+                why = "is a symbolic link, not a payload file"
+            else:
+                why = f"cannot be read ({e.strerror})"
+            raise _PayloadFileError(f"{self.path}: {why}") from None
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):
             os.close(fd)
