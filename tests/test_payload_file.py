@@ -1,18 +1,27 @@
 """Large payloads in the payload file beside a capture (X-payloads): written by the store's
 writer thread, read back live, reopened, while the writer runs and after it was killed, by
-exports and lined-up captures; old captures without it; removed with the capture."""
+exports and lined-up captures; old captures without it; removed with the capture, also by the
+real app's temporary capture."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import fcntl
 import hashlib
+import os
+import pty
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
+import termios
+import time
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.client import connect
 
 from tests.builders import make_hop
 from wsinspect import formats
@@ -22,6 +31,7 @@ from wsinspect.model import Message, MessageType
 from wsinspect.runtime import remove_capture
 from wsinspect.store import LARGE_PAYLOAD, CaptureError, SessionStore, payloads_path
 
+from .test_cli import read_terminal_until, wsinspect
 from .test_formats import secret_hop
 from .test_lineup import LAPTOP, SERVER, Synthetic
 
@@ -225,6 +235,47 @@ def test_removing_a_capture_removes_its_payload_file(tmp_path):
     reader.close()
     remove_capture(path)
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_the_apps_temporary_capture_goes_with_its_payload_file(tmp_path, confdir, echo_server):
+    """Plain `wsinspect` (the app, a temporary capture) in a pseudo-terminal: a large message
+    through it makes the capture's payload file in TMPDIR; the terminal closes, and both files
+    go (the capture's path can no longer be told to anyone)."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    process = subprocess.Popen(
+        wsinspect("--listen-port", "0", "--confdir", str(confdir)),
+        stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+        env={**env, "TERM": "xterm-256color", "TMPDIR": str(scratch)},
+    )  # fmt: skip
+    os.close(slave)
+    try:
+        seen = bytearray()
+        listening = await asyncio.to_thread(
+            read_terminal_until, master, rb"listening at 127\.0\.0\.1:(\d+)", seen)
+        proxy = f"http://127.0.0.1:{int(listening.group(1))}"
+        large = payload(0, 2 * LARGE_PAYLOAD)
+        async with connect(f"ws://127.0.0.1:{echo_server}/large", proxy=proxy) as ws:
+            await ws.send(large)
+            assert await ws.recv() == large
+        deadline = time.monotonic() + 10
+        while not list(scratch.glob("wsinspect-*-payloads")) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        (capture,) = scratch.glob("wsinspect-*.db")
+        assert sorted(scratch.glob("wsinspect-*-payloads")) == [payloads_path(capture)]
+        assert payloads_path(capture).stat().st_size == 2 * len(large)  # there and back
+    finally:
+        os.close(master)
+    try:
+        status = await asyncio.to_thread(process.wait, 30)
+        assert status in (0, 128 + signal.SIGHUP)
+    finally:
+        process.kill()
+    assert list(scratch.iterdir()) == []
 
 
 def large_messages() -> list[Message]:
