@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import inspect
 import re
+import socket
 
 import aiohttp
 import pytest
@@ -345,6 +346,30 @@ def test_socket_fast_path_is_where_mitmproxy_reads_and_writes():
     assert "transports: MutableMapping[Connection, ConnectionIO]" in inspect.getsource(server)
 
 
+async def test_relay_protocol_takes_the_place_of_mitmproxys_stream_reader():
+    """The raw relay's plain connections are read by a protocol set on asyncio's transport in
+    place of the StreamReaderProtocol mitmproxy opened them with, once the StreamReader's
+    buffer is empty: fail here if mitmproxy opens connections differently or asyncio's
+    StreamReader keeps its bytes elsewhere."""
+    from mitmproxy.proxy import server
+
+    opening = inspect.getsource(server.ConnectionHandler.open_connection)
+    assert "asyncio.open_connection(" in opening
+    assert "ConnectionIO(" in opening and "reader=reader" in opening and "writer=writer" in opening
+    server_side, client_side = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=server_side)
+    try:
+        protocol = writer.transport.get_protocol()
+        assert isinstance(protocol, asyncio.StreamReaderProtocol)
+        client_side.sendall(b"abc")
+        await asyncio.sleep(0.05)
+        assert bytes(reader._buffer) == b"abc"
+        assert await reader.read(65535) == b"abc" and not reader._buffer
+    finally:
+        writer.close()
+        client_side.close()
+
+
 @pytest.mark.parametrize("scheme", ["ws", "wss"])
 async def test_plain_connections_are_relayed_between_sockets_and_tls_ones_through_layers(
     start_proxy, echo_server, tls_echo_server, monkeypatch, scheme
@@ -359,6 +384,14 @@ async def test_plain_connections_are_relayed_between_sockets_and_tls_ones_throug
         return original(self, transports, conn, data)
 
     monkeypatch.setattr(seams.RawRelayLayer, "forward", forward)
+    read_directly = []
+    original_received = seams._RelayProtocol.data_received
+
+    def data_received(self, data):
+        read_directly.append(len(data))
+        return original_received(self, data)
+
+    monkeypatch.setattr(seams._RelayProtocol, "data_received", data_received)
     proxy = await start_proxy(settings=["wsinspect_relay=raw", "ssl_insecure=true"])
     port = echo_server if scheme == "ws" else tls_echo_server
     url = f"{scheme}://{'127.0.0.1' if scheme == 'ws' else 'localhost'}:{port}/fast"
@@ -373,4 +406,48 @@ async def test_plain_connections_are_relayed_between_sockets_and_tls_ones_throug
              if m.type is MessageType.TEXT]
     assert texts == [b"one", b"one", b"two" * 1000, b"two" * 1000]
     assert (sum(forwarded) > 0) == (scheme == "ws")
+    # the first read of each side came through mitmproxy's StreamReader, later ones did not
+    assert (sum(read_directly) > 0) == (scheme == "ws")
     assert not seams._socket_relays
+
+
+async def test_a_side_that_does_not_read_holds_the_other_back(start_proxy):
+    """Backpressure: while the server reads nothing, the proxy stops reading the client once
+    its writes toward the server back up, instead of holding what the client sends; the
+    server then gets every byte, in order (the raw relay's own reader; mitmproxy's relay
+    drains its writers before each read)."""
+    proxy = await start_proxy(settings=["wsinspect_relay=raw"])
+    first = frame(0x1, b"", mask=True)
+    reading = asyncio.Event()
+    received = bytearray()
+
+    async def slow_reader(reader, writer):
+        received.extend(await reader.readexactly(len(first)))
+        await reading.wait()
+        while chunk := await reader.read(1 << 20):
+            received.extend(chunk)
+
+    server = await raw_server(slow_reader)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await raw_client(proxy.port, f"http://127.0.0.1:{port}/slow", f"127.0.0.1:{port}")
+    payload = frame(0x2, bytes(range(256)) * 4096, mask=True)  # 1 MiB frames
+    sent = first + payload * 48
+    writer.write(sent)
+    await asyncio.sleep(1.5)
+    held_by_client = writer.transport.get_write_buffer_size()
+    reading.set()
+    await writer.drain()
+    writer.write_eof()
+    try:
+        await asyncio.wait_for(_until(lambda: len(received) == len(sent)), 20)
+    finally:
+        writer.close()
+        server.close()
+    # loopback's socket buffers hold a few MiB on each hop; the rest stayed with the client
+    assert held_by_client > 16 * 1024 * 1024
+    assert bytes(received) == sent
+
+
+async def _until(done) -> None:
+    while not done():
+        await asyncio.sleep(0.05)

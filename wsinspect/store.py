@@ -416,14 +416,45 @@ def _write_batch(
         db.executemany(_UPSERT_HOP, hop_rows)
 
 
-def _libc_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL(None).malloc_trim  # glibc's
-    except (OSError, AttributeError):
-        return None  # another C library: it keeps its own counsel
+# Payload bytes waiting for the writer that commit before commit_interval is up: large
+# messages' buffers reach the writer and are freed (for the next ones to reuse) while few.
+_COMMIT_BYTES = 16 * 1024 * 1024
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (glibc's malloc.h)
 
 
-_malloc_trim = _libc_malloc_trim()
+class _Heap:
+    """When the writer gives glibc's free heap back to the system, and how much it may keep.
+
+    glibc keeps the heap that messages, rows and SQLite's pages were freed into (the writer
+    thread's arena and the loop's): over a long session of 1 KiB messages the proxy's RSS
+    crept up by 30-60 bytes a message. Given back after every batch, though, the next batch's
+    messages faulted every page in afresh: at 1 MiB messages a third of the raw relay's CPU
+    (the payload buffers of the batches in flight), as did glibc's own trimming of more than
+    a few MiB at the top of the heap and its mmap of every allocation over 128 KiB-1 MiB. So
+    allocations up to 32 MiB come from the heap, up to 64 MiB of it may stay free at its top,
+    and the rest goes back at most every 5 s (bench/relay_bench.py: flat RSS either way)."""
+
+    EVERY_SECONDS = 5.0
+    FROM_HEAP_UP_TO = 32 * 1024 * 1024
+    KEPT_FREE = 64 * 1024 * 1024
+
+    def __init__(self) -> None:
+        try:
+            libc = ctypes.CDLL(None)
+            self._trim, mallopt = libc.malloc_trim, libc.mallopt  # glibc's
+        except (OSError, AttributeError):
+            self._trim = None  # another C library: it keeps its own counsel
+            return
+        mallopt(_M_MMAP_THRESHOLD, self.FROM_HEAP_UP_TO)
+        mallopt(_M_TRIM_THRESHOLD, self.KEPT_FREE)
+        self._last = time.monotonic()
+
+    def give_back(self) -> None:
+        """Return the free heap if it is time (0.5 ms, 13 ms at worst, without the GIL)."""
+        if self._trim is not None and time.monotonic() - self._last >= self.EVERY_SECONDS:
+            self._trim(0)
+            self._last = time.monotonic()
 
 
 class _BackgroundWriter:
@@ -449,6 +480,7 @@ class _BackgroundWriter:
     def _run(self) -> None:
         db = _connect(self.path)
         payload_file = _PayloadFile(payloads_path(self.path))
+        heap = _Heap()
         while (item := self._queue.get()) is not None:
             batches, hop_rows, counts, on_done = item
             try:
@@ -457,13 +489,7 @@ class _BackgroundWriter:
                     self.done.append(counts)
                     if on_done is not None:
                         on_done()
-                    # glibc keeps the heap that messages, rows and SQLite's pages were freed
-                    # into (this thread's arena and the loop's): over a long session of 1 KiB
-                    # messages the proxy's RSS crept up by 30-60 bytes a message and swung by
-                    # 20 MiB; returned after each batch (0.5 ms, 13 ms at worst, without the
-                    # GIL) it stays within a few MiB (bench/relay_bench.py)
-                    if _malloc_trim is not None:
-                        _malloc_trim(0)
+                    heap.give_back()
             except (sqlite3.Error, OSError) as e:
                 # Nothing is dropped: unconfirmed messages stay in memory and readable.
                 self.failed = True
@@ -846,7 +872,7 @@ class SessionStore:
         self._tick_handle = None
         self._notify()
         due = time.monotonic() - self._last_commit >= self.commit_interval
-        if due or self._unsubmitted_bytes > 64 * 1024 * 1024:
+        if due or self._unsubmitted_bytes > _COMMIT_BYTES:
             self.commit()
         if self._dirty_hops:
             self._schedule()
