@@ -31,7 +31,12 @@ someone debugging a broken WebSocket must see.
   Where both sides are plain TCP, the same `server_event` wrapper hands the bytes the handler
   read to the relay (`RawRelayLayer.forward`) before the layers, which would pass them through
   unchanged at a per-read cost; they go to the other side's writer as mitmproxy's SendData
-  would, and the handler drains its writers after this event as after any other.
+  would, and the handler drains its writers after this event as after any other. From then
+  on that connection is read by a `_RelayProtocol` set on its asyncio transport in place of
+  mitmproxy's StreamReaderProtocol: asyncio's reads go to the relay without passing the
+  StreamReader and the handler's read task, and the read pauses while the other side's
+  writes back up; the end of the stream, a reset and write flow control still reach the
+  StreamReaderProtocol, so the handler's read loop ends as before.
 - TLS ends under the raw relay: mitmproxy's TLS layer closes a connection with a bare FIN
   (its `send_close` never shuts the OpenSSL connection down), which a TLS peer sees as a
   truncation, not the close the other side sent. A FIN the relay passes on toward a TLS peer
