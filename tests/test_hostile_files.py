@@ -615,6 +615,18 @@ def test_export_refuses_to_replace_its_input(tmp_path, capsys, suffix):
     assert path.read_bytes() == before
 
 
+@pytest.mark.parametrize("beside", ["-payloads", "-wal"])
+def test_export_refuses_to_replace_a_file_beside_its_capture(tmp_path, capsys, beside):
+    """The payload file (or SQLite's -wal) of the capture being read is part of it."""
+    capture = valid_capture(tmp_path / "source.db")
+    out = tmp_path / f"source.db{beside}"
+    out.write_bytes(b"kept")
+    code, _, err = run_cli(capsys, "export", str(capture), "--format", "har", "-o", str(out))
+    assert code == 2
+    assert err == f"wsinspect: {out}: is the capture being exported; choose another file\n"
+    assert out.read_bytes() == b"kept"
+
+
 def test_export_into_a_missing_folder_names_the_folder(tmp_path, capsys):
     capture = valid_capture(tmp_path / "c.db")
     out = tmp_path / "missing" / "x.har"

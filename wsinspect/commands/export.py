@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from ..errors import CaptureError, WsinspectError
-from ..formats import EXPORT_FORMATS, EXPORTS, STDOUT, export, export_format_for, readable_formats
+from ..errors import WsinspectError
+from ..formats import (
+    EXPORT_FORMATS,
+    EXPORTS,
+    STDOUT,
+    export,
+    export_format_for,
+    readable_formats,
+    refuse_to_replace,
+)
 from ..lineup import open_captures
 from ..text import print_error
 
@@ -53,10 +59,8 @@ def main(argv: Sequence[str]) -> int:
         return 2
     try:
         store = open_captures(args.files)
-        if args.out != STDOUT and Path(args.out).exists() and any(
-            os.path.samefile(args.out, f) for f in args.files
-        ):
-            raise CaptureError(f"{args.out}: is the capture being exported; choose another file")
+        if args.out != STDOUT:
+            refuse_to_replace(args.out, args.files)
         result = export(
             store, args.out, fmt, redact=not args.no_redact, session_ids=args.sessions
         )

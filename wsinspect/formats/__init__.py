@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..store import CaptureError, SessionStore
+from ..store import CaptureError, SessionStore, capture_files
 from .common import JSONL_FORMAT, hops_to_export
 
 STDOUT = "-"
@@ -155,6 +155,16 @@ class ExportResult:
     messages: int
 
 
+
+def refuse_to_replace(out: str | os.PathLike, sources: Iterable[str | os.PathLike]) -> None:
+    """An export never replaces a file it reads: a capture, or its -wal, -shm or payload file."""
+    out = Path(out)
+    if out.exists() and any(
+        f.exists() and os.path.samefile(out, f) for source in sources for f in capture_files(source)
+    ):
+        raise CaptureError(f"{out}: is the capture being exported; choose another file")
+
+
 def export(
     store: SessionStore,
     out: str | os.PathLike,
@@ -184,8 +194,8 @@ def export(
         sys.stdout.buffer.flush()
     else:
         out = Path(out)
-        if store.source is not None and out.exists() and os.path.samefile(out, store.source):
-            raise CaptureError(f"{out}: is the capture being exported; choose another file")
+        if store.source is not None:
+            refuse_to_replace(out, [store.source])
         try:
             fd, temporary = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
         except OSError as e:  # name the folder, not the temporary file in it
