@@ -322,6 +322,21 @@ def test_help_imports_neither_the_proxy_core_nor_textual(argv):
     assert result.stdout.startswith("usage: wsinspect")
 
 
+def start_in_terminal(argv: list[str], tmpdir: Path) -> tuple[subprocess.Popen, int]:
+    """Start `argv` in a new 80x24 pseudo-terminal that becomes its controlling terminal (so
+    closing the other end sends it SIGHUP), with TMPDIR set; the process and that other end."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    process = subprocess.Popen(
+        argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+        env={**env, "TERM": "xterm-256color", "TMPDIR": str(tmpdir)},
+    )  # fmt: skip
+    os.close(slave)
+    return process, master
+
+
 def read_terminal_until(master: int, pattern: bytes, seen: bytearray, timeout: float = 60):
     """Read the terminal's output into `seen` until `pattern` matches it; the match."""
     deadline = time.monotonic() + timeout
@@ -342,18 +357,11 @@ async def test_closing_the_apps_terminal_ends_wsinspect(tmp_path, confdir, echo_
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     capture = tmp_path / "named.db"
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    process = subprocess.Popen(
+    process, master = start_in_terminal(
         wsinspect("--listen-port", "0", "--confdir", str(confdir),
                   *(["-w", str(capture)] if named else [])),
-        stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
-        # The pty becomes the controlling terminal, whose hangup signals the process.
-        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
-        env={**env, "TERM": "xterm-256color", "TMPDIR": str(scratch)},
+        scratch,
     )  # fmt: skip
-    os.close(slave)
     try:
         seen = bytearray()
         listening = await asyncio.to_thread(

@@ -3,22 +3,19 @@ nginx, leaves the expected sessions and findings and nothing running; the app sh
 
 from __future__ import annotations
 
-import fcntl
 import os
-import pty
 import select
 import signal
 import socket
-import struct
 import subprocess
 import sys
-import termios
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import wait_for
+from tests.test_cli import start_in_terminal
 from tests.ui_helpers import screen_text
 from wsinspect.addresses import free_port
 from wsinspect.demo import CHATTY_MESSAGES, Demo
@@ -136,17 +133,8 @@ def test_closing_the_apps_terminal_removes_the_demos_ca_and_files(tmp_path):
     window is: the kernel sends SIGHUP, and the demo's folder (the CA's key) goes."""
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "wsinspect", "demo", "--hop", "auto"],
-        stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
-        # The pty becomes the demo's controlling terminal, whose hangup signals it.
-        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
-        env={**env, "TERM": "xterm-256color", "TMPDIR": str(scratch)},
-    )
-    os.close(slave)
+    process, master = start_in_terminal(
+        [sys.executable, "-m", "wsinspect", "demo", "--hop", "auto"], scratch)
     try:
         screen = b""
         deadline = time.monotonic() + 60

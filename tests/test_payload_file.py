@@ -7,16 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import fcntl
 import hashlib
 import os
-import pty
 import signal
 import sqlite3
-import struct
 import subprocess
 import sys
-import termios
 import time
 from pathlib import Path
 
@@ -31,7 +27,7 @@ from wsinspect.model import Message, MessageType
 from wsinspect.runtime import remove_capture
 from wsinspect.store import LARGE_PAYLOAD, CaptureError, SessionStore, payloads_path
 
-from .test_cli import read_terminal_until, wsinspect
+from .test_cli import read_terminal_until, start_in_terminal, wsinspect
 from .test_formats import secret_hop
 from .test_lineup import LAPTOP, SERVER, Synthetic
 
@@ -243,16 +239,8 @@ async def test_the_apps_temporary_capture_goes_with_its_payload_file(tmp_path, c
     go (the capture's path can no longer be told to anyone)."""
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    process = subprocess.Popen(
-        wsinspect("--listen-port", "0", "--confdir", str(confdir)),
-        stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
-        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
-        env={**env, "TERM": "xterm-256color", "TMPDIR": str(scratch)},
-    )  # fmt: skip
-    os.close(slave)
+    process, master = start_in_terminal(
+        wsinspect("--listen-port", "0", "--confdir", str(confdir)), scratch)
     try:
         seen = bytearray()
         listening = await asyncio.to_thread(
