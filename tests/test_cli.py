@@ -337,6 +337,16 @@ def start_in_terminal(argv: list[str], tmpdir: Path) -> tuple[subprocess.Popen, 
     return process, master
 
 
+async def ends_after_hangup(process: subprocess.Popen) -> None:
+    """Once its terminal's other end is closed, the process ends by itself within 30 s: 0, or
+    129 when its exit was stuck on the dead terminal and the watchdog ended it."""
+    try:
+        status = await asyncio.to_thread(process.wait, 30)
+        assert status in (0, 128 + signal.SIGHUP)
+    finally:
+        process.kill()
+
+
 def read_terminal_until(master: int, pattern: bytes, seen: bytearray, timeout: float = 60):
     """Read the terminal's output into `seen` until `pattern` matches it; the match."""
     deadline = time.monotonic() + timeout
@@ -374,12 +384,7 @@ async def test_closing_the_apps_terminal_ends_wsinspect(tmp_path, confdir, echo_
             assert [p.name for p in scratch.iterdir()][0].startswith("wsinspect-")
     finally:
         os.close(master)  # the terminal goes away
-    try:
-        # 129: the app's exit was stuck on the dead terminal and the watchdog ended it.
-        status = await asyncio.to_thread(process.wait, 30)
-        assert status in (0, 128 + signal.SIGHUP)
-    finally:
-        process.kill()
+    await ends_after_hangup(process)
     assert list(scratch.iterdir()) == []
     if named:
         store = SessionStore.open(capture)

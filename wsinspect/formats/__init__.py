@@ -155,7 +155,6 @@ class ExportResult:
     messages: int
 
 
-
 def refuse_to_replace(out: str | os.PathLike, sources: Iterable[str | os.PathLike]) -> None:
     """An export never replaces a file it reads: a capture, or its -wal, -shm or payload file."""
     out = Path(out)
