@@ -526,7 +526,9 @@ async def test_squid_short_read_timeout_cuts_a_silent_websocket(behind_squid):
     )
     idle = findings[1]
     silence = float(idle.message.split("No frame passed for ")[1].split(" s")[0])
-    assert 1.0 <= silence <= 3.5  # squid keeps time in whole seconds
+    # squid keeps time in whole seconds and looks for timed-out connections about once a
+    # second: its 2 s read_timeout cut after 2.99 s on an idle machine, 3.99 s under CI's load
+    assert 1.0 <= silence <= 5.0
     assert "Its idle timeout is read_timeout (15 min by default)." in idle.message
     assert idle.proxy == "squid" and "read_timeout 1 hour" in idle.fix
 
