@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import json
 import os
 import signal
 import sqlite3
@@ -96,6 +97,62 @@ def test_payloads_round_trip_inline_below_the_threshold_and_in_the_file_from_it(
         (i % 2 == 0, size, 100.0 + i, None) for i, size in enumerate(SIZES)
     ]
     reopened.close()
+
+
+# Around a block, over the payload file's 4 MiB staging buffer, between blocks, odd.
+BLOCKY = [LARGE_PAYLOAD + 1, 5 * 2**20 + 7, 3 * 2**20 + 100, 3 * LARGE_PAYLOAD + 3]
+BLOCKY_CAP = 8 * 2**20
+
+
+def record_one_commit_at_a_time(folder: Path) -> dict:
+    """Record BLOCKY, committing after each message: the payload file's size after each
+    commit and after close, and whether every message read back, live and reopened."""
+    path = folder / "c.db"
+    store = SessionStore(path, max_payload=BLOCKY_CAP)
+    hop = store.add_hop(make_hop()).first_hop
+    want = [expected(i, size, BLOCKY_CAP) for i, size in enumerate(BLOCKY)]
+    sizes, live = [], []
+    for i, size in enumerate(BLOCKY):
+        store.add_message(hop, binary(i, size))
+        store.flush()
+        sizes.append(payloads_path(path).stat().st_size)
+        live.append(seen(store.hop_messages(hop.id, 0, 100)) == want[:i + 1])
+    store.close()
+    reopened = SessionStore.open(path)
+    again = seen(list(reopened.iter_messages(hop.id, chunk=2))) == want
+    reopened.close()
+    return {"sizes": sizes, "closed": payloads_path(path).stat().st_size, "live": live,
+            "reopened": again}
+
+
+def test_the_payload_file_is_written_in_whole_blocks_past_the_page_cache(tmp_path):
+    """O_DIRECT: each commit writes the last, partial block padded (rewritten whole by the
+    next), and close cuts the padding off."""
+    result = record_one_commit_at_a_time(tmp_path)
+    ends = [sum(BLOCKY[:i + 1]) for i in range(len(BLOCKY))]
+    assert result["live"] == [True] * len(BLOCKY) and result["reopened"]
+    assert [size % 4096 for size in result["sizes"]] == [0] * len(BLOCKY)
+    assert [size - end for size, end in zip(result["sizes"], ends)] == [
+        -end % 4096 for end in ends]
+    assert result["closed"] == ends[-1]
+
+
+def test_a_file_system_without_o_direct_gets_plain_writes(tmp_path):
+    """ramfs refuses O_DIRECT: the same capture, written plainly, in a mount namespace of the
+    test's own."""
+    folder = tmp_path / "ram"
+    folder.mkdir()
+    script = 'mount -t ramfs ramfs "$1" && shift && exec "$@"'
+    code = ("import json, sys; from pathlib import Path; from tests.test_payload_file import "
+            "record_one_commit_at_a_time as r; print(json.dumps(r(Path(sys.argv[1]))))")
+    run = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(folder),
+                          sys.executable, "-c", code, str(folder)],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    ends = [sum(BLOCKY[:i + 1]) for i in range(len(BLOCKY))]
+    assert result == {"sizes": ends, "closed": ends[-1], "live": [True] * len(BLOCKY),
+                      "reopened": True}
 
 
 def test_small_payloads_make_no_payload_file_and_memory_stores_keep_every_payload(tmp_path):

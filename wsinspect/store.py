@@ -19,6 +19,7 @@ import errno
 import hashlib
 import json
 import logging
+import mmap
 import os
 import queue
 import sqlite3
@@ -364,28 +365,93 @@ def _connect(path: Path | None) -> sqlite3.Connection:
 
 class _PayloadFile:
     """The writer's end of a capture's payload file: created (owner-only) at the first large
-    payload, appended to, never rewritten."""
+    payload, appended to, never rewritten.
+
+    Where the file system takes O_DIRECT, payloads are gathered in a staging buffer and
+    written from it in whole blocks, past the page cache: a plain write put every payload into
+    page-cache pages allocated for it, which cost the writer 2-4 ms of CPU per MiB in the raw
+    relay at 1 MiB messages (as much as relaying them), against a copy into a buffer that
+    stays mapped. `flush` writes the last, partial block padded with zeros (the next write
+    rewrites it whole), so a row that commits never points at bytes not yet on file; `close`
+    cuts the padding off."""
+
+    BLOCK = 4096  # O_DIRECT's alignment of memory, offset and length: any logical block's
+    STAGE = 4 * 1024 * 1024
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
+        self._direct: int | None = None  # the file opened O_DIRECT, where that works
+        self._stage: mmap.mmap | None = None
+        self._stage_at = 0  # where the stage's first byte goes in the file (a whole block)
+        self._staged = 0
         self._end = 0
 
     def append(self, payload: bytes) -> int:
-        """Write `payload` at the end of the file; where it starts."""
+        """Add `payload` at the end of the file; where it starts."""
         if self._fd is None:
-            self._fd = _create_private(self.path, os.O_APPEND)
+            self._open()
         at = self._end
+        self._end += len(payload)
+        if self._direct is None:
+            self._write(self._fd, memoryview(payload), at)
+            return at
         view = memoryview(payload)
         while view:
-            view = view[os.write(self._fd, view) :]
-        self._end += len(payload)
+            n = min(len(view), self.STAGE - self._staged)
+            self._stage[self._staged:self._staged + n] = view[:n]
+            self._staged += n
+            view = view[n:]
+            if self._staged == self.STAGE:
+                self._write_stage(self.STAGE)
+                self._stage_at += self.STAGE
+                self._staged = 0
         return at
 
+    def flush(self) -> None:
+        """Put every byte appended so far on file."""
+        if self._direct is None or not self._staged:
+            return
+        staged = self._staged
+        whole = staged - staged % self.BLOCK
+        padded = whole if whole == staged else whole + self.BLOCK
+        self._stage[staged:padded] = bytes(padded - staged)
+        self._write_stage(padded)
+        if whole:
+            tail = staged - whole  # less than a block, so it does not overlap where it goes
+            self._stage[:tail] = self._stage[whole:staged]
+            self._stage_at += whole
+            self._staged = tail
+
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._fd is None:
+            return
+        self.flush()
+        if self._direct is not None:
+            os.ftruncate(self._fd, self._end)
+            os.close(self._direct)
+            self._stage.close()
+            self._direct = self._stage = None
+        os.close(self._fd)
+        self._fd = None
+
+    def _open(self) -> None:
+        self._fd = _create_private(self.path)
+        try:
+            self._direct = os.open(self.path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+        except (AttributeError, OSError):  # not on this system or file system: write plainly
+            return
+        self._stage = mmap.mmap(-1, self.STAGE)
+
+    def _write_stage(self, length: int) -> None:
+        with memoryview(self._stage) as stage:
+            self._write(self._direct, stage[:length], self._stage_at)
+
+    @staticmethod
+    def _write(fd: int, data: memoryview, at: int) -> None:
+        while data:
+            n = os.pwrite(fd, data, at)
+            data, at = data[n:], at + n
 
 
 def _message_rows(
@@ -413,6 +479,8 @@ def _write_batch(
 ) -> None:
     with db:
         db.executemany(_INSERT_MESSAGE, _message_rows(batches, payload_file))
+        if payload_file is not None:
+            payload_file.flush()
         db.executemany(_UPSERT_HOP, hop_rows)
 
 
