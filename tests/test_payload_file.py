@@ -106,7 +106,8 @@ BLOCKY_CAP = 8 * 2**20
 
 def record_one_commit_at_a_time(folder: Path) -> dict:
     """Record BLOCKY, committing after each message: the payload file's size after each
-    commit and after close, and whether every message read back, live and reopened."""
+    commit and after close, where the rows put each payload, and whether every message read
+    back, live and reopened."""
     path = folder / "c.db"
     store = SessionStore(path, max_payload=BLOCKY_CAP)
     hop = store.add_hop(make_hop()).first_hop
@@ -122,15 +123,22 @@ def record_one_commit_at_a_time(folder: Path) -> dict:
     again = seen(list(reopened.iter_messages(hop.id, chunk=2))) == want
     reopened.close()
     return {"sizes": sizes, "closed": payloads_path(path).stat().st_size, "live": live,
-            "reopened": again}
+            "reopened": again, "rows": stored_rows(path)}
 
 
 def test_the_payload_file_is_written_in_whole_blocks_past_the_page_cache(tmp_path):
     """O_DIRECT: each commit writes the last, partial block padded (rewritten whole by the
-    next), and close cuts the padding off."""
+    next), payloads of 256 KiB or more start where they line up with their memory (up to a
+    block of zeros before them), and close cuts the padding off."""
     result = record_one_commit_at_a_time(tmp_path)
-    ends = [sum(BLOCKY[:i + 1]) for i in range(len(BLOCKY))]
     assert result["live"] == [True] * len(BLOCKY) and result["reopened"]
+    rows = result["rows"]
+    assert [length for _, _, length in rows] == BLOCKY
+    gaps = [at - (previous_at + previous_length)
+            for (_, previous_at, previous_length), (_, at, _) in zip([(0, 0, 0)] + rows, rows)]
+    assert [0 <= gap < 4096 if size >= 256 * 1024 else gap == 0
+            for gap, size in zip(gaps, BLOCKY)] == [True] * len(BLOCKY)
+    ends = [at + length for _, at, length in rows]
     assert [size % 4096 for size in result["sizes"]] == [0] * len(BLOCKY)
     assert [size - end for size, end in zip(result["sizes"], ends)] == [
         -end % 4096 for end in ends]
@@ -152,7 +160,8 @@ def test_a_file_system_without_o_direct_gets_plain_writes(tmp_path):
     result = json.loads(run.stdout)
     ends = [sum(BLOCKY[:i + 1]) for i in range(len(BLOCKY))]
     assert result == {"sizes": ends, "closed": ends[-1], "live": [True] * len(BLOCKY),
-                      "reopened": True}
+                      "reopened": True,
+                      "rows": [[0, end - size, size] for end, size in zip(ends, BLOCKY)]}
 
 
 def test_small_payloads_make_no_payload_file_and_memory_stores_keep_every_payload(tmp_path):
