@@ -164,6 +164,39 @@ def test_a_file_system_without_o_direct_gets_plain_writes(tmp_path):
                       "rows": [[0, end - size, size] for end, size in zip(ends, BLOCKY)]}
 
 
+def record_onto_a_full_disk(folder: Path) -> dict:
+    """Record eight 1 MiB messages, committing after each; whether they all read back before
+    the store closes, and that it closed."""
+    store = SessionStore(folder / "c.db", max_payload=2**20)
+    hop = store.add_hop(make_hop()).first_hop
+    for i in range(8):
+        store.add_message(hop, binary(i, 2**20))
+        store.flush()
+    readable = seen(store.hop_messages(hop.id, 0, 100)) == [expected(i, 2**20, 2**20)
+                                                            for i in range(8)]
+    store.close()
+    return {"readable": readable, "closed": True}
+
+
+def test_a_full_file_system_is_one_line_and_loses_no_message(tmp_path):
+    """A 4 MiB tmpfs fills up at the fourth message: the writer says so once, and every
+    message stays readable from memory."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    script = 'mount -t tmpfs -o size=4m tmpfs "$1" && shift && exec "$@"'
+    code = ("import json, sys; from pathlib import Path; from tests.test_payload_file import "
+            "record_onto_a_full_disk as r; print(json.dumps(r(Path(sys.argv[1]))))")
+    run = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(folder),
+                          sys.executable, "-c", code, str(folder)],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == {"readable": True, "closed": True}
+    (line,) = run.stderr.splitlines()
+    assert line.startswith(f"writing {folder / 'c.db'} failed (") and line.endswith(
+        "); recording continues in memory"), line
+    assert "full" in line or "No space left on device" in line
+
+
 def test_small_payloads_make_no_payload_file_and_memory_stores_keep_every_payload(tmp_path):
     path = tmp_path / "c.db"
     store = SessionStore(path)

@@ -438,14 +438,17 @@ class _PayloadFile:
     def close(self) -> None:
         if self._fd is None:
             return
-        self.flush()
-        if self._direct is not None:
-            os.ftruncate(self._fd, self._end)
-            os.close(self._direct)
-            self._stage.close()
-            self._direct = self._stage = None
-        os.close(self._fd)
-        self._fd = None
+        try:
+            self.flush()
+            if self._direct is not None:
+                os.ftruncate(self._fd, self._end)
+        finally:
+            if self._direct is not None:
+                os.close(self._direct)
+                self._stage.close()
+                self._direct = self._stage = None
+            os.close(self._fd)
+            self._fd = None
 
     def _open(self) -> None:
         self._fd = _create_private(self.path)
@@ -592,7 +595,11 @@ class _BackgroundWriter:
                 self._queue.task_done()
         self._queue.task_done()
         db.close()
-        payload_file.close()
+        try:
+            payload_file.close()
+        except OSError as e:
+            if not self.failed:  # else the first failure was told, and nothing since written
+                logger.error(f"writing {payload_file.path} failed ({e})")
 
     def drain(self) -> None:
         self._queue.join()
