@@ -99,8 +99,9 @@ def test_payloads_round_trip_inline_below_the_threshold_and_in_the_file_from_it(
     reopened.close()
 
 
-# Around a block, over the payload file's 4 MiB staging buffer, between blocks, odd.
-BLOCKY = [LARGE_PAYLOAD + 1, 5 * 2**20 + 7, 3 * 2**20 + 100, 3 * LARGE_PAYLOAD + 3]
+# Around a block, over the payload file's 4 MiB staging buffer, between blocks, odd, and one
+# recorded as a bytearray (which goes through the staging buffer).
+BLOCKY = [LARGE_PAYLOAD + 1, 5 * 2**20 + 7, 3 * 2**20 + 100, 3 * LARGE_PAYLOAD + 3, 300_001]
 BLOCKY_CAP = 8 * 2**20
 
 
@@ -114,7 +115,10 @@ def record_one_commit_at_a_time(folder: Path) -> dict:
     want = [expected(i, size, BLOCKY_CAP) for i, size in enumerate(BLOCKY)]
     sizes, live = [], []
     for i, size in enumerate(BLOCKY):
-        store.add_message(hop, binary(i, size))
+        message = binary(i, size)
+        if i == len(BLOCKY) - 1:
+            message.payload = bytearray(message.payload)
+        store.add_message(hop, message)
         store.flush()
         sizes.append(payloads_path(path).stat().st_size)
         live.append(seen(store.hop_messages(hop.id, 0, 100)) == want[:i + 1])

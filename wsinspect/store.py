@@ -401,7 +401,7 @@ class _PayloadFile:
             self._write(self._fd, view, at)
             self._end += len(view)
             return at
-        if len(view) < self.DIRECT_FROM:
+        if len(view) < self.DIRECT_FROM or type(payload) is not bytes:  # ctypes: bytes only
             at = self._end
             self._add_to_stage(view)
             return at
