@@ -153,19 +153,27 @@ def test_a_file_system_without_o_direct_gets_plain_writes(tmp_path):
     """ramfs refuses O_DIRECT: the same capture, written plainly, in a mount namespace of the
     test's own."""
     folder = tmp_path / "ram"
-    folder.mkdir()
-    script = 'mount -t ramfs ramfs "$1" && shift && exec "$@"'
-    code = ("import json, sys; from pathlib import Path; from tests.test_payload_file import "
-            "record_one_commit_at_a_time as r; print(json.dumps(r(Path(sys.argv[1]))))")
-    run = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(folder),
-                          sys.executable, "-c", code, str(folder)],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert run.returncode == 0, run.stderr
+    run = on_a_mount_of_its_own(folder, "-t ramfs ramfs", "record_one_commit_at_a_time")
     result = json.loads(run.stdout)
     ends = [sum(BLOCKY[:i + 1]) for i in range(len(BLOCKY))]
     assert result == {"sizes": ends, "closed": ends[-1], "live": [True] * len(BLOCKY),
                       "reopened": True,
                       "rows": [[0, end - size, size] for end, size in zip(ends, BLOCKY)]}
+
+
+def on_a_mount_of_its_own(folder: Path, mount: str, recorder: str) -> subprocess.CompletedProcess:
+    """Run this module's `recorder` on `folder` in a process of its own, with the file system
+    `mount` (mount's arguments before the mount point) mounted there, in a mount namespace
+    of its own (the mount vanishes with it); its JSON result is on stdout."""
+    folder.mkdir()
+    script = f'mount {mount} "$1" && shift && exec "$@"'
+    code = ("import json, sys; from pathlib import Path; import tests.test_payload_file as t; "
+            f"print(json.dumps(t.{recorder}(Path(sys.argv[1]))))")
+    run = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(folder),
+                          sys.executable, "-c", code, str(folder)],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    return run
 
 
 def record_onto_a_full_disk(folder: Path) -> dict:
@@ -186,19 +194,34 @@ def test_a_full_file_system_is_one_line_and_loses_no_message(tmp_path):
     """A 4 MiB tmpfs fills up at the fourth message: the writer says so once, and every
     message stays readable from memory."""
     folder = tmp_path / "small"
-    folder.mkdir()
-    script = 'mount -t tmpfs -o size=4m tmpfs "$1" && shift && exec "$@"'
-    code = ("import json, sys; from pathlib import Path; from tests.test_payload_file import "
-            "record_onto_a_full_disk as r; print(json.dumps(r(Path(sys.argv[1]))))")
-    run = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(folder),
-                          sys.executable, "-c", code, str(folder)],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert run.returncode == 0, run.stderr
+    run = on_a_mount_of_its_own(folder, "-t tmpfs -o size=4m tmpfs", "record_onto_a_full_disk")
     assert json.loads(run.stdout) == {"readable": True, "closed": True}
     (line,) = run.stderr.splitlines()
     assert line.startswith(f"writing {folder / 'c.db'} failed (") and line.endswith(
         "); recording continues in memory"), line
     assert "full" in line or "No space left on device" in line
+
+
+def test_an_unexpected_error_in_the_writer_is_one_line_and_hangs_nothing(tmp_path, caplog):
+    """Whatever the writer thread meets (here a payload that is text, which no recorder
+    makes), it says so once and goes on confirming nothing: had it died, the next commits
+    would have waited for it forever."""
+    path = tmp_path / "c.db"
+    store = SessionStore(path)
+    hop = store.add_hop(make_hop()).first_hop
+    odd = Message(True, MessageType.TEXT, LARGE_PAYLOAD, "x" * LARGE_PAYLOAD, 100.0)
+    store.add_message(hop, odd)
+    store.flush()
+    for i in range(1, 7):  # more commits than the writer's queue holds
+        store.add_message(hop, binary(i, LARGE_PAYLOAD))
+        store.flush()
+    assert [m.payload for m in store.hop_messages(hop.id, 0, 100)] == [
+        odd.payload, *(payload(i, LARGE_PAYLOAD) for i in range(1, 7))]
+    store.close()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"writing {path} failed (TypeError(") and errors[0].endswith(
+        "); recording continues in memory")
 
 
 def test_small_payloads_make_no_payload_file_and_memory_stores_keep_every_payload(tmp_path):

@@ -579,18 +579,25 @@ class _BackgroundWriter:
         while (item := self._queue.get()) is not None:
             batches, hop_rows, counts, on_done = item
             try:
-                if not self.failed:
+                if self.failed:
+                    continue
+                try:
                     _write_batch(db, batches, hop_rows, payload_file)
-                    self.done.append(counts)
-                    if on_done is not None:
+                except Exception as e:  # noqa: BLE001 - a writer thread that died would hang
+                    # the proxy at its next commit. Nothing is dropped: unconfirmed messages
+                    # stay in memory and readable.
+                    self.failed = True
+                    why = e if isinstance(e, (sqlite3.Error, OSError)) else repr(e)
+                    logger.error(f"writing {self.path} failed ({why}); recording continues in "
+                                 "memory")
+                    continue
+                self.done.append(counts)
+                if on_done is not None:
+                    try:
                         on_done()
-                    heap.give_back()
-            except (sqlite3.Error, OSError) as e:
-                # Nothing is dropped: unconfirmed messages stay in memory and readable.
-                self.failed = True
-                logger.error(f"writing {self.path} failed ({e}); recording continues in memory")
-            except RuntimeError:
-                pass  # the event loop closed before the confirmation: flush() applies it
+                    except RuntimeError:
+                        pass  # the event loop closed before the confirmation: flush() applies it
+                heap.give_back()
             finally:
                 self._queue.task_done()
         self._queue.task_done()
