@@ -387,9 +387,12 @@ class _PayloadFile:
         self._fd: int | None = None
         self._direct: int | None = None  # the file opened O_DIRECT, where that works
         self._stage: mmap.mmap | None = None
-        self._stage_at = 0  # where the stage's first byte goes in the file (a whole block)
-        self._staged = 0
-        self._end = 0
+        self._stage_at = 0  # where the stage's first byte goes (a whole block once direct)
+        self._staged = 0  # what the stage holds (nothing when the file is written plainly)
+
+    @property
+    def _end(self) -> int:
+        return self._stage_at + self._staged
 
     def append(self, payload: bytes) -> int:
         """Add `payload` at the end of the file; where it starts."""
@@ -399,7 +402,7 @@ class _PayloadFile:
         if self._direct is None:
             at = self._end
             self._write(self._fd, view, at)
-            self._end += len(view)
+            self._stage_at += len(view)
             return at
         if len(view) < self.DIRECT_FROM or type(payload) is not bytes:  # ctypes: bytes only
             at = self._end
@@ -410,13 +413,10 @@ class _PayloadFile:
         self._add_to_stage(memoryview(bytes(-(self._end + head) % self.BLOCK)))
         at = self._end
         self._add_to_stage(view[:head])  # the file's end is now on a block
+        self._write_stage()
         whole = (len(view) - head) // self.BLOCK * self.BLOCK
-        self._write_stage(self._staged)
-        self._stage_at += self._staged
-        self._staged = 0
         self._write(self._direct, view[head:head + whole], self._stage_at)
         self._stage_at += whole
-        self._end += whole
         self._add_to_stage(view[head + whole:])
         return at
 
@@ -428,7 +428,8 @@ class _PayloadFile:
         whole = staged - staged % self.BLOCK
         padded = whole if whole == staged else whole + self.BLOCK
         self._stage[staged:padded] = bytes(padded - staged)
-        self._write_stage(padded)
+        with memoryview(self._stage) as stage:
+            self._write(self._direct, stage[:padded], self._stage_at)
         if whole:
             tail = staged - whole  # less than a block, so it does not overlap where it goes
             self._stage[:tail] = self._stage[whole:staged]
@@ -459,20 +460,20 @@ class _PayloadFile:
         self._stage = mmap.mmap(-1, self.STAGE)
 
     def _add_to_stage(self, view: memoryview) -> None:
-        self._end += len(view)
         while view:
             n = min(len(view), self.STAGE - self._staged)
             self._stage[self._staged:self._staged + n] = view[:n]
             self._staged += n
             view = view[n:]
             if self._staged == self.STAGE:
-                self._write_stage(self.STAGE)
-                self._stage_at += self.STAGE
-                self._staged = 0
+                self._write_stage()
 
-    def _write_stage(self, length: int) -> None:
+    def _write_stage(self) -> None:
+        """Write what the stage holds, whole blocks, and empty it."""
         with memoryview(self._stage) as stage:
-            self._write(self._direct, stage[:length], self._stage_at)
+            self._write(self._direct, stage[:self._staged], self._stage_at)
+        self._stage_at += self._staged
+        self._staged = 0
 
     @staticmethod
     def _write(fd: int, data: memoryview, at: int) -> None:
